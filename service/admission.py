@@ -1,0 +1,86 @@
+"""Admission control: bound the tokens in flight, and the wait for room.
+
+A request asks for the tokens it will put into the engine. It is admitted
+when they fit under ``max_tokens`` (a request larger than the whole budget is
+admitted alone, when nothing else runs). Otherwise it waits, at most
+``max_wait_s`` and behind at most ``max_waiting`` others; past either bound
+it is rejected at once, so the queue never grows without bound and admitted
+requests keep a bounded latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class Overloaded(Exception):
+    """No room within the bounded wait (HTTP 429)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"server overloaded ({reason}); retry later")
+        self.reason = reason
+
+
+class Draining(Exception):
+    """The server is shutting down (HTTP 503)."""
+
+
+class AdmissionController:
+    def __init__(self, max_tokens: int, max_wait_s: float, max_waiting: int = 256) -> None:
+        self.max_tokens = max_tokens
+        self.max_wait_s = max_wait_s
+        self.max_waiting = max_waiting
+        self.tokens = 0
+        self.requests = 0
+        self.waiting = 0
+        self.draining = False
+        self._changed = asyncio.Condition()
+
+    def _fits(self, tokens: int) -> bool:
+        return self.tokens + tokens <= self.max_tokens or self.requests == 0
+
+    @asynccontextmanager
+    async def admit(self, tokens: int) -> AsyncIterator[float]:
+        """Hold ``tokens`` of the budget for the body of the ``async with``; yields the wait in seconds."""
+        if self.draining:
+            raise Draining("server is draining")
+        start = time.monotonic()
+        async with self._changed:
+            if not self._fits(tokens):
+                if self.max_wait_s <= 0 or self.waiting >= self.max_waiting:
+                    raise Overloaded("queue_full" if self.max_wait_s > 0 else "tokens")
+                self.waiting += 1
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self._fits(tokens) or self.draining), self.max_wait_s)
+                except TimeoutError:
+                    raise Overloaded("wait_timeout") from None
+                finally:
+                    self.waiting -= 1
+                if self.draining:
+                    raise Draining("server is draining")
+            self.tokens += tokens
+            self.requests += 1
+        try:
+            yield time.monotonic() - start
+        finally:
+            async with self._changed:
+                self.tokens -= tokens
+                self.requests -= 1
+                self._changed.notify_all()
+
+    async def start_draining(self) -> None:
+        self.draining = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no admitted request remains; False on timeout."""
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.requests == 0), timeout)
+            return True
+        except TimeoutError:
+            return False

@@ -1,0 +1,93 @@
+"""``endorm`` command line: ``serve`` (HTTP service) and ``score`` (offline file scoring).
+
+Every Settings field is a flag (``--max-model-len``) and an env var
+(``ENDORM_MAX_MODEL_LEN``); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+
+
+from service.config import Settings
+
+_ALIASES = {"api_keys": ["--api-key"], "cors_origins": ["--cors-origin"]}
+
+
+def _is_list(annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_list(typing.get_args(annotation)[0])
+    return origin is list
+
+
+def _is_bool(annotation) -> bool:
+    return annotation is bool
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each also ENDORM_<NAME>)")
+    for name, field in Settings.model_fields.items():
+        flags = [f"--{name.replace('_', '-')}"] + _ALIASES.get(name, [])
+        help_text = field.description or ""
+        if _is_list(field.annotation):
+            group.add_argument(*flags, dest=name, action="extend", nargs="+", default=None, help=help_text)
+        elif _is_bool(field.annotation):
+            group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(*flags, dest=name, default=None, help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    return Settings(**overrides)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(message)s" if level else None, stream=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.http.server import serve
+
+    settings = settings_from_args(args)
+    _configure_logging(settings.log_level)
+    return serve(settings)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from service.offline import score_file
+
+    settings = settings_from_args(args)
+    _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size)
+    print(summary.describe())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="endorm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP reward service")
+    add_settings_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+    score = sub.add_parser("score", help="score a JSONL preference file offline (chosen/rejected pairs)")
+    score.add_argument("input", help="JSONL: {prompt|messages, system?, chosen, rejected} per line")
+    score.add_argument("-o", "--output", required=True, help="JSONL with scores per line")
+    score.add_argument("--aggregation", default="sum", choices=["sum", "mean", "discounted", "loglik_sum", "loglik_mean"])
+    score.add_argument("--batch-size", type=int, default=64, help="pairs in flight at once")
+    add_settings_flags(score)
+    score.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""What every engine gives the service: per-token (c_i, v_i) for token sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """c[i] = raw logit at position i of x_{i+1} (NaN at N-1); v[i] = alpha*logsumexp(logits_i/alpha)."""
+
+    c: np.ndarray
+    v: np.ndarray
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str  # "vllm" | "transformers"
+    model: str
+    max_model_len: int
+    alpha: float
+    vocab_size: int
+
+
+class EngineError(RuntimeError):
+    """The engine cannot serve (dead, shutting down); the HTTP layer maps it to 503."""
+
+
+class TokenStatsEngine(Protocol):
+    info: EngineInfo
+
+    async def start(self) -> None:
+        """Load the model and warm up; returns when requests are fast."""
+
+    async def token_stats(self, token_ids: Sequence[int]) -> TokenStats:
+        """Stats for one sequence. Cancelling the caller aborts the engine work."""
+
+    def num_unfinished(self) -> int:
+        """Sequences submitted and not finished (for metrics and tests)."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def shutdown(self) -> None: ...

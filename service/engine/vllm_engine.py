@@ -1,0 +1,132 @@
+"""The production engine: vLLM's AsyncLLM running the EndoReward pooling model.
+
+Every concurrent caller submits its own request; vLLM's scheduler batches all
+of them (continuous batching, chunked prefill), and the plugin's pooler
+returns [c_i, v_i] for all tokens of a step at once. Only 2 floats per token
+leave the engine process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+from service.config import Settings
+from service.engine.base import EngineError, EngineInfo, TokenStats
+from service.engine.plugin import reward_architecture
+from service.engine.reward_models import ALPHA_KEY, CHUNK_KEY
+
+log = logging.getLogger(__name__)
+
+
+def hf_architecture(model: str, trust_remote_code: bool = False) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    archs = getattr(config, "architectures", None) or []
+    if not archs:
+        raise ValueError(f"{model}: config.json names no architecture")
+    return archs[0]
+
+
+class VllmEngine:
+    def __init__(self, settings: Settings, model_path: str) -> None:
+        self.settings = settings
+        self.model_path = model_path
+        self._engine = None
+        self._ids = itertools.count()
+        self.info: EngineInfo | None = None  # set by start()
+
+    def engine_args(self):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        s = self.settings
+        if s.cpu_kvcache_space_gb is not None:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, s.cpu_kvcache_space_gb))))
+        arch = hf_architecture(self.model_path, s.trust_remote_code)
+        return AsyncEngineArgs(
+            model=self.model_path,
+            runner="pooling",
+            skip_tokenizer_init=True,  # the service tokenizes; the engine sees ids only
+            dtype=s.dtype,
+            max_model_len=s.max_model_len,
+            max_num_batched_tokens=s.max_num_batched_tokens,
+            max_num_seqs=s.max_num_seqs,
+            enable_chunked_prefill=True,
+            tensor_parallel_size=s.tensor_parallel_size,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            enforce_eager=s.enforce_eager,
+            trust_remote_code=s.trust_remote_code,
+            hf_overrides={
+                "architectures": [reward_architecture(arch)],
+                ALPHA_KEY: s.alpha,
+                CHUNK_KEY: s.logits_chunk_rows,
+            },
+        )
+
+    async def start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._engine = AsyncLLM.from_engine_args(self.engine_args())
+        model_config = self._engine.model_config
+        self.info = EngineInfo(
+            name="vllm",
+            model=self.model_path,
+            max_model_len=int(model_config.max_model_len),
+            alpha=self.settings.alpha,
+            vocab_size=int(model_config.get_vocab_size()),
+        )
+        await self.warm_up()
+
+    async def warm_up(self) -> None:
+        """First requests compile kernels (tens of seconds on CPU): pay it before ready."""
+        assert self.info is not None
+        lengths = [8, min(self.info.max_model_len, self.settings.max_num_batched_tokens + 16)]
+        seqs = [[i % self.info.vocab_size for i in range(n)] for n in lengths]
+        await asyncio.gather(*(self.token_stats(s) for s in seqs))
+
+    async def token_stats(self, token_ids: Sequence[int]) -> TokenStats:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        engine = self._engine
+        if engine is None or engine.errored:
+            raise EngineError("engine is not running")
+        request_id = f"endorm-{next(self._ids)}"
+        final = None
+        try:
+            async for out in engine.encode(
+                TokensPrompt(prompt_token_ids=list(token_ids)),
+                PoolingParams(task="token_classify"),
+                request_id=request_id,
+            ):
+                final = out
+        except asyncio.CancelledError:
+            raise  # AsyncLLM.encode has already aborted the request in the engine
+        except Exception as exc:
+            if engine.errored:
+                raise EngineError("engine died") from exc
+            raise
+        if final is None:
+            raise EngineError("engine returned no output")
+        data = final.outputs.data.numpy().astype(np.float64)
+        return TokenStats(c=data[:, 0], v=data[:, 1])
+
+    def num_unfinished(self) -> int:
+        if self._engine is None:
+            return 0
+        return int(self._engine.get_num_unfinished_requests())
+
+    @property
+    def healthy(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None

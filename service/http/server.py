@@ -1,0 +1,61 @@
+"""Run the app under uvicorn with a graceful drain on SIGTERM.
+
+SIGTERM: /ready turns 503 and new scoring requests get 503 (so the load
+balancer moves away), in-flight requests finish within ``drain_timeout_s``,
+then the server exits. A second signal exits at once. An engine failure
+exits with status 1 so the orchestrator restarts the pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from service.config import Settings
+from service.http.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.exit_code = 0
+        self._drain_task: asyncio.Task | None = None
+
+    def handle_exit(self, sig, frame) -> None:  # called from the signal handler, in the loop thread
+        if self._drain_task is not None or self.should_exit:
+            self.should_exit = self.force_exit = True  # second signal: stop now
+            return
+        self._drain_task = asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        state = self.config.loaded_app_state()
+        state.draining = True
+        await state.admission.start_draining()
+        state.refresh_gauges()
+        log.info("draining: waiting up to %.0f s for %d in-flight requests",
+                 self.settings.drain_timeout_s, state.admission.requests)
+        finished = await state.admission.wait_idle(self.settings.drain_timeout_s)
+        if not finished:
+            log.warning("drain timeout: %d requests still in flight", state.admission.requests)
+        self.should_exit = True
+
+    def fail(self, reason: str) -> None:
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def serve(settings: Settings) -> int:
+    holder: dict[str, DrainingServer] = {}
+    app = create_app(settings, on_fatal=lambda reason: holder["server"].fail(reason))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5)
+    config.loaded_app_state = lambda: app.state.service  # type: ignore[attr-defined]
+    server = DrainingServer(config, settings)
+    holder["server"] = server
+    server.run()
+    return server.exit_code

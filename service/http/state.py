@@ -1,0 +1,36 @@
+"""What the routes share: the scorer, admission control, metrics, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from service.admission import AdmissionController
+from service.config import Settings
+from service.metrics import Metrics
+from service.scorer import Scorer
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    admission: AdmissionController
+    api_keys: list[bytes]
+    scorer: Scorer | None = None
+    draining: bool = False
+    startup_error: BaseException | None = None
+    tasks: set[asyncio.Task] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return self.scorer is not None and self.scorer.engine.healthy and not self.draining
+
+    def refresh_gauges(self) -> None:
+        m, a = self.metrics, self.admission
+        m.in_flight_requests.set(a.requests)
+        m.in_flight_tokens.set(a.tokens)
+        m.waiting_requests.set(a.waiting)
+        m.load.set(a.tokens / a.max_tokens)
+        m.ready.set(1 if self.ready else 0)
+        m.engine_unfinished.set(self.scorer.engine.num_unfinished() if self.scorer else 0)

@@ -1,0 +1,37 @@
+"""The service's Prometheus series (``endorm_`` prefix, base units).
+
+They live in their own registry so they can be checked alone (promtool
+rejects vLLM's colon names); ``/metrics`` serves both registries.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("endorm_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "endorm_request_duration_seconds", "HTTP request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.admission_wait = Histogram(
+            "endorm_admission_wait_seconds", "Time a request waited for admission", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.items_per_request = Histogram(
+            "endorm_request_items", "Sequences per scoring request (batch size)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r
+        )
+        self.tokens = Counter("endorm_scored_tokens", "Tokens scored, by part of the sequence", ["part"], registry=r)
+        self.sequences = Counter("endorm_scored_sequences", "Sequences scored", registry=r)
+        self.rejections = Counter("endorm_rejections", "Requests turned away, by reason", ["reason"], registry=r)
+        self.in_flight_requests = Gauge("endorm_in_flight_requests", "Scoring requests admitted and not finished", registry=r)
+        self.in_flight_tokens = Gauge("endorm_in_flight_tokens", "Tokens admitted and not finished", registry=r)
+        self.waiting_requests = Gauge("endorm_waiting_requests", "Requests waiting for admission", registry=r)
+        self.load = Gauge(
+            "endorm_load_ratio", "In-flight tokens over the admission limit (autoscaling signal, 1 = full)", registry=r
+        )
+        self.engine_unfinished = Gauge("endorm_engine_unfinished_sequences", "Sequences in the engine", registry=r)
+        self.ready = Gauge("endorm_ready", "1 when warm and not draining", registry=r)
