@@ -54,13 +54,12 @@ class AdmissionController:
                     raise Overloaded("queue_full" if self.max_wait_s > 0 else "tokens")
                 self.waiting += 1
                 try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self._fits(tokens) or self.draining), self.max_wait_s)
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self._fits(tokens)), self.max_wait_s)
                 except TimeoutError:
                     raise Overloaded("wait_timeout") from None
                 finally:
                     self.waiting -= 1
-                if self.draining:
-                    raise Draining("server is draining")
+                    self._changed.notify_all()
             self.tokens += tokens
             self.requests += 1
         try:
@@ -72,15 +71,16 @@ class AdmissionController:
                 self._changed.notify_all()
 
     async def start_draining(self) -> None:
+        """Turn away new requests; those already waiting keep their place."""
         self.draining = True
         async with self._changed:
             self._changed.notify_all()
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no admitted request remains; False on timeout."""
+        """Wait until no request is admitted or waiting; False on timeout."""
         try:
             async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.requests == 0), timeout)
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.requests == 0 and self.waiting == 0), timeout)
             return True
         except TimeoutError:
             return False
