@@ -43,9 +43,12 @@ class AdmissionController:
         return self.tokens + tokens <= self.max_tokens or self.requests == 0
 
     @asynccontextmanager
-    async def admit(self, tokens: int) -> AsyncIterator[float]:
-        """Hold ``tokens`` of the budget for the body of the ``async with``; yields the wait in seconds."""
-        if self.draining:
+    async def admit(self, tokens: int, *, exempt_from_drain: bool = False) -> AsyncIterator[float]:
+        """Hold ``tokens`` of the budget for the body of the ``async with``; yields the wait in seconds.
+
+        ``exempt_from_drain``: the request arrived before draining began, so it still runs.
+        """
+        if self.draining and not exempt_from_drain:
             raise Draining("server is draining")
         start = time.monotonic()
         async with self._changed:
@@ -75,12 +78,3 @@ class AdmissionController:
         self.draining = True
         async with self._changed:
             self._changed.notify_all()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no request is admitted or waiting; False on timeout."""
-        try:
-            async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.requests == 0 and self.waiting == 0), timeout)
-            return True
-        except TimeoutError:
-            return False

@@ -25,6 +25,15 @@ class EngineInfo:
     vocab_size: int
 
 
+def check_token_ids(token_ids: Sequence[int], vocab_size: int) -> None:
+    """Ids outside the embedding table crash the engine's workers (no check in vLLM on CPU)."""
+    if len(token_ids) < 2:
+        raise ValueError("a sequence needs at least 2 tokens (one prompt token and one response token)")
+    ids = np.asarray(token_ids)
+    if ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"token ids must be integers in the vocabulary [0, {vocab_size})")
+
+
 class EngineError(RuntimeError):
     """The engine cannot serve (dead, shutting down); the HTTP layer maps it to 503."""
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from service.config import Settings
-from service.engine.base import EngineError, EngineInfo, TokenStats
+from service.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -64,6 +64,7 @@ class TransformersEngine:
     def forward_stats(self, token_ids: Sequence[int]) -> TokenStats:
         if self._model is None:
             raise EngineError("engine is not running")
+        check_token_ids(token_ids, self.info.vocab_size)
         with self._lock, torch.inference_mode():
             logits = self._model(torch.as_tensor([list(token_ids)])).logits[0]
         return reference_token_stats(logits, token_ids, self.settings.alpha)

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from service.config import Settings
-from service.engine.base import EngineError, EngineInfo, TokenStats
+from service.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
 from service.engine.plugin import reward_architecture
 from service.engine.reward_models import ALPHA_KEY, CHUNK_KEY
 
@@ -79,7 +79,7 @@ class VllmEngine:
             dtype=s.dtype,
             max_model_len=s.max_model_len,
             max_num_batched_tokens=s.max_num_batched_tokens,
-            max_num_seqs=s.max_num_seqs,
+            max_num_seqs=min(s.max_num_seqs, s.max_num_batched_tokens),  # vLLM requires seqs <= tokens
             enable_chunked_prefill=True,
             tensor_parallel_size=s.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
@@ -121,6 +121,7 @@ class VllmEngine:
         engine = self._engine
         if engine is None or engine.errored:
             raise EngineError("engine is not running")
+        check_token_ids(token_ids, self.info.vocab_size)
         request_id = f"endorm-{next(self._ids)}"
         final = None
         try:

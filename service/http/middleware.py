@@ -22,10 +22,6 @@ access_log = logging.getLogger("endorm.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """413 for bodies over ``max_bytes``: by Content-Length at once, else while streaming."""
 
@@ -47,28 +43,31 @@ class BodyLimitMiddleware:
                     return await too_large(scope, receive, send)
 
         seen = 0
-        started = False
+        exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    # Answer 413 now; the app sees a disconnect and stops reading.
+                    exceeded = True
+                    await too_large(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:
+                await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await too_large(scope, receive, send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
 
 
 class AccessMiddleware:
@@ -84,6 +83,10 @@ class AccessMiddleware:
         incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        scope["state"]["arrived_at"] = time.monotonic()
+        service = scope["app"].state.service
+        counted = scope.get("method") == "POST"
+        service.http_in_flight += counted
         status = 500
         start = time.perf_counter()
 
@@ -98,6 +101,7 @@ class AccessMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            service.http_in_flight -= counted
             elapsed = time.perf_counter() - start
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"

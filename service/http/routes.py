@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from service.admission import Draining
 from service.http.auth import require_api_key
 from service.http.cancellation import ClientDisconnected, run_bounded
 from service.http.errors import APIError
@@ -42,10 +43,8 @@ def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def _ready_scorer(state: ServiceState) -> Scorer:
-    if state.draining:
-        from service.admission import Draining
-
+def _ready_scorer(state: ServiceState, request: Request) -> Scorer:
+    if state.turns_away(request.state.arrived_at):
         raise Draining("server is draining")
     if state.scorer is None or not state.scorer.engine.healthy:
         raise APIError(503, "model is loading or the engine is down", type="not_ready",
@@ -76,7 +75,8 @@ async def _score_pairs(request: Request, state: ServiceState, scorer: Scorer, pa
     metrics = state.metrics
 
     async def admitted() -> list[ScoredItem]:
-        async with state.admission.admit(tokens) as waited:
+        exempt = not state.turns_away(request.state.arrived_at)
+        async with state.admission.admit(tokens, exempt_from_drain=exempt) as waited:
             metrics.admission_wait.observe(waited)
             state.refresh_gauges()
             try:
@@ -141,7 +141,7 @@ def _encode_all(scorer: Scorer, kwargs_list: list[dict], options: ScoreOptions, 
 @scoring_router.post("/v1/score", response_model=ScoreResponse, include_in_schema=False)
 async def score(body: ScoreRequest, request: Request):
     state = _state(request)
-    scorer = _ready_scorer(state)
+    scorer = _ready_scorer(state, request)
     options = _options(body, scorer)
     _check_items(state, len(body.items), "items")
     pairs, dropped = _encode_all(scorer, [it.encoder_kwargs() for it in body.items], options, body.add_eos, "items")
@@ -160,7 +160,7 @@ async def compare(body: CompareRequest, request: Request):
     from service import rewards
 
     state = _state(request)
-    scorer = _ready_scorer(state)
+    scorer = _ready_scorer(state, request)
     options = _options(body, scorer)
     responses = body.response_kwargs()
     param = "responses" if body.responses is not None else "responses_ids"
@@ -181,7 +181,7 @@ async def compare(body: CompareRequest, request: Request):
 
 @scoring_router.get("/v1/models", response_model=ModelList, summary="The served model")
 async def models(request: Request):
-    scorer = _ready_scorer(_state(request))
+    scorer = _ready_scorer(_state(request), request)
     info = scorer.info
     return ModelList(data=[ModelCard(id=scorer.model_name, max_model_len=info.max_model_len, alpha=info.alpha,
                                      engine=info.name, vocab_size=info.vocab_size)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import uvicorn
 
@@ -17,6 +18,8 @@ from service.config import Settings
 from service.http.app import create_app
 
 log = logging.getLogger(__name__)
+
+DRAIN_POLL_S = 0.05
 
 
 class DrainingServer(uvicorn.Server):
@@ -35,13 +38,18 @@ class DrainingServer(uvicorn.Server):
     async def drain(self) -> None:
         state = self.config.loaded_app_state()
         state.draining = True
+        state.drain_started_at = time.monotonic()
         await state.admission.start_draining()
         state.refresh_gauges()
         log.info("draining: waiting up to %.0f s for %d in-flight requests",
-                 self.settings.drain_timeout_s, state.admission.requests)
-        finished = await state.admission.wait_idle(self.settings.drain_timeout_s)
-        if not finished:
-            log.warning("drain timeout: %d requests still in flight", state.admission.requests)
+                 self.settings.drain_timeout_s, state.http_in_flight)
+        deadline = state.drain_started_at + self.settings.drain_timeout_s
+        # Requests that arrived before the signal finish, including those still being
+        # read or parsed; later ones are answered 503 meanwhile.
+        while state.http_in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        if state.http_in_flight:
+            log.warning("drain timeout: %d requests still in flight", state.http_in_flight)
         self.should_exit = True
 
     def fail(self, reason: str) -> None:

@@ -19,12 +19,18 @@ class ServiceState:
     api_keys: list[bytes]
     scorer: Scorer | None = None
     draining: bool = False
+    drain_started_at: float | None = None  # time.monotonic() of SIGTERM
+    http_in_flight: int = 0  # POST requests received and not answered (drain waits for them)
     startup_error: BaseException | None = None
     tasks: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:
         return self.scorer is not None and self.scorer.engine.healthy and not self.draining
+
+    def turns_away(self, arrived_at: float) -> bool:
+        """Draining refuses requests that arrived after the signal; earlier ones finish."""
+        return self.drain_started_at is not None and arrived_at >= self.drain_started_at
 
     def refresh_gauges(self) -> None:
         m, a = self.metrics, self.admission

@@ -83,7 +83,7 @@ async def test_alpha_half(vllm_engines):
 
 async def test_cancelled_caller_aborts_engine_request(vllm_engines):
     engine = await vllm_engines("llama")
-    seq = list(range(2, 900))
+    seq = [2 + i % 500 for i in range(900)]
     tasks = [asyncio.ensure_future(engine.token_stats(seq)) for _ in range(8)]
     await asyncio.sleep(0.05)
     assert engine.num_unfinished() > 0
@@ -98,3 +98,13 @@ async def test_cancelled_caller_aborts_engine_request(vllm_engines):
     # the engine still serves afterwards
     got = await engine.token_stats([1, 2, 3])
     assert got.v.shape == (3,)
+
+
+async def test_out_of_vocabulary_ids_are_refused_before_the_engine(vllm_engines):
+    """An id past the embedding table would crash the engine process: refuse it up front."""
+    engine = await vllm_engines("llama")
+    for bad in ([1, 2, engine.info.vocab_size], [-1, 2, 3]):
+        with pytest.raises(ValueError, match="vocabulary"):
+            await engine.token_stats(bad)
+    assert engine.healthy
+    assert (await engine.token_stats([1, 2, 3])).c.shape == (3,)

@@ -17,8 +17,8 @@ COMMON = ["--dtype", "float32", "--max-model-len", "512", "--max-num-batched-tok
 def server(tmp_path_factory) -> ServerProcess:
     """The shared server: auth on, generous admission limits, small body/items limits."""
     proc = ServerProcess(
-        ["--model", str(tiny_model("llama")), *COMMON, "--api-key", API_KEY, "--max-items-per-request", "16",
-         "--max-body-bytes", "200000", "--max-inflight-tokens", "100000", "--request-timeout-s", "60"],
+        ["--model", str(tiny_model("llama")), *COMMON, "--api-key", API_KEY, "--max-items-per-request", "64",
+         "--max-body-bytes", "1000000", "--max-inflight-tokens", "100000", "--request-timeout-s", "60"],
         log_path=tmp_path_factory.mktemp("server") / "server.log",
     ).start()
     yield proc
