@@ -63,7 +63,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
-    summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size)
+    try:
+        summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size)
+    except (OSError, ValueError) as exc:  # bad file or bad row: a clear message, not a traceback
+        print(f"endorm score: error: {exc}", file=sys.stderr)
+        return 2
     print(summary.describe())
     return 0
 

@@ -70,7 +70,7 @@ def small_server(tmp_path_factory):
     """A server with a small admission budget (1000 tokens) and a short admission wait."""
     proc = ServerProcess(
         ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "1000", "--queue-timeout-s", "0.02",
-         "--drain-timeout-s", "60"],
+         "--request-timeout-s", "0.5"],
         log_path=tmp_path_factory.mktemp("small") / "server.log",
     ).start()
     yield proc
@@ -108,6 +108,18 @@ def draining_server(tmp_path_factory):
     ).start()
     yield proc
     proc.stop()
+
+
+def test_deadline_answers_504_and_aborts_engine_work(small_server):
+    body = {"items": [_heavy_item(i) for i in range(64)]}  # ~31k tokens: well over 0.5 s here
+    r = httpx.post(small_server.url + "/score", json=body, timeout=60)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["type"] == "timeout"
+    deadline = time.monotonic() + 15
+    while _engine_unfinished(small_server.url) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _engine_unfinished(small_server.url) == 0
+    assert 'endorm_rejections_total{reason="deadline"}' in httpx.get(small_server.url + "/metrics").text
 
 
 def test_sigterm_drains_without_failing_in_flight_requests(draining_server):
