@@ -135,6 +135,10 @@ class PairEncoder:
     # ------------------------------------------------------------------ helpers
 
     def _encode_text(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON "\ud800" decodes to a lone surrogate: not text
+            raise InputError("text is not valid Unicode (it contains a lone surrogate)") from None
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def _render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:

@@ -33,7 +33,7 @@ from service.http.state import ServiceState
 from service.scorer import ScoredItem, Scorer, ScoreOptions
 from service.tokenization import EncodedPair
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 413, 422, 429, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503, 504)}
 
 open_router = APIRouter()
 scoring_router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)

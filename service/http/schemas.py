@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean"]
 Terminal = Literal["zero", "bootstrap"]
 
 _STRICT = ConfigDict(extra="forbid")
+
+TokenId = Annotated[StrictInt, Field(ge=0)]
+
+
+def _exactly_one_of(*fields: str) -> dict:
+    """JSON-schema form of "exactly one of these fields, not null" (what the validators enforce)."""
+    return {"oneOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]}
+
+
+def _schema_rules(*groups: tuple[str, ...]) -> dict:
+    return {"allOf": [_exactly_one_of(*g) for g in groups]}
+
+
+PROMPT_FORMS = ("prompt", "messages", "prompt_ids")
 
 
 class Message(BaseModel):
@@ -24,12 +38,12 @@ class PromptFields(BaseModel):
     model_config = _STRICT
     prompt: StrictStr | None = Field(None, description="Raw prompt text (tokenized as is, no chat template)")
     messages: list[Message] | None = Field(None, min_length=1, description="Chat turns, rendered with the model's chat template")
-    prompt_ids: list[StrictInt] | None = Field(None, description="Prompt token ids, used exactly as given")
+    prompt_ids: list[TokenId] | None = Field(None, min_length=1, description="Prompt token ids, used exactly as given")
     system: StrictStr | None = Field(None, description="System text (the reward's criteria) for chat prompts")
 
     @model_validator(mode="after")
     def _one_prompt(self):
-        given = [f for f in ("prompt", "messages", "prompt_ids") if getattr(self, f) is not None]
+        given = [f for f in PROMPT_FORMS if getattr(self, f) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of prompt, messages, prompt_ids (got {given or 'none'})")
         return self
@@ -49,7 +63,9 @@ class PromptFields(BaseModel):
 
 class ScoreItem(PromptFields):
     response: StrictStr | None = Field(None, description="Response text")
-    response_ids: list[StrictInt] | None = Field(None, description="Response token ids, used exactly as given")
+    response_ids: list[TokenId] | None = Field(None, min_length=1, description="Response token ids, used exactly as given")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_schema_rules(PROMPT_FORMS, ("response", "response_ids")))
 
     @model_validator(mode="after")
     def _one_response(self):
@@ -70,8 +86,8 @@ class ScoringOptions(BaseModel):
     model_config = _STRICT
     model: StrictStr | None = Field(None, description="Optional; must name the served model if given")
     aggregation: Aggregation = "sum"
-    gamma: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Discount for aggregation=discounted")
-    beta: float = Field(0.0, ge=0, allow_inf_nan=False, description="Floor on the discount weight")
+    gamma: StrictFloat = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Discount for aggregation=discounted")
+    beta: StrictFloat = Field(0.0, ge=0, allow_inf_nan=False, description="Floor on the discount weight")
     terminal: Terminal = Field("zero", description="V(s_H): zero (paper) or bootstrap (cut-off responses)")
     return_tokens: StrictBool = Field(False, description="Include per-token rewards")
     truncate: StrictBool = Field(False, description="Drop the start of the prompt to fit max_model_len")
@@ -100,11 +116,12 @@ class ScoreRequest(ScoringOptions):
 
 class CompareRequest(ScoringOptions, PromptFields):
     responses: list[StrictStr] | None = Field(None, min_length=2)
-    responses_ids: list[list[StrictInt]] | None = Field(None, min_length=2)
+    responses_ids: list[Annotated[list[TokenId], Field(min_length=1)]] | None = Field(None, min_length=2)
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            **_schema_rules(PROMPT_FORMS, ("responses", "responses_ids")),
             "examples": [
                 {
                     "messages": [{"role": "user", "content": "What is 2+3?"}],
