@@ -1,0 +1,57 @@
+"""Hostile input: each a clear 4xx in the one error shape, never a 500 or a hang."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.http.conftest import assert_error
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    "raw,status",
+    [
+        (b"\xff\xfe\xfa{", 422),                                    # invalid UTF-8
+        (b"[" * 50_000 + b"]" * 50_000, 422),                       # deeply nested
+        (b'{"items": ' + b"[" * 3000 + b"]" * 3000 + b"}", 422),   # nested inside a field
+        (b'{"items": [{"prompt": "\\ud800", "response": "x"}]}', 422),  # lone surrogate
+        (b'{"items": [{"prompt_ids": [1e400], "response_ids": [1]}]}', 422),
+        (b'{"items": [{"prompt_ids": [1, 2], "response_ids": [99999999999999999999999]}]}', 422),
+        (b'{"items": [{"prompt_ids": [1, 2], "response_ids": [-5]}]}', 422),
+        (b'{"items": [{"prompt": "x", "response": "y"}], "gamma": NaN}', 422),
+        (b'{"items": [{"prompt": "x", "response": "y"}], "beta": -Infinity}', 422),
+        (b'{"items": [{"prompt": "x", "response": "y"}], "gamma": -1}', 422),
+        (b'{"items": [{"prompt": "x", "response": "y"}], "return_tokens": "yes"}', 422),
+        (b"null", 422),
+        (b'"items"', 422),
+        (b"", 422),
+    ],
+)
+def test_malformed_bodies(client, raw, status):
+    assert_error(client.post("/score", content=raw, headers=JSON), status)
+
+
+def test_huge_and_many(client):
+    assert_error(client.post("/score", json={"items": [{"prompt": "x" * 2_000_000, "response": "y"}]}), 413)
+    assert_error(client.post("/score", json={"items": [{"prompt_ids": [1], "response_ids": [2]}] * 5000}), 413)
+    assert_error(client.post("/compare", json={"prompt": "x", "responses": ["y"] * 5000}), 413)
+    assert_error(client.post("/score", json={"items": [{"prompt_ids": [1] * 100_000, "response_ids": [2]}]}), 413)
+
+
+def test_wrong_content_type_and_method(client):
+    r = client.post("/score", content=b'{"items": []}', headers={"content-type": "text/plain"})
+    assert r.status_code in (415, 422) and "error" in r.json()
+    assert_error(client.get("/score"), 405)
+    assert_error(client.get("/no-such-route"), 404)
+
+
+def test_slowloris_style_truncated_body_does_not_hang(server):
+    """A client that sends half a body and goes away: the server does not wait forever."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"it")
+    r = httpx.get(server.url + "/health", timeout=5)
+    assert r.status_code == 200
