@@ -1,6 +1,9 @@
 # The two commands of the README.
 .PHONY: install serve test test-slow
 
+# Tools the tests start as subprocesses (schemathesis, locust, hadolint) live in the venv.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
 install:
 	bash scripts/install.sh
 
