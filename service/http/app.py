@@ -14,6 +14,7 @@ from service.admission import AdmissionController
 from service.config import Settings
 from service.http.errors import install_error_handlers
 from service.http.middleware import AccessMiddleware, BodyLimitMiddleware
+from service.http.integrations import router as integrations_router
 from service.http.routes import open_router, scoring_router
 from service.http.state import ServiceState
 from service.metrics import Metrics
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(open_router)
     app.include_router(scoring_router)
+    app.include_router(integrations_router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"])

@@ -1,0 +1,117 @@
+"""OpenRLHF adapter.
+
+OpenRLHF can call the server directly: ``--remote_rm_url http://rm:8000/get_reward`` (the
+server speaks OpenRLHF's remote reward-model protocol). Its built-in HTTP client sends no
+API key and retries blindly; for auth, retries with backoff, failover over replicas and
+batches split to the server's limits, point OpenRLHF at a reward-function file instead:
+
+    # endorm_reward.py
+    from endorm_client.integrations.openrlhf import reward_func   # reads ENDORM_BASE_URL, ENDORM_API_KEY
+
+    openrlhf.cli.train_ppo_ray ... --remote_rm_url endorm_reward.py
+
+``reward_func(queries, prompts, labels)`` posts to ``/get_reward`` and returns OpenRLHF's
+reward dict ``{"rewards", "scores", "extra_logs"}`` as torch tensors (what
+``update_samples_with_rewards`` concatenates). Options: ``ENDORM_AGGREGATION``,
+``ENDORM_GAMMA``, ``ENDORM_BETA``, ``ENDORM_TERMINAL`` environment variables, or build your
+own with :func:`make_reward_func`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Sequence
+
+from endorm_client.client import RewardClient
+
+__all__ = ["make_reward_func", "reward_func", "get_rewards"]
+
+_OPTIONS = ("aggregation", "gamma", "beta", "terminal", "truncate", "add_eos")
+
+
+def get_rewards(client: RewardClient, queries: Sequence[str], prompts: Sequence[str] | None = None,
+                labels: Sequence[Any] | None = None, *, chunk_size: int | None = None,
+                max_concurrency: int | None = None, **options: Any) -> dict[str, Any]:
+    """``POST /get_reward`` in chunks; returns ``{"rewards": [...], "scores": [...], "extra_logs": {k: [...]}}``."""
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown /get_reward options: {sorted(unknown)}")
+    params = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}
+    n = len(queries)
+    if prompts is not None and len(prompts) != n:
+        raise ValueError(f"{len(prompts)} prompts for {n} queries")
+    labels = list(labels) if labels is not None else None
+
+    def send(idx: list[int]) -> list[tuple[float, float, dict]]:
+        body: dict[str, Any] = {"query": [queries[i] for i in idx]}
+        if prompts is not None:
+            body["prompts"] = [prompts[i] for i in idx]
+        if labels is not None:
+            body["labels"] = [labels[i] for i in idx]
+        out = client.request("POST", "/get_reward", json=body, params=params or None).json()
+        logs = out.get("extra_logs") or {}
+        return [(out["rewards"][j], out.get("scores", out["rewards"])[j], {k: v[j] for k, v in logs.items()})
+                for j in range(len(idx))]
+
+    rows = client.map_chunks(list(range(n)), send, chunk_size=chunk_size, max_concurrency=max_concurrency)
+    keys = list(rows[0][2]) if rows else []
+    return {"rewards": [r[0] for r in rows], "scores": [r[1] for r in rows],
+            "extra_logs": {k: [r[2][k] for r in rows] for k in keys}}
+
+
+def _tensors(out: dict[str, Any]) -> dict[str, Any]:
+    import torch  # OpenRLHF runs with torch; imported only here
+
+    t = lambda xs: torch.tensor(xs, dtype=torch.float32)  # noqa: E731
+    return {"rewards": t(out["rewards"]), "scores": t(out["scores"]),
+            "extra_logs": {k: t(v) for k, v in out["extra_logs"].items()}}
+
+
+def make_reward_func(client: RewardClient | str | Sequence[str] | None = None, *, return_tensors: bool = True,
+                     chunk_size: int | None = None, max_concurrency: int | None = None,
+                     aggregation: str | None = None, gamma: float | None = None, beta: float | None = None,
+                     terminal: str | None = None, truncate: bool | None = None, add_eos: bool | None = None,
+                     **client_kwargs: Any) -> Callable[..., dict[str, Any]]:
+    """An OpenRLHF ``reward_func(queries, prompts, labels)`` backed by the server.
+
+    client: a ``RewardClient``, or base URL(s) (None: ``ENDORM_BASE_URL``) with
+    ``client_kwargs`` (``api_key``, timeouts, retries...); the client is built lazily in the
+    process that calls the function (OpenRLHF runs it in Ray workers).
+    """
+    options = dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal, truncate=truncate,
+                   add_eos=add_eos)
+    state: dict[str, Any] = {"client": client if isinstance(client, RewardClient) else None}
+    lock = threading.Lock()
+
+    def reward_func(queries: Sequence[str], prompts: Sequence[str] | None = None,
+                    labels: Sequence[Any] | None = None, **_: Any) -> dict[str, Any]:
+        with lock:
+            if state["client"] is None:
+                state["client"] = RewardClient(client, **client_kwargs)
+        out = get_rewards(state["client"], queries, prompts, labels, chunk_size=chunk_size,
+                          max_concurrency=max_concurrency, **options)
+        return _tensors(out) if return_tensors else out
+
+    return reward_func
+
+
+def _env_float(name: str) -> float | None:
+    v = os.environ.get(name)
+    return float(v) if v else None
+
+
+_default: Callable[..., dict[str, Any]] | None = None
+
+
+def reward_func(queries: Sequence[str], prompts: Sequence[str] | None = None, labels: Sequence[Any] | None = None,
+                **kwargs: Any) -> dict[str, Any]:
+    """OpenRLHF's custom reward function, configured from the environment:
+    ``ENDORM_BASE_URL`` (comma-separated replicas), ``ENDORM_API_KEY``, ``ENDORM_AGGREGATION``,
+    ``ENDORM_GAMMA``, ``ENDORM_BETA``, ``ENDORM_TERMINAL``."""
+    global _default
+    if _default is None:
+        _default = make_reward_func(None, aggregation=os.environ.get("ENDORM_AGGREGATION") or None,
+                                    gamma=_env_float("ENDORM_GAMMA"), beta=_env_float("ENDORM_BETA"),
+                                    terminal=os.environ.get("ENDORM_TERMINAL") or None)
+    return _default(queries, prompts, labels, **kwargs)

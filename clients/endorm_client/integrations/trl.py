@@ -1,0 +1,184 @@
+"""Reward functions for TRL's ``GRPOTrainer`` (also RLOO and other trainers that call
+``reward_func(prompts=..., completions=..., completion_ids=..., **columns)``).
+
+    from trl import GRPOTrainer
+    from endorm_client.integrations.trl import make_reward_function
+
+    reward = make_reward_function("http://rm:8000", api_key="...")      # sync
+    areward = make_reward_function("http://rm:8000", asynchronous=True) # async (TRL runs it on its loop)
+    trainer = GRPOTrainer(model=..., reward_funcs=[reward], ...)
+
+Mapping of TRL's inputs to ``/score`` items:
+
+* conversational prompts (lists of ``{"role", "content"}``) -> ``messages`` (rendered with the
+  reward model's chat template and generation prompt); the completion is the text of the
+  generated message(s) (``[{"role": "assistant", "content": ...}]``) -> ``response``;
+* standard prompts (strings) -> ``prompt`` (raw text); the completion string -> ``response``;
+* ``use_completion_ids=True`` sends TRL's ``completion_ids`` as ``response_ids`` instead of
+  the decoded text: exact tokens (EOS included only when the policy generated it), valid
+  when the policy and the reward model share a tokenizer.
+
+The function returns one float per completion (the sequence reward, ``aggregation`` of
+the server, default ``sum``), calls the server in chunks within its limits and with
+bounded concurrency, and logs ``endorm/response_tokens`` through TRL's ``log_metric``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Sequence
+
+from endorm_client.client import AsyncRewardClient, RewardClient
+
+__all__ = ["make_reward_function", "EndoRMRewardFunction", "AsyncEndoRMRewardFunction", "to_items"]
+
+_OPTIONS = ("aggregation", "gamma", "beta", "terminal", "truncate", "add_eos", "model")
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: [{"type": "text", "text": ...}, ...]
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return _text(completion.get("content"))
+    if isinstance(completion, Sequence):
+        msgs = [m for m in completion if isinstance(m, dict)]
+        assistant = [m for m in msgs if m.get("role", "assistant") == "assistant"] or msgs
+        return "".join(_text(m.get("content")) for m in assistant)
+    raise TypeError(f"unsupported completion type {type(completion).__name__}")
+
+
+def to_items(prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None,
+             *, system: str | None = None, use_completion_ids: bool = False) -> list[dict]:
+    """TRL's (prompts, completions[, completion_ids]) -> ``/score`` items."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+    if use_completion_ids and completion_ids is None:
+        raise ValueError("use_completion_ids=True but the trainer passed no completion_ids")
+    items = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        if isinstance(prompt, str):
+            if system is not None:
+                raise ValueError("system (reward criteria) needs conversational prompts (lists of messages)")
+            item: dict[str, Any] = {"prompt": prompt}
+        else:
+            item = {"messages": [{"role": m["role"], "content": _text(m.get("content"))} for m in prompt]}
+            if system is not None:
+                item["system"] = system
+        if use_completion_ids:
+            item["response_ids"] = [int(t) for t in completion_ids[i]]
+        else:
+            item["response"] = _completion_text(completion)
+        items.append(item)
+    return items
+
+
+class _Common:
+    def __init__(self, client: Any, base_url: Any, client_kwargs: dict, name: str, system: str | None,
+                 use_completion_ids: bool, options: dict, chunk_size: int | None, max_concurrency: int | None) -> None:
+        unknown = set(options) - set(_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown scoring options: {sorted(unknown)}")
+        self.__name__ = name  # TRL names the metric rewards/<__name__>/mean
+        self._client = client
+        self._base_url = base_url
+        self._client_kwargs = client_kwargs
+        self.system = system
+        self.use_completion_ids = use_completion_ids
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self.chunk_size = chunk_size
+        self.max_concurrency = max_concurrency
+        self.calls = 0
+
+    def _items(self, prompts, completions, completion_ids) -> list[dict]:
+        return to_items(prompts, completions, completion_ids, system=self.system,
+                        use_completion_ids=self.use_completion_ids)
+
+    @staticmethod
+    def _log(kwargs: dict, res: Any) -> None:
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and res.results:
+            log_metric("endorm/response_tokens", sum(r.num_tokens for r in res.results) / len(res.results))
+
+    def __getstate__(self) -> dict:  # picklable: the HTTP client is rebuilt where it is used
+        state = dict(self.__dict__)
+        if state.get("_owned", False):
+            state["_client"] = None
+        state.pop("_loop", None)
+        return state
+
+
+class EndoRMRewardFunction(_Common):
+    """Synchronous TRL reward function (a picklable callable)."""
+
+    def _get_client(self) -> RewardClient:
+        if self._client is None:
+            self._client = RewardClient(self._base_url, **self._client_kwargs)
+            self._owned = True
+        return self._client
+
+    def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list[float]:
+        items = self._items(prompts, completions, completion_ids)
+        res = self._get_client().score_batch(items, chunk_size=self.chunk_size, max_concurrency=self.max_concurrency,
+                                             **self.options)
+        self.calls += 1
+        self._log(kwargs, res)
+        return [r.score for r in res.results]
+
+
+class AsyncEndoRMRewardFunction(_Common):
+    """Asynchronous TRL reward function (``async __call__``; TRL awaits it on its event loop)."""
+
+    def _get_client(self) -> AsyncRewardClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or (getattr(self, "_owned", False) and getattr(self, "_loop", None) is not loop):
+            self._client = AsyncRewardClient(self._base_url, **self._client_kwargs)
+            self._owned, self._loop = True, loop
+        return self._client
+
+    async def __call__(self, prompts: list, completions: list, completion_ids: list | None = None,
+                       **kwargs: Any) -> list[float]:
+        items = self._items(prompts, completions, completion_ids)
+        res = await self._get_client().score_batch(items, chunk_size=self.chunk_size,
+                                                   max_concurrency=self.max_concurrency, **self.options)
+        self.calls += 1
+        self._log(kwargs, res)
+        return [r.score for r in res.results]
+
+
+def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequence[str] | None = None, *,
+                         asynchronous: bool = False, name: str = "endorm", system: str | None = None,
+                         use_completion_ids: bool = False, aggregation: str | None = None,
+                         gamma: float | None = None, beta: float | None = None, terminal: str | None = None,
+                         truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
+                         chunk_size: int | None = None, max_concurrency: int | None = None,
+                         **client_kwargs: Any) -> EndoRMRewardFunction | AsyncEndoRMRewardFunction:
+    """A TRL reward function backed by the EndoRM server.
+
+    client: a ``RewardClient`` (sync) / ``AsyncRewardClient`` (async), or base URL(s) (None:
+        ``ENDORM_BASE_URL``); with URLs, ``client_kwargs`` (``api_key``, timeouts, retries...)
+        build the client lazily, in the process and event loop that calls the function.
+    asynchronous: return an async function (TRL >= 0.20 runs async reward functions concurrently).
+    system: reward criteria text, sent as the system turn (conversational prompts only).
+    use_completion_ids: score TRL's exact ``completion_ids`` (same tokenizer only).
+    aggregation, gamma, beta, terminal, truncate, add_eos, model: ``/score`` options.
+    """
+    if isinstance(client, (RewardClient, AsyncRewardClient)):
+        if client_kwargs:
+            raise TypeError("client options go to the client you pass, not here")
+        if asynchronous != isinstance(client, AsyncRewardClient):
+            raise TypeError("asynchronous=True needs an AsyncRewardClient, False a RewardClient")
+        given, base_url = client, None
+    else:
+        given, base_url = None, client
+    cls = AsyncEndoRMRewardFunction if asynchronous else EndoRMRewardFunction
+    options = dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal, truncate=truncate,
+                   add_eos=add_eos, model=model)
+    return cls(given, base_url, client_kwargs, name, system, use_completion_ids, options, chunk_size, max_concurrency)

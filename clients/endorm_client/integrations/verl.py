@@ -1,0 +1,73 @@
+"""verl adapter.
+
+The server answers vLLM's ``POST /classify`` as verl's reward loop sends it (``{"model",
+"input", "activation": false}``, reward read from ``data[-1].probs[-1]``), so anything in
+verl that talks to a vLLM reward-model server can talk to it. For a custom reward
+function with auth, retries and failover (``custom_reward_function.path`` /
+``custom_reward_function.name``):
+
+    # endorm_verl.py
+    from endorm_client.integrations.verl import make_compute_score
+    compute_score = make_compute_score("http://rm:8000", prompt_key="question")   # async
+
+verl passes ``data_source, solution_str, ground_truth, extra_info`` (and more keywords, which
+are ignored); the prompt is taken from ``extra_info[prompt_key]`` (a string -> one user turn
+when ``chat``, else raw text; or a list of messages), the response is ``solution_str``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Sequence
+
+from endorm_client.client import AsyncRewardClient, RewardClient
+
+__all__ = ["make_compute_score", "to_item"]
+
+
+def to_item(solution_str: str, extra_info: dict | None, *, prompt_key: str, chat: bool,
+            system: str | None) -> dict[str, Any]:
+    if not extra_info or prompt_key not in extra_info:
+        raise KeyError(f"extra_info has no {prompt_key!r}: put the prompt there in your dataset, or set prompt_key")
+    prompt = extra_info[prompt_key]
+    if isinstance(prompt, str):
+        item: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt}
+    else:
+        item = {"messages": [{"role": m["role"], "content": m["content"]} for m in prompt]}
+    if system is not None:
+        item["system"] = system
+    item["response"] = solution_str
+    return item
+
+
+def make_compute_score(client: RewardClient | AsyncRewardClient | str | Sequence[str] | None = None, *,
+                       asynchronous: bool = True, prompt_key: str = "question", chat: bool = True,
+                       system: str | None = None, aggregation: str | None = None, gamma: float | None = None,
+                       beta: float | None = None, terminal: str | None = None, add_eos: bool | None = None,
+                       **client_kwargs: Any) -> Callable[..., Any]:
+    """A verl ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw) -> float``
+    (an ``async def`` when ``asynchronous``, which verl's reward loop awaits)."""
+    options = {k: v for k, v in dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
+                                     add_eos=add_eos).items() if v is not None}
+    given = client if isinstance(client, (RewardClient, AsyncRewardClient)) else None
+    state: dict[str, Any] = {"client": given, "loop": None}
+
+    if asynchronous:
+        async def compute_score(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
+                                extra_info: dict | None = None, **_: Any) -> float:
+            loop = asyncio.get_running_loop()
+            if given is None and state["loop"] is not loop:
+                state["client"], state["loop"] = AsyncRewardClient(client, **client_kwargs), loop
+            item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)
+            return (await state["client"].score([item], **options)).results[0].score
+
+        return compute_score
+
+    def compute_score_sync(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
+                           extra_info: dict | None = None, **_: Any) -> float:
+        if state["client"] is None:
+            state["client"] = RewardClient(client, **client_kwargs)
+        item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)
+        return state["client"].score([item], **options).results[0].score
+
+    return compute_score_sync
