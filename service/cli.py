@@ -1,4 +1,4 @@
-"""``endorm`` command line: ``serve`` (HTTP service) and ``score`` (offline file scoring).
+"""``endorm`` command line: ``serve`` (HTTP service), ``score`` (offline file scoring), ``eval`` (accuracy reports).
 
 Every Settings field is a flag (``--max-model-len``) and an env var
 (``ENDORM_MAX_MODEL_LEN``); flags win.
@@ -72,6 +72,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from service.evaluation.command import run
+
+    settings = settings_from_args(args)
+    _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    return run(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="endorm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=64, help="pairs in flight at once")
     add_settings_flags(score)
     score.set_defaults(func=cmd_score)
+    from service.evaluation.command import add_arguments as add_eval_arguments
+
+    evaluate = sub.add_parser("eval", help="accuracy on a preference file (RM-Bench / RewardBench form), with reports")
+    add_eval_arguments(evaluate)
+    add_settings_flags(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 

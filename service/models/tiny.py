@@ -185,11 +185,12 @@ def _corpus() -> list[str]:
 # ------------------------------------------------------------------------ tokenizer
 
 
-def _train_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool = False):
+def _train_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool = False, corpus=None):
     """Train a byte-level BPE with ``vocab_size`` tokens (specials included).
 
     The built-in corpus supports about 1200 tokens (about 900 with the Qwen
-    pre-tokenizer); a larger request gives fewer.
+    pre-tokenizer); a larger request gives fewer. ``corpus`` (a list of texts)
+    replaces the built-in one.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers import processors, trainers
@@ -218,7 +219,7 @@ def _train_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool = False):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     assert tok.get_vocab_size(with_added_tokens=True) <= vocab_size
     for i, t in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
@@ -231,10 +232,10 @@ def _train_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool = False):
     return tok
 
 
-def _make_hf_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool):
+def _make_hf_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool, corpus=None):
     from transformers import PreTrainedTokenizerFast
 
-    tok = _train_tokenizer(vocab_size, add_bos, qwen_style)
+    tok = _train_tokenizer(vocab_size, add_bos, qwen_style, corpus)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
