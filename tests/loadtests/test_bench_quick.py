@@ -1,0 +1,32 @@
+"""The benchmark harness end to end on a 2-layer model (a few minutes: slow, run with -m slow).
+
+Checks that every phase runs and writes its files; the numbers of a --quick run mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_the_report(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "loadtests.bench", "--quick", "--out", str(tmp_path),
+                           "--machine", "testbox", "--py-spy", "4"],
+                          cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [js] = tmp_path.glob("*-testbox.json")
+    res = json.loads(js.read_text())
+    keys = {r["key"] for r in res["ratios"]}
+    assert {"service_overhead", "vs_stock0", "vs_stockfull", "vs_naive", "plugin_mem_growth"} <= keys
+    assert max(res["checks"].values()) < 1e-3  # the routes compute the same numbers
+    assert res["latency"]["steps"] and res["memory"]["plugin"] and res["memory"]["naive"]
+    for kind in ("throughput", "memory", "latency"):
+        assert (tmp_path / f"{js.stem}-{kind}.png").stat().st_size > 10_000
+    assert (tmp_path / f"{js.stem}.md").read_text().count("| yes |") >= 1
