@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,18 +52,13 @@ PRESETS = {
 
 def ensure_model(spec: ModelSpec, cache_dir: Path | str = DEFAULT_CACHE) -> Path:
     """Build the model once under ``cache_dir`` (atomic rename; concurrent callers are safe)."""
-    from service.models.tiny import build_tiny_model, tiny_model_dirname
+    from service.models.tiny import build_into_place, build_tiny_model, tiny_model_dirname
 
     # The tiny builder's own name tags the transformers version the files depend on.
     tag = tiny_model_dirname(spec.arch, seed=spec.seed, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
                              num_layers=spec.num_layers).rsplit("-", 1)[-1]
-    cache = Path(cache_dir)
-    final = cache / f"{spec.name}-{tag}"
-    if (final / "config.json").is_file():
-        return final
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
-    try:
+
+    def build(tmp: Path) -> None:
         build_tiny_model(tmp, spec.arch, seed=spec.seed, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
                          num_layers=spec.num_layers, overwrite=True)
         cfg_path = tmp / "config.json"
@@ -76,15 +69,8 @@ def ensure_model(spec: ModelSpec, cache_dir: Path | str = DEFAULT_CACHE) -> Path
         tok_cfg = json.loads(tok_cfg_path.read_text())
         tok_cfg["model_max_length"] = spec.max_positions
         tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2, sort_keys=True) + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return build_into_place(Path(cache_dir) / f"{spec.name}-{tag}", build)
 
 
 def resolve(model: str, cache_dir: Path | str = DEFAULT_CACHE) -> tuple[Path, ModelSpec | None]:

@@ -34,6 +34,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "BOS_ARCHS",
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
+    "build_into_place",
     "build_tiny_model",
     "ensure_tiny_model",
     "tiny_model_dirname",
@@ -476,14 +478,22 @@ def ensure_tiny_model(cache_dir: str | Path, arch: str = "llama", **kw) -> Path:
     race discards its copy and uses the winner's.
     """
     kw.pop("overwrite", None)
-    cache = Path(cache_dir)
-    final = cache / tiny_model_dirname(arch, **kw)
+    final = Path(cache_dir) / tiny_model_dirname(arch, **kw)
+    return build_into_place(final, lambda tmp: build_tiny_model(tmp, arch, overwrite=True, **kw))
+
+
+def build_into_place(final: Path, build: Callable[[Path], object]) -> Path:
+    """``final`` if it holds a model, else ``build`` one in a temporary sibling and rename it there.
+
+    The rename is atomic, so concurrent processes are safe: the loser of a race
+    discards its copy and uses the winner's.
+    """
     if (final / "config.json").is_file():
         return final
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
-        build_tiny_model(tmp, arch, overwrite=True, **kw)
+        build(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
