@@ -1,56 +1,27 @@
-"""Start a real ``endorm serve`` process on 127.0.0.1 and wait until it is ready."""
+"""Start a real ``endorm serve`` process on 127.0.0.1 and wait until it is ready.
+
+The launcher itself is the load tests' (``loadtests/server.py``); this keeps the
+tests' one-call form: ``ServerProcess(args, log_path=...).start()`` returns when ready.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
+from loadtests.server import LocalServer, free_port
+
+__all__ = ["ServerProcess", "free_port"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None, ready_timeout: float = 300) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.args = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
-        self.env = {**os.environ, **(env or {})}
-        self.ready_timeout = ready_timeout
-        self.proc: subprocess.Popen | None = None
+class ServerProcess(LocalServer):
+    def __init__(self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None,
+                 ready_timeout: float = 300) -> None:
+        super().__init__(args, log_path=log_path, env=env, ready_timeout_s=ready_timeout)
 
     def start(self) -> "ServerProcess":
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"server not ready in {self.ready_timeout} s; log: {self.log_tail()}")
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        super().start()
+        self.wait_ready()
+        return self
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -59,15 +30,3 @@ class ServerProcess:
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()

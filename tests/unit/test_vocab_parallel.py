@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from service.engine.token_stats import chunked_token_stats
+from tests.server import free_port
 
 WORLD = 2
 VOCAB = 1000
@@ -29,12 +29,6 @@ ROWS = 53
 CHUNK_ROWS = 7  # 8 chunks, the last one partial
 ALPHAS = (1.0, 0.5)
 TOL = 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +126,7 @@ def test_reference_catches_wrong_reduction():
 
 @pytest.mark.timeout(60)
 def test_vocab_parallel_matches_full_vocab(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     for rank in range(WORLD):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert sorted(report) == sorted(str(a) for a in ALPHAS)
