@@ -103,11 +103,15 @@ def compute_ratios(res: dict) -> list[dict]:
 # --------------------------------------------------------------------------- plots
 
 
-def _footer(fig, res: dict) -> None:
+def _save(plt, fig, res: dict, path: Path) -> Path:
+    """Stamp the machine, model and command under the figure (every figure carries them), write it, close it."""
     from loadtests.bench.machine import footer
 
     fig.text(0.01, 0.005, footer(res["machine"], res["model"]["describe"], res["command"]), fontsize=6.5,
              family="monospace", va="bottom", ha="left", wrap=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _new_fig(n_axes: int = 1, width: float = 11):
@@ -161,10 +165,7 @@ def plot_throughput(res: dict, path: Path) -> Path | None:
         for i, v in enumerate(vals):
             ax2.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
     fig.suptitle("Throughput, side by side in one run", fontsize=11)
-    _footer(fig, res)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, res, path)
 
 
 def plot_memory(res: dict, path: Path) -> Path | None:
@@ -185,10 +186,7 @@ def plot_memory(res: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Memory vs sequence length: plugin (chunked logsumexp) vs naive (full logits)", fontsize=11)
-    _footer(fig, res)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, res, path)
 
 
 def plot_latency(res: dict, path: Path) -> Path | None:
@@ -222,10 +220,7 @@ def plot_latency(res: dict, path: Path) -> Path | None:
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
     fig.suptitle(f"Latency vs offered load (locust step run): {lat['request']}, admission limit "
                  f"{lat['max_inflight_tokens']} tokens, queue timeout {lat['queue_timeout_s']:g} s", fontsize=9)
-    _footer(fig, res)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, res, path)
 
 
 # --------------------------------------------------------------------------- markdown
