@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
@@ -15,26 +13,16 @@ from tests.conftest import COMMON, tiny_model
 from tests.reliability.conftest import metric
 from tests.server import ServerProcess
 
-# Six concurrent /score requests of 64 x 482 tokens; prints [[status, retry_after, seconds], ...].
-LOAD_CLIENT = """
-import json, sys, time
-from concurrent.futures import ThreadPoolExecutor
-import httpx
+BODY = {"items": [{"prompt_ids": [(i + j) % 500 + 5 for j in range(480)], "response_ids": [7, 8]} for i in range(64)]}
 
-url = sys.argv[1]
-body = {"items": [{"prompt_ids": [(i + j) % 500 + 5 for j in range(480)], "response_ids": [7, 8]} for i in range(64)]}
 
-def post(_):
+def _post(url: str) -> tuple[object, str | None, float]:
     start = time.monotonic()
     try:
-        r = httpx.post(url + "/score", json=body, timeout=60)
+        r = httpx.post(url + "/score", json=BODY, timeout=60)
         return r.status_code, r.headers.get("retry-after"), time.monotonic() - start
     except httpx.TransportError as exc:
         return type(exc).__name__, None, time.monotonic() - start
-
-with ThreadPoolExecutor(6) as pool:
-    print(json.dumps(list(pool.map(post, range(6)))))
-"""
 
 
 def test_engine_death_under_load(tmp_path):
@@ -48,10 +36,11 @@ def test_engine_death_under_load(tmp_path):
         # process for up to 3 s, and the kill landed after every request had finished.
         for child in engine:
             child.send_signal(signal.SIGSTOP)
-        load = subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, server.url], stdout=subprocess.PIPE, text=True)
+        pool = ThreadPoolExecutor(6)
+        futures = [pool.submit(_post, server.url) for _ in range(6)]
         deadline = time.monotonic() + 30
         while metric(server.url, "endorm_in_flight_requests") < 6:
-            assert time.monotonic() < deadline and load.poll() is None, "the requests never reached the engine"
+            assert time.monotonic() < deadline, "the requests never reached the engine"
             time.sleep(0.05)
         for child in engine:
             child.send_signal(signal.SIGKILL)
@@ -67,8 +56,8 @@ def test_engine_death_under_load(tmp_path):
             except httpx.TransportError:
                 break
             time.sleep(0.1)
-        out, _ = load.communicate(timeout=60)
-        results = [tuple(r) for r in json.loads(out)]
+        results = [f.result(timeout=60) for f in futures]
+        pool.shutdown()
         exit_code = server.wait(timeout=30)
     finally:
         server.stop()
