@@ -7,12 +7,15 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import tiny_model
 from tests.http.conftest import API_KEY, COMMON
+from tests.reliability.conftest import metric
 from tests.server import ServerProcess
 
 
@@ -21,10 +24,23 @@ def _heavy_item(seed: int, prompt_len: int = 480) -> dict:
 
 
 def _engine_unfinished(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    match = re.search(r"^endorm_engine_unfinished_sequences (\S+)$", text, re.M)
-    assert match, "gauge missing"
-    return float(match.group(1))
+    return metric(url, "endorm_engine_unfinished_sequences")
+
+
+@contextmanager
+def _engine_frozen(server: ServerProcess):
+    """SIGSTOP the engine processes for the body, so the requests sent meanwhile are surely
+    still in flight when the test acts: on 2 cores a busy engine starved the test process
+    for seconds (measured), and timing-based versions of these tests were flaky."""
+    engine = psutil.Process(server.proc.pid).children(recursive=True)
+    assert engine, "no engine process"
+    for child in engine:
+        child.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for child in engine:
+            child.send_signal(signal.SIGCONT)
 
 
 def test_client_disconnects_abort_engine_work(server):
@@ -49,7 +65,7 @@ def test_client_disconnects_abort_engine_work(server):
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    with ThreadPoolExecutor(8) as pool:
+    with _engine_frozen(server), ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(hang_up, range(8)))
     watcher.join()
     assert seen_busy.is_set(), "the engine never had work: the test proves nothing"
@@ -111,8 +127,9 @@ def draining_server(tmp_path_factory):
 
 
 def test_deadline_answers_504_and_aborts_engine_work(small_server):
-    body = {"items": [_heavy_item(i) for i in range(64)]}  # ~31k tokens: well over 0.5 s here
-    r = httpx.post(small_server.url + "/score", json=body, timeout=60)
+    body = {"items": [_heavy_item(i) for i in range(64)]}  # ~31k tokens
+    with _engine_frozen(small_server):  # past the 0.5 s deadline on any machine
+        r = httpx.post(small_server.url + "/score", json=body, timeout=60)
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout"
     deadline = time.monotonic() + 15
@@ -133,20 +150,22 @@ def test_sigterm_drains_without_failing_in_flight_requests(draining_server):
 
     # Long admission wait so every request is admitted in turn (none rejected before the signal).
     pool = ThreadPoolExecutor(8)
-    futures = [pool.submit(post, i) for i in range(8)]
-    deadline = time.monotonic() + 20
-    while _engine_unfinished(draining_server.url) == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    draining_server.signal(signal.SIGTERM)
-    time.sleep(0.3)
     during = []
-    try:
-        during.append(httpx.get(draining_server.url + "/ready", timeout=5).status_code)
-        late = httpx.post(draining_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}, timeout=5)
-        during.append(late.status_code)
-        assert late.headers.get("retry-after") is not None
-    except httpx.ConnectError:
-        pytest.fail("server stopped accepting connections before in-flight requests finished")
+    with _engine_frozen(draining_server):  # the drain cannot finish before the probes below
+        futures = [pool.submit(post, i) for i in range(8)]
+        deadline = time.monotonic() + 20
+        while metric(draining_server.url, "endorm_in_flight_requests") < 8:  # all admitted before the signal
+            assert time.monotonic() < deadline, "the requests were never all admitted"
+            time.sleep(0.02)
+        draining_server.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        try:
+            during.append(httpx.get(draining_server.url + "/ready", timeout=5).status_code)
+            late = httpx.post(draining_server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}, timeout=5)
+            during.append(late.status_code)
+            assert late.headers.get("retry-after") is not None
+        except httpx.ConnectError:
+            pytest.fail("server stopped accepting connections before in-flight requests finished")
     results = [f.result() for f in futures]
     pool.shutdown()
     code = draining_server.wait(timeout=90)
