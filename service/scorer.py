@@ -18,6 +18,7 @@ import numpy as np
 from service import rewards
 from service.config import Settings
 from service.engine import EngineInfo, TokenStatsEngine, create_engine
+from service.grouping import GroupScheduler
 from service.models.default import resolve_model_path
 from service.tokenization import EncodedPair, InputError, PairEncoder
 
@@ -56,6 +57,7 @@ class Scorer:
         self.engine = engine
         self.encoder = encoder
         self.model_name = model_name
+        self.groups = GroupScheduler(engine)  # shared prompts computed once (service/grouping.py)
 
     @classmethod
     async def start(cls, settings: Settings) -> "Scorer":
@@ -99,11 +101,12 @@ class Scorer:
     # --- token ids -> rewards -------------------------------------------------
 
     async def score_pairs(self, pairs: Sequence[EncodedPair], options: ScoreOptions) -> list[ScoredItem]:
-        """All pairs go to the engine at once; the engine batches them with every other caller."""
-        stats = await asyncio.gather(*(self.engine.token_stats(p.prompt_ids + p.response_ids) for p in pairs))
+        """Pairs go to the engine together (one leader per shared prompt first); the engine batches them with every other caller."""
+        stats = await self.groups.stats(pairs)
         items = []
         for pair, st in zip(pairs, stats):
-            tr = rewards.token_rewards(st.c, st.v, len(pair.prompt_ids), alpha=self.info.alpha, terminal=options.terminal)
+            # st covers positions st.offset .. N-1, so the prompt length in its indexing is P - offset
+            tr = rewards.token_rewards(st.c, st.v, len(pair.prompt_ids) - st.offset, alpha=self.info.alpha, terminal=options.terminal)
             score = rewards.aggregate(tr, options.aggregation, gamma=options.gamma, beta=options.beta)
             texts = self.encoder.decode_tokens(pair.response_ids) if options.return_tokens else None
             items.append(ScoredItem(score=score, pair=pair, token_rewards=tr, token_texts=texts))

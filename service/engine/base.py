@@ -10,10 +10,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TokenStats:
-    """c[i] = raw logit at position i of x_{i+1} (NaN at N-1); v[i] = alpha*logsumexp(logits_i/alpha)."""
+    """c[i] = raw logit at position offset+i of x_{offset+i+1} (NaN at N-1); v[i] = alpha*logsumexp(logits/alpha) there.
+
+    ``offset`` > 0 when only positions offset .. N-1 were asked for (scoring reads from P - 1)
+    or, with the prefix cache read, when a cache hit covered the positions before it.
+    ``extra_c[j]`` = logits_p[token] for the j-th requested extra (p, token) pair (NaN if p was not computed).
+    """
 
     c: np.ndarray
     v: np.ndarray
+    offset: int = 0
+    extra_c: np.ndarray | None = None
+    cached_tokens: int = 0  # prompt tokens vLLM served from its prefix cache
 
 
 @dataclass(frozen=True)

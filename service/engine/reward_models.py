@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from service.engine.row_assembly import EXTRA_KEY, FIRST_KEY, RowAssembly
 from service.engine.token_stats import DEFAULT_CHUNK_ROWS, chunked_token_stats
 
 CLASS_PREFIX = "EndoReward"
@@ -51,34 +52,55 @@ class _PoolerMixin:
         cursor = pooling_metadata.get_pooling_cursor()
         n_sched = cursor.num_scheduled_tokens_cpu.tolist()
         ends = cursor.seq_lens_cpu.tolist()
-        prompt_lens = pooling_metadata.prompt_lens.tolist()
         token_ids = pooling_metadata.get_prompt_token_ids_cpu()
+        states = [_assembly(s, p) for s, p in zip(pooling_metadata.pooling_states, pooling_metadata.pooling_params)]
 
-        # Scheduled rows of request j are positions [end - n, end); row at
-        # position p is scored against x_{p+1} when it exists (p < P - 1).
-        targets = torch.zeros(sum(n_sched), dtype=torch.long)
-        has_next = torch.zeros(sum(n_sched), dtype=torch.bool)
+        # Scheduled rows of request j are positions [end - n, end) (end - n = k on a
+        # prefix-cache hit of k). The LM head runs only on positions >= first
+        # (= P - 1: V(s_0) = v_{P-1} is the first value the rewards read), plus
+        # one row per requested extra target. Row at p is scored against x_{p+1}.
+        sel: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        has_next: list[torch.Tensor] = []
+        plan: list[tuple[int, int, int, list[int]]] = []  # per request: (start, end, n_rows, extra indices)
         row = 0
-        for ids, n, end, plen in zip(token_ids, n_sched, ends, prompt_lens):
+        for ids, n, end, asm in zip(token_ids, n_sched, ends, states):
             start = end - n
-            stop = min(end, plen - 1, len(ids) - 1)
-            if stop > start:
-                targets[row : row + stop - start] = ids[start + 1 : stop + 1].long()
-                has_next[row : row + stop - start] = True
+            lo = max(start, asm.first)
+            if end > lo:
+                sel.append(torch.arange(row + lo - start, row + n))
+                nxt = torch.zeros(end - lo, dtype=torch.long)
+                stop = min(end, len(ids) - 1)  # positions lo .. stop-1 have a next token
+                if stop > lo:
+                    nxt[: stop - lo] = ids[lo + 1 : stop + 1].long()
+                targets.append(nxt)
+                has_next.append(torch.arange(lo, end) < stop)
+            extra = [i for i, (p, _) in enumerate(asm.extra_targets) if lo <= p < end]
+            if extra:
+                sel.append(torch.tensor([row + asm.extra_targets[i][0] - start for i in extra]))
+                targets.append(torch.tensor([asm.extra_targets[i][1] for i in extra], dtype=torch.long))
+                has_next.append(torch.ones(len(extra), dtype=torch.bool))
+            plan.append((start, end, max(0, end - lo), extra))
             row += n
 
         device = hidden_states.device
-        stats = self._stats(hidden_states[:row], targets.to(device))
-        stats[:, 0] = torch.where(has_next.to(device), stats[:, 0], torch.nan)  # c_{N-1} undefined
+        empty = torch.zeros(0, dtype=torch.long)
+        index = torch.cat(sel) if sel else empty
+        stats = self._stats(hidden_states.index_select(0, index.to(device)), (torch.cat(targets) if targets else empty).to(device))
+        mask = (torch.cat(has_next) if has_next else empty.bool()).to(device)
+        stats[:, 0] = torch.where(mask, stats[:, 0], torch.nan)  # c_{N-1} undefined
 
         outputs: list[torch.Tensor | None] = []
         finished = cursor.get_finished_mask()
-        for state, part, done in zip(pooling_metadata.pooling_states, torch.split(stats, n_sched), finished):
-            # Chunked prefill: keep partial rows until the request's last step.
-            state.hidden_states_cache.append(part)
+        at = 0
+        for state, asm, (start, end, n_rows, extra), done in zip(pooling_metadata.pooling_states, states, plan, finished):
+            rows = stats[at : at + n_rows]
+            extra_c = {i: float(stats[at + n_rows + j, 0]) for j, i in enumerate(extra)}
+            at += n_rows + len(extra)
+            asm.add(start, end, rows, extra_c)  # chunked prefill: keep rows until the last step
             if done:
-                cache = state.hidden_states_cache
-                outputs.append(cache[0] if len(cache) == 1 else torch.cat(cache))
+                outputs.append(asm.result(end))
+                state.endorm_rows = None
                 state.clean()
             else:
                 outputs.append(None)
@@ -90,6 +112,17 @@ class _PoolerMixin:
         return chunked_token_stats(
             hidden_states, targets, self._model.compute_logits, alpha=self.alpha, chunk_rows=self.chunk_rows
         )
+
+
+def _assembly(state: Any, params: Any) -> RowAssembly:
+    """The request's RowAssembly, kept on vLLM's per-request PoolingStates (survives preemption)."""
+    asm = getattr(state, "endorm_rows", None)
+    if asm is None:
+        kw = params.extra_kwargs or {}
+        extra = [(int(p), int(t)) for p, t in kw.get(EXTRA_KEY, ())]
+        asm = RowAssembly(first=int(kw.get(FIRST_KEY, 0)), extra_targets=extra)
+        state.endorm_rows = asm
+    return asm
 
 
 class _VocabParallelLogits:

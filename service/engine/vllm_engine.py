@@ -20,6 +20,7 @@ from service.config import Settings
 from service.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
 from service.engine.plugin import reward_architecture
 from service.engine.reward_models import ALPHA_KEY, CHUNK_KEY
+from service.engine.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,22 @@ class VllmEngine:
         seqs = [[i % self.info.vocab_size for i in range(n)] for n in lengths]
         await asyncio.gather(*(self.token_stats(s) for s in seqs))
 
-    async def token_stats(self, token_ids: Sequence[int]) -> TokenStats:
+    supports_prefix_reuse = True  # token_stats takes first / read_cache / extra_targets
+
+    async def token_stats(
+        self,
+        token_ids: Sequence[int],
+        *,
+        first: int = 0,
+        read_cache: bool = False,
+        extra_targets: Sequence[tuple[int, int]] = (),
+    ) -> TokenStats:
+        """Rows for positions first .. N-1 (the LM head runs on no earlier row).
+
+        With ``read_cache`` the request reads vLLM's prefix cache: a hit of k
+        tokens skips computing positions < k, so the result may start after
+        ``first`` (its ``offset`` says where); without it the result is complete.
+        """
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
@@ -122,14 +138,16 @@ class VllmEngine:
         if engine is None or engine.errored:
             raise EngineError("engine is not running")
         check_token_ids(token_ids, self.info.vocab_size)
+        if not 0 <= first < len(token_ids):
+            raise ValueError(f"first position {first} outside the sequence of {len(token_ids)} tokens")
+        extra_kwargs = {FIRST_KEY: int(first)}
+        if extra_targets:
+            extra_kwargs[EXTRA_KEY] = [[int(p), int(t)] for p, t in extra_targets]
+        params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not read_cache, extra_kwargs=extra_kwargs)
         request_id = f"endorm-{next(self._ids)}"
         final = None
         try:
-            async for out in engine.encode(
-                TokensPrompt(prompt_token_ids=list(token_ids)),
-                PoolingParams(task="token_classify"),
-                request_id=request_id,
-            ):
+            async for out in engine.encode(TokensPrompt(prompt_token_ids=list(token_ids)), params, request_id=request_id):
                 final = out
         except asyncio.CancelledError:
             raise  # AsyncLLM.encode has already aborted the request in the engine
@@ -139,8 +157,10 @@ class VllmEngine:
             raise
         if final is None:
             raise EngineError("engine returned no output")
-        data = final.outputs.data.numpy().astype(np.float64)
-        return TokenStats(c=data[:, 0], v=data[:, 1])
+        offset, c, v, extra_c = parse_result(final.outputs.data)
+        if offset != first and not read_cache:
+            raise EngineError(f"engine computed positions from {offset}, not {first}, without reading the cache")
+        return TokenStats(c=c, v=v, offset=offset, extra_c=extra_c, cached_tokens=int(final.num_cached_tokens or 0))
 
     def num_unfinished(self) -> int:
         if self._engine is None:

@@ -18,6 +18,7 @@ from service.http.integrations import router as integrations_router
 from service.http.routes import open_router, scoring_router
 from service.http.state import ServiceState
 from service.metrics import Metrics
+from service.reuse_metrics import ReuseCollector
 from service.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         admission=AdmissionController(settings.max_inflight_tokens, settings.queue_timeout_s),
         api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
     )
+    state.metrics.registry.register(ReuseCollector(lambda: state.scorer.groups.counters if state.scorer else None))
 
     def fatal(reason: str) -> None:
         log.error("fatal: %s", reason)
