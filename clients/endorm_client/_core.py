@@ -36,6 +36,8 @@ from typing import Sequence
 
 import httpx
 
+from endorm_client.affinity import rank
+
 from endorm_client.errors import APIConnectionError, APIStatusError, APITimeoutError, error_class
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -125,14 +127,19 @@ class Balancer:
     def of(cls, urls: list[str], cooldown_base: float, cooldown_max: float) -> "Balancer":
         return cls([Endpoint(u) for u in urls], cooldown_base, cooldown_max)
 
-    def acquire(self, exclude: set[str]) -> Endpoint:
+    def acquire(self, exclude: set[str], affinity: str | None = None) -> Endpoint:
         with self._lock:
             now = time.monotonic()
             turn = next(self._rr)
             n = len(self.endpoints)
             order = [self.endpoints[(turn + i) % n] for i in range(n)]  # round-robin start
+            if affinity is not None:  # the replica that has this prompt cached first (affinity.py)
+                by_url = {e.url: e for e in self.endpoints}
+                order = [by_url[u] for u in rank(affinity, list(by_url))]
             pool = [e for e in order if e.healthy(now) and e.url not in exclude]
-            if pool:
+            if pool and affinity is not None:
+                ep = pool[0]
+            elif pool:
                 ep = min(pool, key=lambda e: e.in_flight)  # stable: first minimum in rotated order
             else:
                 rest = [e for e in order if e.url not in exclude] or order
@@ -170,8 +177,9 @@ def _connect_failure(exc: httpx.TransportError) -> bool:
 class _Call:
     """Retry/failover decisions for one logical request."""
 
-    def __init__(self, balancer: Balancer, policy: RetryPolicy, request_id: str) -> None:
+    def __init__(self, balancer: Balancer, policy: RetryPolicy, request_id: str, affinity: str | None = None) -> None:
         self.balancer = balancer
+        self.affinity = affinity
         self.policy = policy
         self.request_id = request_id
         self.retries = 0
@@ -179,7 +187,7 @@ class _Call:
         self.attempts: list[str] = []  # url per attempt
 
     def acquire(self) -> Endpoint:
-        ep = self.balancer.acquire(self.tried)
+        ep = self.balancer.acquire(self.tried, self.affinity)
         self.attempts.append(ep.url)
         return ep
 

@@ -36,6 +36,7 @@ from endorm_client._core import (
     resolve_api_key,
     score_body,
 )
+from endorm_client.affinity import group_chunks, prompt_key
 from endorm_client.errors import EndoRMError, PayloadTooLargeError
 from endorm_client.types import (
     Aggregation,
@@ -75,6 +76,7 @@ class _Base:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         headers: dict[str, str] | None = None,
+        prompt_affinity: bool = True,
     ) -> None:
         """
         base_url: one URL, several (a list or a comma-separated string: client-side balancing
@@ -87,6 +89,8 @@ class _Base:
             429 and 503 only; exponential backoff with jitter; Retry-After honoured).
         cooldown_base, cooldown_max: how long a failing replica is benched.
         chunk_size, max_concurrency: defaults of the batch helpers (``score_batch``).
+        prompt_affinity: with several replicas, send a request to the replica chosen by a hash
+            of its first prompt (the one that has the prompt cached); False balances by load.
         """
         if chunk_size < 1 or max_concurrency < 1 or max_retries < 0:
             raise ValueError("chunk_size and max_concurrency must be >= 1, max_retries >= 0")
@@ -102,6 +106,7 @@ class _Base:
         self._server_limit: int | None = None  # learnt from a 413 too_many_items
         self._headers = {**(headers or {}), **auth_headers(self.api_key)}
         self._probe_timeout = httpx.Timeout(10.0, connect=self.timeout.connect)  # /ready checks
+        self.prompt_affinity = prompt_affinity
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -111,6 +116,15 @@ class _Base:
     def _chunk_size(self, chunk_size: int | None) -> int:
         size = chunk_size or self.chunk_size
         return min(size, self._server_limit) if self._server_limit else size
+
+    def _ranges(self, n: int, chunk_size: int | None, keys: Sequence[str] | None) -> list[tuple[int, int]]:
+        """Chunks within the server's limits; with ``keys`` (prompt hashes) a group stays in one chunk."""
+        size = self._chunk_size(chunk_size)
+        grouped = keys is not None and any(a == b for a, b in zip(keys, keys[1:]))
+        return group_chunks(keys, size) if grouped else chunks(n, size)
+
+    def _affinity(self, items: list[dict]) -> str | None:
+        return prompt_key(items[0]) if self.prompt_affinity and items and len(self._balancer.endpoints) > 1 else None
 
     def _learn(self, exc: PayloadTooLargeError, n: int) -> int | None:
         """Size to split a rejected chunk of n items into, or None to give up."""
@@ -173,10 +187,11 @@ class RewardClient(_Base):
     # ---------------------------------------------------------------- plumbing
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                request_id: str | None = None) -> httpx.Response:
-        """One logical call with retries and failover; returns the 2xx response or raises."""
+                request_id: str | None = None, affinity: str | None = None) -> httpx.Response:
+        """One logical call with retries and failover; returns the 2xx response or raises.
+        ``affinity`` (a prompt hash) prefers the replica that has that prompt cached."""
         rid = request_id or new_request_id()
-        call = _Call(self._balancer, self.retry, rid)
+        call = _Call(self._balancer, self.retry, rid, affinity)
         headers = {**self._headers, "X-Request-ID": rid}
         while True:
             ep = call.acquire()
@@ -194,13 +209,13 @@ class RewardClient(_Base):
                 time.sleep(delay)
 
     def map_chunks(self, items: Sequence[T], send: Callable[[list[T]], list[R]], *, chunk_size: int | None = None,
-                   max_concurrency: int | None = None) -> list[R]:
+                   max_concurrency: int | None = None, keys: Sequence[str] | None = None) -> list[R]:
         """Split ``items`` into chunks within the server's limits, ``send`` each (at most
         ``max_concurrency`` at once), and concatenate the results in order. A chunk refused
         with 413 (too many items or too many bytes) is split again (the item limit the server
         states is remembered)."""
         items = list(items)
-        ranges = chunks(len(items), self._chunk_size(chunk_size))
+        ranges = self._ranges(len(items), chunk_size, keys)
         if not ranges:
             return []
         out: list[list[R] | None] = [None] * len(ranges)
@@ -242,7 +257,7 @@ class RewardClient(_Base):
         :meth:`score_batch` for more). Options left None take the server's defaults."""
         body = score_body([item_json(i) for i in items],
                           self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
-        resp = self.request("POST", "/score", json=body, request_id=request_id)
+        resp = self.request("POST", "/score", json=body, request_id=request_id, affinity=self._affinity(body["items"]))
         out = ScoreResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out
@@ -265,7 +280,8 @@ class RewardClient(_Base):
                 parts.append(res)
             return res.results
 
-        results = self.map_chunks(payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency)
+        results = self.map_chunks(payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency,
+                                  keys=[prompt_key(p) for p in payload])
         return self._merge(parts, results, aggregation)
 
     def compare(self, *, prompt: str | None = None, messages: Sequence[Any] | None = None,
@@ -277,7 +293,7 @@ class RewardClient(_Base):
         """``POST /compare``: rank N >= 2 responses to one prompt (scores, ranking, best, P[i][j])."""
         body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
                                   self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
-        resp = self.request("POST", "/compare", json=body, request_id=request_id)
+        resp = self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out
@@ -326,9 +342,9 @@ class AsyncRewardClient(_Base):
         self._own_http = http_client is None
 
     async def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                      request_id: str | None = None) -> httpx.Response:
+                      request_id: str | None = None, affinity: str | None = None) -> httpx.Response:
         rid = request_id or new_request_id()
-        call = _Call(self._balancer, self.retry, rid)
+        call = _Call(self._balancer, self.retry, rid, affinity)
         headers = {**self._headers, "X-Request-ID": rid}
         while True:
             ep = call.acquire()
@@ -346,9 +362,10 @@ class AsyncRewardClient(_Base):
                 await asyncio.sleep(delay)
 
     async def map_chunks(self, items: Sequence[T], send: Callable[[list[T]], Awaitable[list[R]]], *,
-                         chunk_size: int | None = None, max_concurrency: int | None = None) -> list[R]:
+                         chunk_size: int | None = None, max_concurrency: int | None = None,
+                         keys: Sequence[str] | None = None) -> list[R]:
         items = list(items)
-        ranges = chunks(len(items), self._chunk_size(chunk_size))
+        ranges = self._ranges(len(items), chunk_size, keys)
         sem = asyncio.Semaphore(max_concurrency or self.max_concurrency)
 
         async def bounded(part: list[T]) -> list[R]:
@@ -383,7 +400,8 @@ class AsyncRewardClient(_Base):
                     model: str | None = None, request_id: str | None = None) -> ScoreResponse:
         body = score_body([item_json(i) for i in items],
                           self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
-        resp = await self.request("POST", "/score", json=body, request_id=request_id)
+        resp = await self.request("POST", "/score", json=body, request_id=request_id,
+                                  affinity=self._affinity(body["items"]))
         out = ScoreResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out
@@ -402,7 +420,8 @@ class AsyncRewardClient(_Base):
             parts.append(res)
             return res.results
 
-        results = await self.map_chunks(payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency)
+        results = await self.map_chunks(payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency,
+                                        keys=[prompt_key(p) for p in payload])
         return self._merge(parts, results, aggregation)
 
     async def compare(self, *, prompt: str | None = None, messages: Sequence[Any] | None = None,
@@ -414,7 +433,7 @@ class AsyncRewardClient(_Base):
                       request_id: str | None = None) -> CompareResponse:
         body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
                                   self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
-        resp = await self.request("POST", "/compare", json=body, request_id=request_id)
+        resp = await self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out

@@ -168,10 +168,31 @@ def test_async_failover(server, dead_url):
 def test_balancing_over_two_replicas(server):
     port = server.url.rsplit(":", 1)[1]
     urls = [server.url, f"http://localhost:{port}"]  # two names of the live server: two replicas to the client
-    with RewardClient(urls, api_key=API_KEY) as rm:
+    with RewardClient(urls, api_key=API_KEY, prompt_affinity=False) as rm:
         for _ in range(6):
             rm.score(ITEMS[:1])
         assert sorted(e.requests for e in rm.endpoints) == [3, 3]
+
+
+def test_prompt_affinity_over_two_replicas(server):
+    """Each prompt always goes to the replica its hash ranks first (where it is cached); prompts spread."""
+    from endorm_client.affinity import group_chunks, prompt_key, rank
+
+    port = server.url.rsplit(":", 1)[1]
+    urls = [server.url, f"http://localhost:{port}"]
+    prompts = [f"Question {i}: what is {i} + {i}?" for i in range(12)]
+    expected = {u: 0 for u in urls}
+    for p in prompts:
+        expected[rank(prompt_key({"prompt": p}), urls)[0]] += 2
+    assert min(expected.values()) > 0  # the 12 prompts spread over both replicas
+    with RewardClient(urls, api_key=API_KEY) as rm:
+        for p in prompts:
+            for r in ("one answer", "another answer"):
+                rm.score([{"prompt": p, "response": r}])
+        assert {e.url: e.requests for e in rm.endpoints} == expected
+    # a batch keeps runs of one prompt in one request (split only past the chunk size)
+    assert group_chunks(["a", "a", "a", "b", "b", "c"], 4) == [(0, 3), (3, 6)]
+    assert group_chunks(["a"] * 5 + ["b"], 2) == [(0, 2), (2, 4), (4, 6)]
 
 
 def test_all_replicas_dead(dead_url):

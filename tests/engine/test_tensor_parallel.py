@@ -16,6 +16,7 @@ CPU list in ``VLLM_CPU_OMP_THREADS_BIND``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -33,6 +34,14 @@ TOL = 1e-4
 def _sequences() -> list[list[int]]:
     rng = np.random.default_rng(2024)
     return [rng.integers(0, VOCAB, n).tolist() for n in LENGTHS]
+
+
+def _group_pairs():
+    from service.tokenization import EncodedPair
+
+    rng = np.random.default_rng(77)
+    prompt = rng.integers(0, VOCAB, 128).tolist()
+    return [EncodedPair(prompt_ids=prompt, response_ids=rng.integers(0, VOCAB, n).tolist()) for n in (40, 55, 61)]
 
 
 def _reference(model_dir: Path, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +95,17 @@ def test_tp2_matches_float64_reference(tmp_path):
             assert np.ptp(c_ref[:-1]) > 1.0 and np.std(v_ref) > 0.05
         print(f"\nTP=2 len={len(ids)}: max abs error c={dc:.2e} v={dv:.2e}")
 
+    # group-aware: rows P-1 .. N-1, the siblings' row P-1 taken from the leader (their hit covers it)
+    group = result["group"]
+    assert group["rows_from_leader"] == 2 and group["cached"] >= 2 * 128, group
+    for pair, (offset, c_got, v_got) in zip(_group_pairs(), group["stats"]):
+        ids, P = pair.prompt_ids + pair.response_ids, len(pair.prompt_ids)
+        c_ref, v_ref = _reference(model_dir, ids)
+        assert offset == P - 1 and len(c_got) == len(ids) - P + 1
+        c_got = np.array(c_got, dtype=np.float64)
+        np.testing.assert_allclose(c_got[:-1], c_ref[P - 1:-1], atol=TOL, rtol=0)
+        np.testing.assert_allclose(np.array(v_got), v_ref[P - 1:], atol=TOL, rtol=0)
+
 
 # ----------------------------------------------------------------- child process
 
@@ -113,14 +133,49 @@ def _run_engine(model_dir: str, out_path: str) -> None:
         gpu_memory_utilization=0.05,
         enforce_eager=True,
     )
+    from service.engine.row_assembly import parse_result
+
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in _sequences()]
     outs = llm.encode(prompts, pooling_task="token_classify")
     stats = []
     for o in outs:
-        data = o.outputs.data.double()
-        stats.append([[None if np.isnan(x) else x for x in data[:, 0].tolist()], data[:, 1].tolist()])
+        _, c, v, _ = parse_result(o.outputs.data)
+        stats.append([[None if np.isnan(x) else x for x in c.tolist()], v.tolist()])
+    group = asyncio.run(_group_stats(llm))
     shards = llm.collective_rpc(_worker_shard)
-    Path(out_path).write_text(json.dumps({"stats": stats, "shards": shards}))
+    Path(out_path).write_text(json.dumps({"stats": stats, "shards": shards, "group": group}))
+
+
+class _LlmEngine:
+    """VllmEngine's token_stats over the synchronous LLM (one request at a time)."""
+
+    supports_prefix_reuse = True
+
+    def __init__(self, llm) -> None:
+        self.llm = llm
+
+    async def token_stats(self, ids, *, first=0, read_cache=False, extra_targets=()):
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        from service.engine.base import TokenStats
+        from service.engine.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
+
+        params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not read_cache,
+                               extra_kwargs={FIRST_KEY: first, EXTRA_KEY: [list(e) for e in extra_targets]})
+        [o] = self.llm.encode([TokensPrompt(prompt_token_ids=list(ids))], pooling_params=params, pooling_task="token_classify", use_tqdm=False)
+        offset, c, v, extra = parse_result(o.outputs.data)
+        return TokenStats(c=c, v=v, offset=offset, extra_c=extra, cached_tokens=int(o.num_cached_tokens or 0))
+
+
+async def _group_stats(llm) -> dict:
+    """A group whose prompt is one KV block (128 tokens): siblings hit it and take row P-1 from the leader."""
+    from service.grouping import GroupScheduler
+
+    sched = GroupScheduler(_LlmEngine(llm))
+    stats = await sched.stats(_group_pairs())
+    return {"stats": [[st.offset, [None if np.isnan(x) else x for x in st.c.tolist()], st.v.tolist()] for st in stats],
+            "rows_from_leader": sched.counters.rows_from_leader, "cached": sched.counters.cached_prompt_tokens}
 
 
 if __name__ == "__main__":

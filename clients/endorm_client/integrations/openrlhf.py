@@ -23,6 +23,7 @@ import os
 import threading
 from typing import Any, Callable, Sequence
 
+from endorm_client.affinity import prompt_key
 from endorm_client.client import RewardClient
 
 __all__ = ["make_reward_func", "reward_func", "get_rewards"]
@@ -49,12 +50,14 @@ def get_rewards(client: RewardClient, queries: Sequence[str], prompts: Sequence[
             body["prompts"] = [prompts[i] for i in idx]
         if labels is not None:
             body["labels"] = [labels[i] for i in idx]
-        out = client.request("POST", "/get_reward", json=body, params=params or None).json()
+        affinity = client._affinity([{"prompt": prompts[idx[0]]}]) if prompts is not None and idx else None
+        out = client.request("POST", "/get_reward", json=body, params=params or None, affinity=affinity).json()
         logs = out.get("extra_logs") or {}
         return [(out["rewards"][j], out.get("scores", out["rewards"])[j], {k: v[j] for k, v in logs.items()})
                 for j in range(len(idx))]
 
-    rows = client.map_chunks(list(range(n)), send, chunk_size=chunk_size, max_concurrency=max_concurrency)
+    keys = [prompt_key({"prompt": p}) for p in prompts] if prompts is not None else None  # a group stays in one request
+    rows = client.map_chunks(list(range(n)), send, chunk_size=chunk_size, max_concurrency=max_concurrency, keys=keys)
     keys = list(rows[0][2]) if rows else []
     return {"rewards": [r[0] for r in rows], "scores": [r[1] for r in rows],
             "extra_logs": {k: [r[2][k] for r in rows] for k in keys}}
