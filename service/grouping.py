@@ -70,7 +70,7 @@ class GroupScheduler:
         out: list[TokenStats | None] = [None] * len(pairs)
 
         async def run(members: list[int]) -> None:
-            first = len(pairs[members[0]].prompt_ids) - 1
+            first = max(0, len(pairs[members[0]].prompt_ids) - 1)  # an empty prompt is refused by the reward math
             results = await self._group([seqs[i] for i in members], first)
             for i, st in zip(members, results):
                 out[i] = st
