@@ -114,9 +114,9 @@ def test_reward_loop_manager_other_tokenizer_text(server, demo_tok, mode):
     tensor = EndoRMRewardManager.assemble_rm_scores(data, [o["reward_score"] for o in outs])
     rows = batch_rows(data.batch)
     for i, (row, o) in enumerate(zip(rows, outs)):
-        text = demo_tok.decode(row.response_ids, skip_special_tokens=True)
+        text = demo_tok.decode(row.response_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         ended = row.response_ids[-1] == demo_tok.eos_token_id
-        prompt = demo_tok.decode(row.prompt_ids, skip_special_tokens=False)
+        prompt = demo_tok.decode(row.prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         [res] = score(server, [{"prompt": prompt, "response": text}], add_eos=ended)
         L = len(row.response_ids)
         assert torch.all(tensor[i, L:] == 0)
@@ -138,8 +138,9 @@ def test_step_min_sparse(server, tiny_tok):
     tensor = rm(data)
     rows = batch_rows(data.batch)
     row = rows[2]
-    text = tiny_tok.decode(row.response_ids, skip_special_tokens=True)
-    [res] = score(server, [{"prompt": tiny_tok.decode(row.prompt_ids), "response": text, "step_separator": "\n\n"}],
+    text = tiny_tok.decode(row.response_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    prompt = tiny_tok.decode(row.prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    [res] = score(server, [{"prompt": prompt, "response": text, "step_separator": "\n\n"}],
                   aggregation="step_min")
     assert len(res["steps"]) == 3
     assert tensor[2, len(row.response_ids) - 1].item() == pytest.approx(min(s["reward"] for s in res["steps"]), abs=1e-4)

@@ -61,6 +61,8 @@ class Options:
         given: dict[str, Any] = {}
         for f in fields(cls):
             env = os.environ.get(f"ENDORM_{'REWARD_' if f.name in ('mode', 'input') else ''}{f.name.upper()}")
+            if env and f.name == "step_separator":  # escapes, as ENDORM_STEP_SEPARATOR='\\n\\n'
+                env = env.encode("latin-1", "backslashreplace").decode("unicode_escape")
             if env:
                 given[f.name] = int(env) if f.name == "chunk_size" else env
         section = _section(config)
