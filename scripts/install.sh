@@ -13,6 +13,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q "torch==2.13.0"
   .venv/bin/pip install -q -e ".[${EXTRAS}]"
   .venv/bin/pip install -q -e ./clients  # the SDK (endorm_client), its own distribution
+  # verl (the SDK's reward manager is tested against it) without its dependency pins, which
+  # would downgrade transformers; the dev extra brings what its import needs (ray, tensordict, ...).
+  case ",${EXTRAS}," in *,dev,*) .venv/bin/pip install -q --no-deps "verl==0.9.1" ;; esac
   # pip drags in torchvision/torchaudio builds that fail to load next to the CPU
   # torch and break `import transformers`; nothing here needs them.
   .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -64,7 +64,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
     try:
-        summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size)
+        from service.evaluation.command import step_separator
+
+        if args.aggregation.startswith("step_") and not args.step_separator:
+            raise ValueError("the step_min / step_last aggregations need --step-separator")
+        summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size,
+                             step_separator=step_separator(args))
     except (OSError, ValueError) as exc:  # bad file or bad row: a clear message, not a traceback
         print(f"endorm score: error: {exc}", file=sys.stderr)
         return 2
@@ -89,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a JSONL preference file offline (chosen/rejected pairs)")
     score.add_argument("input", help="JSONL: {prompt|messages, system?, chosen, rejected} per line")
     score.add_argument("-o", "--output", required=True, help="JSONL with scores per line")
-    score.add_argument("--aggregation", default="sum", choices=["sum", "mean", "discounted", "loglik_sum", "loglik_mean"])
+    score.add_argument("--aggregation", default="sum", choices=["sum", "mean", "discounted", "loglik_sum", "loglik_mean",
+                                                                "step_min", "step_last"])
+    score.add_argument("--step-separator", default=None, help="score text responses as steps split after this text "
+                       "(escapes like \\n allowed; no separator: one step); needed by step_min / step_last")
     score.add_argument("--batch-size", type=int, default=64, help="pairs in flight at once")
     add_settings_flags(score)
     score.set_defaults(func=cmd_score)

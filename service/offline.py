@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from service.config import Settings
 from service.scorer import Scorer, ScoreOptions
+from service.steps import split_on_separator
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids", "system")
 
@@ -37,8 +38,12 @@ class Summary:
         return f"{self.pairs} pairs, accuracy {self.accuracy:.4f} ({self.correct}/{self.pairs}); wrote {self.output}"
 
 
-def _response(value: Any) -> dict[str, Any]:
-    return {"response_ids": value} if isinstance(value, list) else {"response": value}
+def _response(value: Any, step_separator: str | None = None) -> dict[str, Any]:
+    if isinstance(value, list):
+        return {"response_ids": value}
+    if step_separator is not None and isinstance(value, str) and value:  # steps; no separator: one step
+        return {"steps": split_on_separator(value, step_separator, required=False)}
+    return {"response": value}
 
 
 def read_pairs(path: str | Path) -> list[dict[str, Any]]:
@@ -58,18 +63,24 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 
 
 async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreOptions, batch_size: int,
-                     progress: tqdm | None = None) -> list[dict[str, Any]]:
-    """Score chosen and rejected of every row; ``batch_size`` pairs in flight at once."""
+                     progress: tqdm | None = None, step_separator: str | None = None) -> list[dict[str, Any]]:
+    """Score chosen and rejected of every row; ``batch_size`` pairs in flight at once.
+
+    With ``step_separator`` text responses are scored as steps (``chosen_steps`` /
+    ``rejected_steps``: each step's reward sum), for the step_min / step_last aggregations."""
     out: list[dict[str, Any]] = [{} for _ in rows]
     limit = asyncio.Semaphore(batch_size)
 
     async def one(i: int, row: dict[str, Any]) -> None:
         async with limit:
             prompt = {k: row[k] for k in PROMPT_KEYS if k in row}
-            chosen, rejected = await scorer.score([{**prompt, **_response(row["chosen"])},
-                                                   {**prompt, **_response(row["rejected"])}], options)
+            chosen, rejected = await scorer.score([{**prompt, **_response(row["chosen"], step_separator)},
+                                                   {**prompt, **_response(row["rejected"], step_separator)}], options)
             out[i] = {**row, "chosen_score": chosen.score, "rejected_score": rejected.score,
                       "margin": chosen.score - rejected.score, "correct": chosen.score > rejected.score}
+            for name, s in (("chosen_steps", chosen), ("rejected_steps", rejected)):
+                if s.steps is not None:
+                    out[i][name] = [st.reward for st in s.steps]
             if progress is not None:
                 progress.update(1)
 
@@ -78,14 +89,15 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
 
 
 def score_file(settings: Settings, input_path: str, output_path: str, *, aggregation: str = "sum",
-               batch_size: int = 64) -> Summary:
+               batch_size: int = 64, step_separator: str | None = None) -> Summary:
     rows = read_pairs(input_path)
 
     async def run() -> list[dict[str, Any]]:
         scorer = await Scorer.start(settings)
         try:
             with tqdm(total=len(rows), desc="scoring pairs", unit="pair") as bar:
-                return await score_rows(scorer, rows, ScoreOptions(aggregation=aggregation), batch_size, bar)
+                return await score_rows(scorer, rows, ScoreOptions(aggregation=aggregation), batch_size, bar,
+                                        step_separator=step_separator)
         finally:
             await scorer.shutdown()
 

@@ -9,17 +9,20 @@ No FastAPI here; the HTTP layer and the offline ``endorm score`` both use it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from service import rewards
+from service import rewards, steps
 from service.config import Settings
 from service.engine import EngineInfo, TokenStatsEngine, create_engine
 from service.grouping import GroupScheduler
 from service.models.default import resolve_model_path
+from service.offsets import response_offsets
+from service.step_inputs import encode_with_steps
 from service.tokenization import EncodedPair, InputError, PairEncoder
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ class SequenceTooLongError(InputError):
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    aggregation: rewards.Aggregation = "sum"
+    aggregation: rewards.Aggregation | steps.StepAggregation = "sum"
     gamma: float = 1.0
     beta: float = 0.0
     terminal: rewards.Terminal = "zero"
@@ -46,6 +49,8 @@ class ScoredItem:
     token_rewards: rewards.TokenRewards
     truncated_tokens: int = 0
     token_texts: list[str] | None = field(default=None)
+    token_offsets: list[tuple[int, int]] | None = field(default=None)  # char spans in the response text
+    steps: list[steps.Step] | None = field(default=None)
 
     @property
     def num_tokens(self) -> int:
@@ -82,7 +87,7 @@ class Scorer:
 
     def encode(self, item: dict[str, Any], *, add_eos: bool = True, truncate: bool = False) -> tuple[EncodedPair, int]:
         """Encode one item and fit it to max_model_len; returns (pair, tokens dropped)."""
-        pair = self.encoder.encode(add_eos=add_eos, **item)
+        pair = encode_with_steps(self.encoder, item, lambda it: self.encoder.encode(add_eos=add_eos, **it))
         return self.fit(pair, truncate=truncate)
 
     def fit(self, pair: EncodedPair, *, truncate: bool) -> tuple[EncodedPair, int]:
@@ -96,20 +101,32 @@ class Scorer:
             raise SequenceTooLongError(
                 f"prompt + response is {total} tokens, over max_model_len {limit}{why}", param="response" if truncate else None
             )
-        return EncodedPair(prompt_ids=pair.prompt_ids[excess:], response_ids=pair.response_ids), excess
+        return dataclasses.replace(pair, prompt_ids=pair.prompt_ids[excess:]), excess
 
     # --- token ids -> rewards -------------------------------------------------
 
     async def score_pairs(self, pairs: Sequence[EncodedPair], options: ScoreOptions) -> list[ScoredItem]:
         """Pairs go to the engine together (one leader per shared prompt first); the engine batches them with every other caller."""
+        if options.aggregation in steps.STEP_AGGREGATIONS and any(p.step_spans is None for p in pairs):
+            raise InputError(f"aggregation {options.aggregation} needs steps: give steps, step_separator "
+                             "or step_ends with every response", "aggregation")
         stats = await self.groups.stats(pairs)
         items = []
         for pair, st in zip(pairs, stats):
             # st covers positions st.offset .. N-1, so the prompt length in its indexing is P - offset
             tr = rewards.token_rewards(st.c, st.v, len(pair.prompt_ids) - st.offset, alpha=self.info.alpha, terminal=options.terminal)
-            score = rewards.aggregate(tr, options.aggregation, gamma=options.gamma, beta=options.beta)
+            stp = None
+            if pair.step_spans is not None:
+                stp = steps.step_stats(tr.rewards, tr.logprobs, pair.step_spans, pair.step_texts)
+            if options.aggregation in steps.STEP_AGGREGATIONS:
+                rewards._check_discount(options.gamma, options.beta)  # validated whatever the aggregation
+                score = steps.aggregate_steps(stp or [], options.aggregation)
+            else:
+                score = rewards.aggregate(tr, options.aggregation, gamma=options.gamma, beta=options.beta)
             texts = self.encoder.decode_tokens(pair.response_ids) if options.return_tokens else None
-            items.append(ScoredItem(score=score, pair=pair, token_rewards=tr, token_texts=texts))
+            offs = response_offsets(self.encoder, pair) if options.return_tokens else None
+            items.append(ScoredItem(score=score, pair=pair, token_rewards=tr, token_texts=texts,
+                                    token_offsets=offs, steps=stp))
         return items
 
     async def score(self, items: Sequence[dict[str, Any]], options: ScoreOptions = ScoreOptions()) -> list[ScoredItem]:

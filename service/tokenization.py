@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ALLOWED_ROLES", "EncodedPair", "InputError", "PairEncoder"]
@@ -93,6 +93,15 @@ class EncodedPair:
 
     prompt_ids: list[int]
     response_ids: list[int]
+    # Text responses only (character offsets, service/offsets.py): the response text, the
+    # text tokenized before it in the same string ("" when tokenized on its own), and how
+    # many leading response_ids came from that text (the rest were appended: end of turn).
+    response_text: str | None = field(default=None, compare=False)
+    text_prefix: str = field(default="", compare=False)
+    text_tokens: int = field(default=0, compare=False)
+    # Steps (service/steps.py): token spans [start, end) tiling the response, and step texts.
+    step_spans: tuple[tuple[int, int], ...] | None = field(default=None, compare=False)
+    step_texts: tuple[str, ...] | None = field(default=None, compare=False)
 
     @property
     def ids(self) -> list[int]:
@@ -311,22 +320,27 @@ class PairEncoder:
             raise InputError("the prompt encodes to zero tokens", p_param)
 
         # ---- response
+        prefix, n_text = "", 0
         if response_ids is not None:
             r_ids = self._check_ids(response_ids, "response_ids")
         elif msgs is not None:
             assert prompt_text is not None
-            r_ids = self._chat_response_ids(msgs, prompt_text, p_ids, response)
+            r_ids, in_context = self._chat_response_ids(msgs, prompt_text, p_ids, response)
+            prefix, n_text = (prompt_text if in_context else ""), len(r_ids)
             r_ids = self._finish(r_ids, self.chat_eot_id, add_eos)
         else:
             r_ids = self._encode_text(response, add_special_tokens=False)
+            n_text = len(r_ids)
             r_ids = self._finish(r_ids, self.eos_id, add_eos)
         if not r_ids:
             raise InputError("the response encodes to zero tokens", "response")
-        return EncodedPair(prompt_ids=p_ids, response_ids=r_ids)
+        return EncodedPair(prompt_ids=p_ids, response_ids=r_ids, response_text=response, text_prefix=prefix,
+                           text_tokens=min(n_text, len(r_ids)))
 
     def _chat_response_ids(
         self, msgs: list[dict], prompt_text: str, p_ids: list[int], response: str
-    ) -> list[int]:
+    ) -> tuple[list[int], bool]:
+        """-> (response ids, whether they were tokenized after prompt_text in one string)."""
         full = self._render(
             [*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False
         )
@@ -334,8 +348,8 @@ class PairEncoder:
         if full.startswith(head):
             head_ids = self._encode_text(head, add_special_tokens=False)
             if head_ids[: len(p_ids)] == p_ids:
-                return head_ids[len(p_ids) :]
-        return self._encode_text(response, add_special_tokens=False)
+                return head_ids[len(p_ids) :], True
+        return self._encode_text(response, add_special_tokens=False), False
 
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
         """Per-token text: ``"".join(decode_tokens(ids)) == tokenizer.decode(ids)``.

@@ -143,8 +143,13 @@ class _Base:
                 "return_tokens": return_tokens, "truncate": truncate, "add_eos": add_eos, "model": model}
 
     @staticmethod
-    def _compare_body(prompt, messages, prompt_ids, system, responses, responses_ids, options) -> dict:
+    def _compare_body(prompt, messages, prompt_ids, system, responses, responses_ids, options,
+                      step_separator=None, responses_step_ends=None) -> dict:
         body: dict[str, Any] = {}
+        if step_separator is not None:
+            body["step_separator"] = step_separator
+        if responses_step_ends is not None:
+            body["responses_step_ends"] = [[int(e) for e in ends] for ends in responses_step_ends]
         for k, v in (("prompt", prompt), ("prompt_ids", prompt_ids), ("system", system), ("responses", responses)):
             if v is not None:
                 body[k] = list(v) if k in ("prompt_ids", "responses") else v
@@ -289,10 +294,13 @@ class RewardClient(_Base):
                 responses: Sequence[str] | None = None, responses_ids: Sequence[Sequence[int]] | None = None,
                 aggregation: Aggregation | None = None, gamma: float | None = None, beta: float | None = None,
                 terminal: Terminal | None = None, return_tokens: bool | None = None, truncate: bool | None = None,
-                add_eos: bool | None = None, model: str | None = None, request_id: str | None = None) -> CompareResponse:
+                add_eos: bool | None = None, model: str | None = None, request_id: str | None = None,
+                step_separator: str | None = None,
+                responses_step_ends: Sequence[Sequence[int]] | None = None) -> CompareResponse:
         """``POST /compare``: rank N >= 2 responses to one prompt (scores, ranking, best, P[i][j])."""
         body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
-                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
+                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model),
+                                  step_separator, responses_step_ends)
         resp = self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
@@ -430,9 +438,11 @@ class AsyncRewardClient(_Base):
                       aggregation: Aggregation | None = None, gamma: float | None = None, beta: float | None = None,
                       terminal: Terminal | None = None, return_tokens: bool | None = None,
                       truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
-                      request_id: str | None = None) -> CompareResponse:
+                      request_id: str | None = None, step_separator: str | None = None,
+                      responses_step_ends: Sequence[Sequence[int]] | None = None) -> CompareResponse:
         body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
-                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
+                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model),
+                                  step_separator, responses_step_ends)
         resp = await self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")

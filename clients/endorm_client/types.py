@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean"]
+Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last"]
 Terminal = Literal["zero", "bootstrap"]
 
 _RESULT = ConfigDict(extra="ignore")
@@ -32,6 +32,9 @@ class ScoreItem(BaseModel):
     system: str | None = None
     response: str | None = None
     response_ids: list[int] | None = None
+    steps: list[str] | None = None  # the response as steps (their concatenation); results gain ``steps``
+    step_separator: str | None = None  # or split the text response after each occurrence
+    step_ends: list[int] | None = None  # or, for response_ids, exclusive step end indices
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -50,7 +53,7 @@ def item_json(item: ItemLike) -> dict[str, Any]:
                 continue
             if k == "messages":
                 v = [m.model_dump() if isinstance(m, Message) else dict(m) for m in v]
-            elif k in ("prompt_ids", "response_ids"):
+            elif k in ("prompt_ids", "response_ids", "step_ends"):
                 v = [int(t) for t in (v.tolist() if hasattr(v, "tolist") else v)]
             out[k] = v
         return out
@@ -63,6 +66,17 @@ class TokenReward(BaseModel):
     text: str
     reward: float
     logprob: float
+    offset: tuple[int, int] | None = Field(None, description="[start, end) in the response text (text responses)")
+
+
+class StepResult(BaseModel):
+    model_config = _RESULT
+    start: int
+    end: int
+    num_tokens: int
+    reward: float
+    logprob: float
+    text: str | None = None
 
 
 class ScoreResult(BaseModel):
@@ -73,6 +87,7 @@ class ScoreResult(BaseModel):
     prompt_tokens: int
     truncated_tokens: int = 0
     tokens: list[TokenReward] | None = None
+    steps: list[StepResult] | None = None
 
 
 class Usage(BaseModel):

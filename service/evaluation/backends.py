@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol, Sequence
 
-from service import rewards
+from service import rewards, steps
 
 
 class Backend(Protocol):
@@ -38,7 +38,8 @@ class InProcessBackend:
         from service.scorer import ScoreOptions
 
         scored = await self.scorer.score(list(items), ScoreOptions(aggregation=aggregations[0]))
-        return {agg: [rewards.aggregate(s.token_rewards, agg) for s in scored] for agg in aggregations}
+        return {agg: [steps.aggregate_steps(s.steps or [], agg) if agg in steps.STEP_AGGREGATIONS
+                      else rewards.aggregate(s.token_rewards, agg) for s in scored] for agg in aggregations}
 
     async def close(self) -> None:
         await self.scorer.shutdown()

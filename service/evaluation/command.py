@@ -12,7 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-AGGREGATIONS = ("sum", "mean", "discounted", "loglik_sum", "loglik_mean")
+AGGREGATIONS = ("sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="system text (the reward's criteria) for every row, replacing the rows' own")
     p.add_argument("--prompt-format", default="chat", choices=["chat", "raw"],
                    help="chat: the prompt is a user turn in the model's chat template (default); raw: text as is")
+    p.add_argument("--step-separator", default=None,
+                   help="score responses as steps split after this text (escapes like \\n allowed; a response "
+                        "without it is one step); needed by the step_min / step_last aggregations")
     p.add_argument("--server", default=None, help="score through a running endorm server at this URL "
                                                   "(with --api-key KEY if it needs one) instead of in process")
     p.add_argument("--batch-size", type=int, default=32, help="responses per scoring call")
@@ -47,10 +50,17 @@ async def _run(args, settings, dataset, aggregations):
     try:
         return backend.model_name, await evaluate_dataset(
             backend, dataset, aggregations, system=args.system, prompt_mode=args.prompt_format,
-            batch_size=args.batch_size, concurrency=args.concurrency, progress=not args.no_progress,
+            step_separator=step_separator(args), batch_size=args.batch_size, concurrency=args.concurrency,
+            progress=not args.no_progress,
             desc=f"scoring {Path(args.input).name}")
     finally:
         await backend.close()
+
+
+def step_separator(args: argparse.Namespace) -> str | None:
+    """--step-separator with backslash escapes decoded (``'\\n\\n'`` on a command line is two newlines)."""
+    sep = getattr(args, "step_separator", None)
+    return sep.encode("latin-1", "backslashreplace").decode("unicode_escape") if sep else None
 
 
 def run(args: argparse.Namespace, settings) -> int:
@@ -73,6 +83,8 @@ def run(args: argparse.Namespace, settings) -> int:
         if args.limit:
             dataset.rows = dataset.rows[: args.limit]
         aggregations = list(dict.fromkeys(args.aggregation or ["sum"]))
+        if any(a.startswith("step_") for a in aggregations) and not args.step_separator:
+            raise ValueError("the step_min / step_last aggregations need --step-separator")
         model, (results, scores) = asyncio.run(_run(args, settings, dataset, aggregations))
     except errors as exc:
         print(f"endorm eval: error: {exc}", file=sys.stderr)
@@ -86,6 +98,7 @@ def run(args: argparse.Namespace, settings) -> int:
         "rows": len(dataset.rows),
         "system": args.system,
         "prompt_mode": args.prompt_format,
+        "step_separator": step_separator(args),
         "backend": f"server {args.server}" if args.server else f"in-process ({settings.engine})",
         "alpha": settings.alpha if not args.server else None,
     }

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from service.evaluation.backends import Backend
 from service.evaluation.harness import Dataset, EvalResult, PreferenceRow, evaluate
+from service.steps import split_on_separator
 
 PROMPT_MODES = ("chat", "raw")
 
@@ -35,12 +36,20 @@ def prompt_fields(row: PreferenceRow, *, system: str | None = None, prompt_mode:
     return out
 
 
-def build_items(dataset: Dataset, *, system: str | None = None, prompt_mode: str = "chat") -> list[dict[str, Any]]:
+def response_fields(text: str, step_separator: str | None = None) -> dict[str, Any]:
+    """``response``, or with a separator ``steps`` (an answer without it is one step)."""
+    if step_separator is None or not text:
+        return {"response": text}
+    return {"steps": split_on_separator(text, step_separator, required=False)}
+
+
+def build_items(dataset: Dataset, *, system: str | None = None, prompt_mode: str = "chat",
+                step_separator: str | None = None) -> list[dict[str, Any]]:
     """Every response of every row, in order: row 0's chosen[0..k-1], rejected[0..k-1], row 1's ..."""
     items = []
     for row in dataset.rows:
         prompt = prompt_fields(row, system=system, prompt_mode=prompt_mode)
-        items += [{**prompt, "response": text} for text in (*row.chosen, *row.rejected)]
+        items += [{**prompt, **response_fields(text, step_separator)} for text in (*row.chosen, *row.rejected)]
     return items
 
 
@@ -65,7 +74,8 @@ async def score_items(backend: Backend, items: Sequence[dict[str, Any]], aggrega
 
 
 async def evaluate_dataset(backend: Backend, dataset: Dataset, aggregations: Sequence[str], *,
-                           system: str | None = None, prompt_mode: str = "chat", batch_size: int = 32,
+                           system: str | None = None, prompt_mode: str = "chat", step_separator: str | None = None,
+                           batch_size: int = 32,
                            concurrency: int = 4, progress: bool = True, desc: str = "scoring",
                            ) -> tuple[dict[str, EvalResult], dict[str, dict[str, list[list[float]]]]]:
     """Accuracies per aggregation, and the scores: ``{agg: {"chosen": [rows][k], "rejected": [rows][k]}}``.
@@ -74,7 +84,7 @@ async def evaluate_dataset(backend: Backend, dataset: Dataset, aggregations: Seq
     """
     from tqdm import tqdm
 
-    items = build_items(dataset, system=system, prompt_mode=prompt_mode)
+    items = build_items(dataset, system=system, prompt_mode=prompt_mode, step_separator=step_separator)
     k = dataset.k
     with tqdm(total=len(items), desc=desc, unit="resp", disable=not progress, dynamic_ncols=True) as bar:
         scores = await score_items(backend, items, aggregations, batch_size=batch_size, concurrency=concurrency,

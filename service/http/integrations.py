@@ -147,6 +147,8 @@ class GetRewardOptions(BaseModel):
     terminal: Terminal = "zero"
     truncate: bool = False
     add_eos: bool = Field(False, description="Append EOS to the response (the query already holds what was generated)")
+    step_separator: str | None = Field(None, min_length=1, description="Score responses as steps split after this "
+                                       "text (for step_min / step_last); a response without it is one step")
 
 
 class GetRewardRequest(BaseModel):
@@ -207,6 +209,12 @@ async def get_reward(body: GetRewardRequest, request: Request):
     else:
         t = _template(scorer.encoder)
         items = [_split_text(t, q, f"query.{i}") for i, q in enumerate(body.query)]
+    if opts.step_separator is not None:  # lenient: a policy's sample must not fail the batch
+        from service.steps import split_on_separator
+
+        items = [{k: v for k, v in it.items() if k != "response"}
+                 | {"steps": split_on_separator(it["response"], opts.step_separator, required=False)}
+                 if it.get("response") else it for it in items]
     pairs, dropped = _encode_all(scorer, items, options, opts.add_eos, "query")
     scored = await _score_pairs(request, state, scorer, pairs, options)
     if not scored:

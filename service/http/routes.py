@@ -26,6 +26,7 @@ from service.http.schemas import (
     ScoreResult,
     ScoringOptions,
     Status,
+    StepResult,
     TokenReward,
     Usage,
 )
@@ -108,12 +109,17 @@ def _result(index: int, item: ScoredItem, dropped: int) -> ScoreResult:
     tokens = None
     if item.token_texts is not None:
         tr = item.token_rewards
+        offsets = item.token_offsets or [None] * len(item.token_texts)
         tokens = [
-            TokenReward(id=int(t), text=text, reward=float(r), logprob=float(lp))
-            for t, text, r, lp in zip(item.pair.response_ids, item.token_texts, tr.rewards, tr.logprobs)
+            TokenReward(id=int(t), text=text, reward=float(r), logprob=float(lp), offset=off)
+            for t, text, r, lp, off in zip(item.pair.response_ids, item.token_texts, tr.rewards, tr.logprobs, offsets)
         ]
+    steps = None
+    if item.steps is not None:
+        steps = [StepResult(start=s.start, end=s.end, num_tokens=s.num_tokens, reward=s.reward, logprob=s.logprob,
+                            text=s.text) for s in item.steps]
     return ScoreResult(index=index, score=item.score, num_tokens=item.num_tokens,
-                       prompt_tokens=len(item.pair.prompt_ids), truncated_tokens=dropped, tokens=tokens)
+                       prompt_tokens=len(item.pair.prompt_ids), truncated_tokens=dropped, tokens=tokens, steps=steps)
 
 
 def _usage(pairs: list[EncodedPair]) -> Usage:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
-Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean"]
+Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last"]
 Terminal = Literal["zero", "bootstrap"]
 
 _STRICT = ConfigDict(extra="forbid")
@@ -24,6 +24,17 @@ def _schema_rules(*groups: tuple[str, ...]) -> dict:
 
 
 PROMPT_FORMS = ("prompt", "messages", "prompt_ids")
+
+StepText = Annotated[StrictStr, Field(min_length=1)]
+StepEnd = Annotated[StrictInt, Field(ge=1)]
+
+
+def _not_null(f: str) -> dict:
+    return {"required": [f], "properties": {f: {"not": {"type": "null"}}}}
+
+
+# the response: response_ids, or text given as response and/or steps (service/steps.py)
+_RESPONSE_FORMS = {"oneOf": [_not_null("response_ids"), {"anyOf": [_not_null("response"), _not_null("steps")]}]}
 
 
 class Message(BaseModel):
@@ -64,21 +75,31 @@ class PromptFields(BaseModel):
 class ScoreItem(PromptFields):
     response: StrictStr | None = Field(None, description="Response text")
     response_ids: list[TokenId] | None = Field(None, min_length=1, description="Response token ids, used exactly as given")
+    steps: list[StepText] | None = Field(None, min_length=1, description="The response as a list of steps: scored as "
+                                         "their concatenation (equal to response if both are given); results gain steps")
+    step_separator: StrictStr | None = Field(None, min_length=1, description="Split the text response into steps "
+                                             "after each occurrence (kept with the step it ends)")
+    step_ends: list[StepEnd] | None = Field(None, min_length=1, description="Steps of response_ids: exclusive end "
+                                            "indices, strictly increasing, in [1, H]; later tokens join the last step")
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_schema_rules(PROMPT_FORMS, ("response", "response_ids")))
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "allOf": [_exactly_one_of(*PROMPT_FORMS), _RESPONSE_FORMS]})
 
     @model_validator(mode="after")
     def _one_response(self):
-        if (self.response is None) == (self.response_ids is None):
-            raise ValueError("give exactly one of response, response_ids")
+        if (self.response_ids is None) == (self.response is None and self.steps is None):
+            raise ValueError("give exactly one of response (or steps), response_ids")
         return self
 
     def encoder_kwargs(self) -> dict:
         out = self.prompt_kwargs()
-        if self.response is not None:
-            out["response"] = self.response
-        else:
+        if self.response_ids is not None:
             out["response_ids"] = self.response_ids
+        elif self.response is not None:
+            out["response"] = self.response
+        for k in ("steps", "step_separator", "step_ends"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
         return out
 
 
@@ -117,6 +138,9 @@ class ScoreRequest(ScoringOptions):
 class CompareRequest(ScoringOptions, PromptFields):
     responses: list[StrictStr] | None = Field(None, min_length=2)
     responses_ids: list[Annotated[list[TokenId], Field(min_length=1)]] | None = Field(None, min_length=2)
+    step_separator: StrictStr | None = Field(None, min_length=1, description="Split each text response into steps")
+    responses_step_ends: list[Annotated[list[StepEnd], Field(min_length=1)]] | None = Field(
+        None, min_length=2, description="step_ends of each of responses_ids")
 
     model_config = ConfigDict(
         extra="forbid",
@@ -140,8 +164,19 @@ class CompareRequest(ScoringOptions, PromptFields):
 
     def response_kwargs(self) -> list[dict]:
         if self.responses is not None:
-            return [{"response": r} for r in self.responses]
-        return [{"response_ids": r} for r in self.responses_ids or []]
+            out = [{"response": r} for r in self.responses]
+        else:
+            out = [{"response_ids": r} for r in self.responses_ids or []]
+        if self.step_separator is not None:
+            out = [{**r, "step_separator": self.step_separator} for r in out]
+        if self.responses_step_ends is not None:
+            if len(self.responses_step_ends) != len(out):
+                from service.tokenization import InputError
+
+                raise InputError(f"{len(self.responses_step_ends)} responses_step_ends for {len(out)} responses",
+                                 "responses_step_ends")
+            out = [{**r, "step_ends": e} for r, e in zip(out, self.responses_step_ends)]
+        return out
 
 
 class TokenReward(BaseModel):
@@ -149,6 +184,17 @@ class TokenReward(BaseModel):
     text: str
     reward: float
     logprob: float
+    offset: tuple[int, int] | None = Field(None, description="[start, end) of the token in the response text "
+                                           "(text responses; appended end-of-turn: zero-width at the end)")
+
+
+class StepResult(BaseModel):
+    start: int = Field(description="First response token of the step")
+    end: int = Field(description="One past its last response token")
+    num_tokens: int
+    reward: float = Field(description="Sum of the step's token rewards")
+    logprob: float = Field(description="Sum of the step's token log-probs")
+    text: str | None = None
 
 
 class ScoreResult(BaseModel):
@@ -158,6 +204,7 @@ class ScoreResult(BaseModel):
     prompt_tokens: int
     truncated_tokens: int = Field(0, description="Prompt tokens dropped from the start to fit")
     tokens: list[TokenReward] | None = None
+    steps: list[StepResult] | None = None
 
 
 class Usage(BaseModel):

@@ -28,7 +28,7 @@ from endorm_client.client import RewardClient
 
 __all__ = ["make_reward_func", "reward_func", "get_rewards"]
 
-_OPTIONS = ("aggregation", "gamma", "beta", "terminal", "truncate", "add_eos")
+_OPTIONS = ("aggregation", "gamma", "beta", "terminal", "truncate", "add_eos", "step_separator")
 
 
 def get_rewards(client: RewardClient, queries: Sequence[str], prompts: Sequence[str] | None = None,
@@ -75,15 +75,19 @@ def make_reward_func(client: RewardClient | str | Sequence[str] | None = None, *
                      chunk_size: int | None = None, max_concurrency: int | None = None,
                      aggregation: str | None = None, gamma: float | None = None, beta: float | None = None,
                      terminal: str | None = None, truncate: bool | None = None, add_eos: bool | None = None,
-                     **client_kwargs: Any) -> Callable[..., dict[str, Any]]:
+                     step_separator: str | None = None, **client_kwargs: Any) -> Callable[..., dict[str, Any]]:
     """An OpenRLHF ``reward_func(queries, prompts, labels)`` backed by the server.
 
     client: a ``RewardClient``, or base URL(s) (None: ``ENDORM_BASE_URL``) with
     ``client_kwargs`` (``api_key``, timeouts, retries...); the client is built lazily in the
     process that calls the function (OpenRLHF runs it in Ray workers).
+    step_separator: score each response as steps split after this text (a response without it is
+    one step); with ``aggregation="step_min"`` / ``"step_last"`` the reward is the weakest / last step's.
     """
+    if aggregation in ("step_min", "step_last") and step_separator is None:
+        raise ValueError(f"aggregation={aggregation!r} needs step_separator")
     options = dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal, truncate=truncate,
-                   add_eos=add_eos)
+                   add_eos=add_eos, step_separator=step_separator)
     state: dict[str, Any] = {"client": client if isinstance(client, RewardClient) else None}
     lock = threading.Lock()
 
@@ -104,6 +108,12 @@ def _env_float(name: str) -> float | None:
     return float(v) if v else None
 
 
+def _env_text(name: str) -> str | None:
+    """An environment text with backslash escapes (``ENDORM_STEP_SEPARATOR='\\n\\n'``)."""
+    v = os.environ.get(name)
+    return v.encode("latin-1", "backslashreplace").decode("unicode_escape") if v else None
+
+
 _default: Callable[..., dict[str, Any]] | None = None
 
 
@@ -111,10 +121,11 @@ def reward_func(queries: Sequence[str], prompts: Sequence[str] | None = None, la
                 **kwargs: Any) -> dict[str, Any]:
     """OpenRLHF's custom reward function, configured from the environment:
     ``ENDORM_BASE_URL`` (comma-separated replicas), ``ENDORM_API_KEY``, ``ENDORM_AGGREGATION``,
-    ``ENDORM_GAMMA``, ``ENDORM_BETA``, ``ENDORM_TERMINAL``."""
+    ``ENDORM_GAMMA``, ``ENDORM_BETA``, ``ENDORM_TERMINAL``, ``ENDORM_STEP_SEPARATOR`` (escapes as ``\n``)."""
     global _default
     if _default is None:
         _default = make_reward_func(None, aggregation=os.environ.get("ENDORM_AGGREGATION") or None,
                                     gamma=_env_float("ENDORM_GAMMA"), beta=_env_float("ENDORM_BETA"),
-                                    terminal=os.environ.get("ENDORM_TERMINAL") or None)
+                                    terminal=os.environ.get("ENDORM_TERMINAL") or None,
+                                    step_separator=_env_text("ENDORM_STEP_SEPARATOR"))
     return _default(queries, prompts, labels, **kwargs)

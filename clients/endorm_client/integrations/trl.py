@@ -19,7 +19,8 @@ Mapping of TRL's inputs to ``/score`` items:
   when the policy and the reward model share a tokenizer.
 
 The function returns one float per completion (the sequence reward, ``aggregation`` of
-the server, default ``sum``), calls the server in chunks within its limits and with
+the server, default ``sum``; with ``step_separator`` the completion is sent as steps, so
+``aggregation="step_min"`` / ``"step_last"`` score its weakest / last step), calls the server in chunks within its limits and with
 bounded concurrency, and logs ``endorm/response_tokens`` through TRL's ``log_metric``.
 """
 
@@ -29,6 +30,7 @@ import asyncio
 from typing import Any, Sequence
 
 from endorm_client.client import AsyncRewardClient, RewardClient
+from endorm_client.steps import split_steps
 
 __all__ = ["make_reward_function", "EndoRMRewardFunction", "AsyncEndoRMRewardFunction", "to_items"]
 
@@ -56,10 +58,13 @@ def _completion_text(completion: Any) -> str:
 
 
 def to_items(prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None,
-             *, system: str | None = None, use_completion_ids: bool = False) -> list[dict]:
-    """TRL's (prompts, completions[, completion_ids]) -> ``/score`` items."""
+             *, system: str | None = None, use_completion_ids: bool = False,
+             step_separator: str | None = None) -> list[dict]:
+    """TRL's (prompts, completions[, completion_ids]) -> ``/score`` items (``steps`` with a separator)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+    if use_completion_ids and step_separator is not None:
+        raise ValueError("step_separator splits completion text: not with use_completion_ids")
     if use_completion_ids and completion_ids is None:
         raise ValueError("use_completion_ids=True but the trainer passed no completion_ids")
     items = []
@@ -74,6 +79,9 @@ def to_items(prompts: Sequence[Any], completions: Sequence[Any], completion_ids:
                 item["system"] = system
         if use_completion_ids:
             item["response_ids"] = [int(t) for t in completion_ids[i]]
+        elif step_separator is not None:
+            text = _completion_text(completion)
+            item["steps" if text else "response"] = split_steps(text, step_separator) if text else text
         else:
             item["response"] = _completion_text(completion)
         items.append(item)
@@ -82,7 +90,8 @@ def to_items(prompts: Sequence[Any], completions: Sequence[Any], completion_ids:
 
 class _Common:
     def __init__(self, client: Any, base_url: Any, client_kwargs: dict, name: str, system: str | None,
-                 use_completion_ids: bool, options: dict, chunk_size: int | None, max_concurrency: int | None) -> None:
+                 use_completion_ids: bool, options: dict, chunk_size: int | None, max_concurrency: int | None,
+                 step_separator: str | None = None) -> None:
         unknown = set(options) - set(_OPTIONS)
         if unknown:
             raise TypeError(f"unknown scoring options: {sorted(unknown)}")
@@ -92,6 +101,7 @@ class _Common:
         self._client_kwargs = client_kwargs
         self.system = system
         self.use_completion_ids = use_completion_ids
+        self.step_separator = step_separator
         self.options = {k: v for k, v in options.items() if v is not None}
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
@@ -99,7 +109,7 @@ class _Common:
 
     def _items(self, prompts, completions, completion_ids) -> list[dict]:
         return to_items(prompts, completions, completion_ids, system=self.system,
-                        use_completion_ids=self.use_completion_ids)
+                        use_completion_ids=self.use_completion_ids, step_separator=self.step_separator)
 
     @staticmethod
     def _log(kwargs: dict, res: Any) -> None:
@@ -159,6 +169,7 @@ def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequen
                          gamma: float | None = None, beta: float | None = None, terminal: str | None = None,
                          truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
                          chunk_size: int | None = None, max_concurrency: int | None = None,
+                         step_separator: str | None = None,
                          **client_kwargs: Any) -> EndoRMRewardFunction | AsyncEndoRMRewardFunction:
     """A TRL reward function backed by the EndoRM server.
 
@@ -168,8 +179,13 @@ def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequen
     asynchronous: return an async function (TRL >= 0.20 runs async reward functions concurrently).
     system: reward criteria text, sent as the system turn (conversational prompts only).
     use_completion_ids: score TRL's exact ``completion_ids`` (same tokenizer only).
-    aggregation, gamma, beta, terminal, truncate, add_eos, model: ``/score`` options.
+    aggregation, gamma, beta, terminal, truncate, add_eos, model: ``/score`` options; the step
+        aggregations ``step_min`` / ``step_last`` need ``step_separator``.
+    step_separator: send each completion as steps split after this text (e.g. ``"\n\n"``); a
+        completion without it is one step.
     """
+    if aggregation in ("step_min", "step_last") and step_separator is None:
+        raise ValueError(f"aggregation={aggregation!r} needs step_separator")
     if isinstance(client, (RewardClient, AsyncRewardClient)):
         if client_kwargs:
             raise TypeError("client options go to the client you pass, not here")
@@ -181,4 +197,5 @@ def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequen
     cls = AsyncEndoRMRewardFunction if asynchronous else EndoRMRewardFunction
     options = dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal, truncate=truncate,
                    add_eos=add_eos, model=model)
-    return cls(given, base_url, client_kwargs, name, system, use_completion_ids, options, chunk_size, max_concurrency)
+    return cls(given, base_url, client_kwargs, name, system, use_completion_ids, options, chunk_size, max_concurrency,
+               step_separator)
