@@ -144,6 +144,9 @@ class CompareRequest(ScoringOptions, PromptFields):
         return [{"response_ids": r} for r in self.responses_ids or []]
 
 
+_FINGERPRINT = "Hash of what produced the reward: weights, config, tokenizer + chat template, alpha"
+
+
 class TokenReward(BaseModel):
     id: int
     text: str
@@ -168,6 +171,7 @@ class Usage(BaseModel):
 class ScoreResponse(BaseModel):
     model: str
     alpha: float
+    system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
     aggregation: Aggregation
     results: list[ScoreResult]
     usage: Usage
@@ -176,6 +180,7 @@ class ScoreResponse(BaseModel):
 class CompareResponse(BaseModel):
     model: str
     alpha: float
+    system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
     aggregation: Aggregation
     scores: list[float]
     ranking: list[int] = Field(description="Response indices, best first")
@@ -192,6 +197,7 @@ class ModelCard(BaseModel):
     alpha: float
     engine: str
     vocab_size: int
+    system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
 
 
 class ModelList(BaseModel):
