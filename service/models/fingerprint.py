@@ -6,19 +6,16 @@ run with the same alpha (the reward r = Q - V depends on all of them). Named lik
 OpenAI's ``system_fingerprint``, and shaped like it: ``fp_`` + 16 hex digits.
 
 It hashes files, not tensors, so it is cheap; the SHA-256 of a big weights file is
-cached under ``cache_dir/file-hashes`` keyed by its path, size and mtime, so a restart
-does not read the weights again.
+cached (service/models/hashing.py), so a restart does not read the weights again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from service.models.gguf import file_sha256
+from service.models.hashing import cached_file_sha256
 
 # What determines the reward in an HF checkpoint directory (generation_config.json
 # does not: scoring never samples). The chat template may live in its own file or in
@@ -37,7 +34,6 @@ FINGERPRINT_PATTERNS = (
     "chat_template.jinja",
     "chat_template.json",
 )
-_CACHE_MIN_BYTES = 16 << 20  # smaller files are hashed every time
 
 
 def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | None = None) -> str:
@@ -48,33 +44,8 @@ def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | No
         for pattern in FINGERPRINT_PATTERNS:
             for f in sorted(path.glob(pattern)):
                 if f.is_file():
-                    files[f.name] = _cached_sha256(f, cache_dir)
+                    files[f.name] = cached_file_sha256(f, cache_dir)
     else:  # a hub id the engine resolves itself: only its name is known here
         files["hub-id"] = str(model_path)
     payload = json.dumps({"files": files, "alpha": float(alpha).hex()}, sort_keys=True)
     return "fp_" + hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _cached_sha256(path: Path, cache_dir: Path | None) -> str:
-    st = path.stat()
-    if cache_dir is None or st.st_size < _CACHE_MIN_BYTES:
-        return file_sha256(path, progress=False)
-    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
-    entry = Path(cache_dir) / "file-hashes" / f"{key}.json"
-    stamp = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        cached = json.loads(entry.read_text())
-        if all(cached.get(k) == v for k, v in stamp.items()):
-            return str(cached["sha256"])
-    except (OSError, ValueError, KeyError):
-        pass
-    digest = file_sha256(path)
-    try:  # write-then-rename: concurrent starts never read a half-written entry
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({**stamp, "sha256": digest}, f)
-        os.replace(tmp, entry)
-    except OSError:
-        pass  # a read-only cache only costs a re-hash next time
-    return digest

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from service.models.errors import ModelSourceError
+from service.models.hashing import cached_file_sha256
 from service.models.tiny import build_into_place
 
 log = logging.getLogger(__name__)
@@ -30,26 +30,11 @@ log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 # Bump when the converted files change, so old caches are not reused.
 CONVERSION_VERSION = 1
-_HASH_CHUNK = 1 << 22
 
 # general.file_type (llama.cpp's LLAMA_FTYPE) -> name, for the log and the model card.
 _FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
                11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
                17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
-
-
-def file_sha256(path: Path, *, progress: bool = True) -> str:
-    """Content hash of ``path`` (read in 4 MiB chunks, with a progress bar for big files)."""
-    from tqdm.auto import tqdm
-
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with path.open("rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"hashing {path.name}",
-                                     disable=not progress or size < (64 << 20)) as bar:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
 
 
 def describe_gguf(path: Path) -> dict[str, str]:
@@ -95,7 +80,7 @@ def ensure_converted(path: str | Path, cache_dir: Path) -> Path:
     """The cached HF checkpoint for the GGUF file ``path``, converting it on first use."""
     path = Path(path).expanduser().resolve()
     meta = describe_gguf(path)
-    digest = file_sha256(path)
+    digest = cached_file_sha256(path, cache_dir)
     final = Path(cache_dir) / "gguf" / f"{_safe(path.stem)}-{digest[:16]}-c{CONVERSION_VERSION}"
     built = (final / "config.json").is_file()  # no lock needed (nor a writable cache) to use a finished build
     with contextlib.nullcontext() if built else _exclusive(final.with_name(final.name + ".lock")):

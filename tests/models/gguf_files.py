@@ -38,6 +38,21 @@ def shrink_gguf(src: Path, dst: Path, *, layers: int = 1, arch: str | None = Non
     return dst
 
 
+def tiny_gguf(dst: Path, *, arch: str) -> Path:
+    """A complete, well-formed GGUF file with one small tensor, for architecture ``arch``."""
+    import numpy as np
+
+    writer = gguf.GGUFWriter(dst, arch)
+    writer.add_name(f"tiny {arch}")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
 def truncated_copy(src: Path, dst: Path, fraction: float) -> Path:
     """The first ``fraction`` of ``src``'s bytes: a cut-off download."""
     data = src.read_bytes()

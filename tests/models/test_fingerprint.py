@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from service.models import fingerprint as fp_module
+from service.models import hashing
 from service.models.fingerprint import model_fingerprint
 from tests.conftest import tiny_model
 
@@ -55,7 +55,7 @@ def test_alpha_weights_config_tokenizer_and_template_change_it(model, tmp_path):
 
 def test_cached_weight_hash_is_refreshed_when_the_file_changes(model, tmp_path, monkeypatch):
     """The cache (path, size, mtime) -> sha256 spares re-reading big weights; a rewrite invalidates it."""
-    monkeypatch.setattr(fp_module, "_CACHE_MIN_BYTES", 0)  # cache every file of the tiny model
+    monkeypatch.setattr(hashing, "_CACHE_MIN_BYTES", 0)  # cache every file of the tiny model
     cache = tmp_path / "cache"
     before = model_fingerprint(model, 1.0, cache)
     assert len(list((cache / "file-hashes").glob("*.json"))) >= 2

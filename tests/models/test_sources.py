@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from service.models.default import DEMO_MODEL, ModelSourceError, resolve_model_path, smollm2_gguf
-from service.models.gguf import CONVERSION_VERSION, file_sha256
+from service.models.gguf import CONVERSION_VERSION
+from service.models.hashing import file_sha256
 from tests.conftest import tiny_model
-from tests.models.gguf_files import shrink_gguf, truncated_copy
+from tests.models.gguf_files import shrink_gguf, tiny_gguf, truncated_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -94,7 +95,7 @@ def test_two_processes_converting_at_once_share_one_build(small_gguf, tmp_path):
     paths = {out.strip().splitlines()[-1] for out, _ in outs}
     assert paths == {str(cache / "gguf" / name)}
     assert _cache_entries(cache) == [name]  # no temporary build left behind
-    assert sum("converting" in err for _, err in outs) == 1  # the second found the first's build
+    assert sum(f"converting {small_gguf.name}" in err for _, err in outs) == 1  # the second used the first's build
 
 
 def _has_open(pid: int, target: Path) -> bool:
@@ -120,7 +121,7 @@ def test_bad_gguf_is_a_clear_error_with_nothing_cached(small_gguf, tmp_path, cas
     elif case == "not-gguf":
         bad.write_text("<html>404 Not Found</html>\n")
     elif case == "unsupported-arch":
-        shrink_gguf(small_gguf, bad, layers=1, arch="endormfake")
+        tiny_gguf(bad, arch="endormfake")
     cache = tmp_path / "cache"
     with pytest.raises(ModelSourceError, match=message):
         resolve_model_path(str(bad), cache)
