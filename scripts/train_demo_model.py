@@ -284,7 +284,7 @@ def model_card(args, summary: dict, size_mb: float) -> str:
 
 A {summary['parameters'] / 1e6:.1f}M-parameter Llama ({args.num_layers} layers, hidden {args.hidden_size},
 {args.hidden_size // 64} heads of head_dim 64, vocabulary {summary['vocab_size']}), trained from scratch on a CPU by
-`scripts/train_demo_model.py` so that `endorm serve` with no `--model` serves rewards that visibly make
+`scripts/train_demo_model.py` so that `endorm serve --model endorm-demo` serves rewards that visibly make
 sense, with no download and no GPU. It is **not** a general language model: it knows one task.
 
 ## What it is for

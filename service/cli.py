@@ -50,11 +50,26 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(message)s" if level else None, stream=sys.stderr)
 
 
+def _model_error(settings: Settings, command: str) -> int | None:
+    """Resolve --model before anything starts (a GGUF file converts here, once): a missing,
+    truncated or unsupported model is one clear line and exit status 2, not an engine traceback."""
+    from service.models.default import ModelSourceError, resolve_model_path
+
+    try:
+        resolve_model_path(settings.model, settings.cache_dir)
+    except ModelSourceError as exc:
+        print(f"endorm {command}: error: {exc}", file=sys.stderr)
+        return 2
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.http.server import serve
 
     settings = settings_from_args(args)
     _configure_logging(settings.log_level)
+    if (status := _model_error(settings, "serve")) is not None:
+        return status
     return serve(settings)
 
 
@@ -63,6 +78,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    if (status := _model_error(settings, "score")) is not None:
+        return status
     try:
         from service.evaluation.command import step_separator
 
@@ -82,6 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    if getattr(args, "server", None) is None and (status := _model_error(settings, "eval")) is not None:
+        return status
     return run(args, settings)
 
 

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ENDORM_", extra="ignore", populate_by_name=True)
 
     # --- model and engine ---
-    model: str | None = Field(None, description="HF model directory or hub id; default: the bundled demo model")
+    model: str | None = Field(
+        None, description="HF model directory, .gguf file, hub id, or a bundled model: smollm2-135m-instruct "
+        "(the default) or endorm-demo (the arithmetic toy)")
     served_model_name: str | None = Field(None, description="Name reported in responses; default: the model path's name")
     engine: Literal["vllm", "transformers"] = Field("vllm", description="vllm (default) or the transformers fallback")
     alpha: float = Field(1.0, gt=0, description="Entropy coefficient alpha of the soft Bellman operator")
@@ -50,7 +52,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM")
     retry_after_s: int = Field(1, ge=0)
     log_level: str = "info"
-    cache_dir: Path = Field(Path.home() / ".cache" / "endorm", description="Where generated models are kept")
+    cache_dir: Path = Field(Path.home() / ".cache" / "endorm", description="Where generated and converted (GGUF) models are kept")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -63,4 +65,6 @@ class Settings(BaseSettings):
     def model_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
-        return Path(self.model).name if self.model else "endorm-demo"
+        from service.models.default import DEFAULT_MODEL
+
+        return Path(self.model).name if self.model else DEFAULT_MODEL

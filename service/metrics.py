@@ -6,7 +6,7 @@ rejects vLLM's colon names); ``/metrics`` serves both registries.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -35,3 +35,5 @@ class Metrics:
         )
         self.engine_unfinished = Gauge("endorm_engine_unfinished_sequences", "Sequences in the engine", registry=r)
         self.ready = Gauge("endorm_ready", "1 when warm and not draining", registry=r)
+        # endorm_model_info{model=..., system_fingerprint=...} 1, set once the model is loaded
+        self.model_info = Info("endorm_model", "The served model and its system_fingerprint", registry=r)

@@ -23,6 +23,7 @@ from service.grouping import GroupScheduler
 from service.models.default import resolve_model_path
 from service.offsets import response_offsets
 from service.step_inputs import encode_with_steps
+from service.models.fingerprint import model_fingerprint
 from service.tokenization import EncodedPair, InputError, PairEncoder
 
 log = logging.getLogger(__name__)
@@ -58,26 +59,30 @@ class ScoredItem:
 
 
 class Scorer:
-    def __init__(self, engine: TokenStatsEngine, encoder: PairEncoder, model_name: str) -> None:
+    def __init__(self, engine: TokenStatsEngine, encoder: PairEncoder, model_name: str,
+                 system_fingerprint: str | None = None) -> None:
         self.engine = engine
         self.encoder = encoder
         self.model_name = model_name
         self.groups = GroupScheduler(engine)  # shared prompts computed once (service/grouping.py)
+        # weights + config + tokenizer + chat template + alpha (service/models/fingerprint.py)
+        self.system_fingerprint = system_fingerprint
 
     @classmethod
     async def start(cls, settings: Settings) -> "Scorer":
         """Resolve the model, start the engine (with warm-up), load the tokenizer."""
         from transformers import AutoTokenizer
 
-        path = resolve_model_path(settings.model, settings.cache_dir)
+        path = await asyncio.to_thread(resolve_model_path, settings.model, settings.cache_dir)
+        fingerprint = await asyncio.to_thread(model_fingerprint, path, settings.alpha, settings.cache_dir)
         tokenizer = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
         )
         engine = create_engine(settings, path)
         await engine.start()
         encoder = PairEncoder(tokenizer, vocab_size=engine.info.vocab_size)
-        log.info("engine ready: %s", engine.info)
-        return cls(engine, encoder, settings.served_model_name or settings.model_name)
+        log.info("engine ready: %s, system_fingerprint %s", engine.info, fingerprint)
+        return cls(engine, encoder, settings.served_model_name or settings.model_name, fingerprint)
 
     @property
     def info(self) -> EngineInfo:

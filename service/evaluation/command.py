@@ -1,6 +1,6 @@
 """``endorm eval``: accuracy of the reward on a preference file (RM-Bench or RewardBench form).
 
-Scores in process (the model of ``--model``, default the bundled demo model; every
+Scores in process (the model of ``--model``, default SmolLM2-135M-Instruct; every
 ``endorm serve`` setting applies) or through a running server (``--server URL``,
 ``--api-key KEY``), then writes ``<name>.md``, ``<name>.json`` and ``<name>.png``.
 """

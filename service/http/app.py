@@ -48,6 +48,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     async def start_engine() -> None:
         try:
             state.scorer = await Scorer.start(settings)
+            state.metrics.model_info.info({"model": state.scorer.model_name,
+                                           "system_fingerprint": state.scorer.system_fingerprint or ""})
         except Exception as exc:  # surfaced by /ready and the exit code
             state.startup_error = exc
             log.exception("engine failed to start")

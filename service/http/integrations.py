@@ -167,6 +167,7 @@ class GetRewardResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
     extra_logs: dict[str, list[float]]
+    system_fingerprint: str | None = None  # an extra field; OpenRLHF reads only the three above
 
 
 def _query_options(request: Request) -> GetRewardOptions:
@@ -203,7 +204,7 @@ async def get_reward(body: GetRewardRequest, request: Request):
         raise APIError(422, f"{len(body.prompts)} prompts for {len(body.query)} queries", param="prompts")
     _check_items(state, len(body.query), "query")
     if not body.query:  # OpenRLHF splits a batch over its servers: a server can get an empty slice
-        return GetRewardResponse(rewards=[], scores=[], extra_logs={})
+        return GetRewardResponse(rewards=[], scores=[], extra_logs={}, system_fingerprint=scorer.system_fingerprint)
     if body.prompts is not None:
         items = [_split_query(q, p, scorer.encoder.bos_token, i) for i, (q, p) in enumerate(zip(body.query, body.prompts))]
     else:
@@ -220,7 +221,7 @@ async def get_reward(body: GetRewardRequest, request: Request):
     if not scored:
         return Response(status_code=499)
     scores = [s.score for s in scored]
-    return GetRewardResponse(rewards=scores, scores=scores, extra_logs={
+    return GetRewardResponse(rewards=scores, scores=scores, system_fingerprint=scorer.system_fingerprint, extra_logs={
         "endorm_response_tokens": [float(s.num_tokens) for s in scored],
         "endorm_truncated_tokens": [float(d) for d in dropped],
     })
@@ -273,6 +274,7 @@ class ClassificationResponse(BaseModel):
     model: str
     data: list[ClassificationData]
     usage: ClassifyUsage
+    system_fingerprint: str | None = None  # an extra field beside vLLM's shape
 
 
 def _classify_items(body: ClassifyRequest, scorer: Scorer) -> tuple[list[dict], str, bool]:
@@ -330,5 +332,5 @@ async def classify(body: ClassifyRequest, request: Request):
     return ClassificationResponse(
         id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=scorer.model_name,
         data=[ClassificationData(index=i, probs=[squash(s.score)], num_classes=1) for i, s in enumerate(scored)],
-        usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens),
+        usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens), system_fingerprint=scorer.system_fingerprint,
     )

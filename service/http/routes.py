@@ -155,8 +155,8 @@ async def score(body: ScoreRequest, request: Request):
     if not scored:
         return Response(status_code=499)
     return ScoreResponse(
-        model=scorer.model_name, alpha=scorer.info.alpha, aggregation=body.aggregation,
-        results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
+        model=scorer.model_name, alpha=scorer.info.alpha, system_fingerprint=scorer.system_fingerprint,
+        aggregation=body.aggregation, results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
     )
 
 
@@ -179,7 +179,8 @@ async def compare(body: CompareRequest, request: Request):
     scores = [s.score for s in scored]
     order = rewards.ranking(scores)
     return CompareResponse(
-        model=scorer.model_name, alpha=scorer.info.alpha, aggregation=body.aggregation, scores=scores,
+        model=scorer.model_name, alpha=scorer.info.alpha, system_fingerprint=scorer.system_fingerprint,
+        aggregation=body.aggregation, scores=scores,
         ranking=order, best=order[0], probabilities=rewards.preference_probabilities(scores).tolist(),
         results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
     )
@@ -190,7 +191,8 @@ async def models(request: Request):
     scorer = _ready_scorer(_state(request), request)
     info = scorer.info
     return ModelList(data=[ModelCard(id=scorer.model_name, max_model_len=info.max_model_len, alpha=info.alpha,
-                                     engine=info.name, vocab_size=info.vocab_size)])
+                                     engine=info.name, vocab_size=info.vocab_size,
+                                     system_fingerprint=scorer.system_fingerprint)])
 
 
 @open_router.get("/health", response_model=Status, summary="Process alive")

@@ -179,6 +179,9 @@ class CompareRequest(ScoringOptions, PromptFields):
         return out
 
 
+_FINGERPRINT = "Hash of what produced the reward: weights, config, tokenizer + chat template, alpha"
+
+
 class TokenReward(BaseModel):
     id: int
     text: str
@@ -215,6 +218,7 @@ class Usage(BaseModel):
 class ScoreResponse(BaseModel):
     model: str
     alpha: float
+    system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
     aggregation: Aggregation
     results: list[ScoreResult]
     usage: Usage
@@ -223,6 +227,7 @@ class ScoreResponse(BaseModel):
 class CompareResponse(BaseModel):
     model: str
     alpha: float
+    system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
     aggregation: Aggregation
     scores: list[float]
     ranking: list[int] = Field(description="Response indices, best first")
@@ -239,6 +244,7 @@ class ModelCard(BaseModel):
     alpha: float
     engine: str
     vocab_size: int
+    system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
 
 
 class ModelList(BaseModel):

@@ -14,15 +14,16 @@ import pytest
 from service.config import Settings
 from service.evaluation import demo_task
 from service.evaluation.demo_task import SYSTEM_PROMPTS, Problem, response
-from service.models.default import DEMO_MODEL_DIR, resolve_model_path
+from service.models.default import DEMO_MODEL, DEMO_MODEL_DIR, resolve_model_path
 from service.scorer import Scorer, ScoreOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_model_is_the_default(tmp_path):
+def test_demo_model_is_named_endorm_demo(tmp_path):
+    """The default is the real SmolLM2 (tests/models/test_sources.py); the toy answers to its short name."""
     assert (DEMO_MODEL_DIR / "config.json").is_file(), "run scripts/train_demo_model.py"
-    assert resolve_model_path(None, tmp_path) == str(DEMO_MODEL_DIR)
+    assert resolve_model_path(DEMO_MODEL, tmp_path) == str(DEMO_MODEL_DIR)
     assert resolve_model_path("some/model", tmp_path) == "some/model"
 
 
@@ -56,8 +57,8 @@ def test_demo_model_ships_in_the_wheel():
 
 @pytest.fixture(scope="module")
 async def demo_scorer():
-    # no model named: the default (the demo model), on the fast transformers engine
-    scorer = await Scorer.start(Settings(engine="transformers", dtype="float32"))
+    # the demo model by its short name, on the fast transformers engine
+    scorer = await Scorer.start(Settings(model=DEMO_MODEL, engine="transformers", dtype="float32"))
     yield scorer
     await scorer.shutdown()
 
@@ -95,12 +96,12 @@ async def test_demo_reward_follows_the_system_prompt(demo_scorer):
 
 
 @pytest.mark.slow
-def test_endorm_serve_with_no_model_serves_the_demo(tmp_path):
-    """`endorm serve` with no --model: the vLLM engine on the demo model, sensible rewards over HTTP."""
+def test_endorm_serve_demo_model(tmp_path):
+    """`endorm serve --model endorm-demo`: the vLLM engine on the demo model, sensible rewards over HTTP."""
     from tests.conftest import COMMON
     from tests.server import ServerProcess
 
-    server = ServerProcess(COMMON, log_path=tmp_path / "server.log").start()
+    server = ServerProcess(["--model", DEMO_MODEL, *COMMON], log_path=tmp_path / "server.log").start()
     try:
         models = httpx.get(server.url + "/v1/models", timeout=30).json()
         assert models["data"][0]["id"] == "endorm-demo"
