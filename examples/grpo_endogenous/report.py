@@ -87,6 +87,8 @@ def _markdown(s: dict) -> str:
                   f"completions, lr {a['lr']}, beta 0, temperature 1, training styles {', '.join(a['train_styles'])}.  ",
                   f"Held-out evaluation: {meta['eval_questions']} questions ({a['eval_per_style']} per prompt style, "
                   f"all five), greedy and {a['eval_samples']} samples per question at temperature 1.", ""]
+        if meta.get("note"):
+            lines += [meta["note"], ""]
     lines += ["## Held-out accuracy (exact match of the answer), before -> after, mean over seeds (sd)", "",
               "| arm | seeds | greedy before | greedy after | Δ greedy | sampled before | sampled after | Δ sampled | "
               "sampled length before -> after |", "|---|---|---|---|---|---|---|---|---|"]
