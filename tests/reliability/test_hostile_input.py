@@ -53,5 +53,5 @@ def test_slowloris_style_truncated_body_does_not_hang(server):
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
         s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"it")
-    r = httpx.get(server.url + "/health", timeout=60)  # a hang, not a slow machine, is what this catches
+    r = httpx.get(server.url + "/health", timeout=60)  # catches a hang, not a slow machine
     assert r.status_code == 200
