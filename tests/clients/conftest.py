@@ -117,7 +117,7 @@ def dead_url() -> str:
 
 def metric(server_url: str, name: str, **labels) -> float:
     """One sample of the live server's /metrics (0 when absent)."""
-    text = httpx.get(server_url + "/metrics", timeout=30).text
+    text = httpx.get(server_url + "/metrics", timeout=120).text
     for line in text.splitlines():
         m = _SAMPLE.match(line)
         if m and m.group(1) == name and dict(_LABEL.findall(m.group(2) or "")) == {k: str(v) for k, v in labels.items()}:

@@ -63,7 +63,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=WORLD,
-        timeout=datetime.timedelta(seconds=300),  # a guard against a hang: two torch imports on a loaded machine are slow
+        timeout=datetime.timedelta(seconds=300),  # a hang guard: two torch imports under load are slow
     )
     try:
         group = dist.new_group(list(range(WORLD)), backend="gloo")
