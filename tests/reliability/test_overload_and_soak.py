@@ -123,10 +123,11 @@ def test_overload_only_200_429_503_and_memory_returns(limited_server):
     timeouts_before = _rejections(url, "wait_timeout")
     frozen_phase_over = threading.Event()
     with ThreadPoolExecutor(1) as runner:
-        drive = runner.submit(_drive, url, float(os.environ.get("ENDORM_OVERLOAD_S", 12)), 32,
-                              lambda seed: _body(seed, items=16), frozen_phase_over)
         try:
+            # frozen while idle (the warm-up drives have finished), never in the middle of a step
             with _engine_frozen(limited_server):
+                drive = runner.submit(_drive, url, float(os.environ.get("ENDORM_OVERLOAD_S", 12)), 32,
+                                      lambda seed: _body(seed, items=16), frozen_phase_over)
                 deadline = time.monotonic() + 120  # must come: the budget cannot free while frozen
                 while _rejections(url, "wait_timeout") - timeouts_before < 32:
                     assert time.monotonic() < deadline, "no 429 while the budget was held"
