@@ -117,6 +117,7 @@ class LoadConfig:
     wait: str = "none"  # none | constant:S | between:A:B | pacing:S (one request every S seconds per user)
     honor_retry_after: bool = True
     timeout_s: float = 120.0
+    iterations: int = 0  # requests per user, then the run ends when every user is done; 0: the run time decides
     # load shape: none (use -u/-r/-t) | ramp | step | spike; see loadtests/shapes.py
     shape: str = "none"
     steps: str = "1,2,4,8"  # step: user counts, one per step
@@ -174,6 +175,8 @@ class LoadConfig:
             raise ValueError(f"{PREFIX}RETURN_TOKENS is a probability in [0, 1]")
         if self.score_weight < 0 or self.compare_weight < 0 or self.score_weight + self.compare_weight == 0:
             raise ValueError("task weights must be >= 0 and not both 0")
+        if self.iterations < 0:
+            raise ValueError(f"{PREFIX}ITERATIONS must be >= 0")
         parse_wait(self.wait)
         step_users(self.steps)
 

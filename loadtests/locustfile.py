@@ -16,6 +16,7 @@ share of requests with per-token output), user pacing, the load shape
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import random
@@ -29,12 +30,13 @@ if __package__ in (None, ""):  # run by locust as a file: make `loadtests` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gevent
-from locust import FastHttpUser, between, constant, constant_pacing, events
+from locust import FastHttpUser, between, constant, constant_pacing, events, task
+from locust.exception import StopUser
 from locust.runners import WorkerRunner
-from locust.stats import StatsEntry
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV, StatsEntry
 
 from loadtests.config import LoadConfig, parse_wait
-from loadtests.payloads import PayloadFactory
+from loadtests.payloads import PayloadFactory, request_mix
 from loadtests.shapes import SHAPES
 from loadtests.thresholds import REJECTED, Summary, violations
 
@@ -64,6 +66,7 @@ _seeds = itertools.count()
 _counters = {"tokens": 0, "items": 0, "rejected_429": 0, "rejected_503": 0}
 _log_file = None
 _environment = None
+_users_done = 0  # users that sent their ENDORM_LT_ITERATIONS requests
 
 
 def _headers() -> dict[str, str]:
@@ -132,19 +135,32 @@ class EndoRMUser(FastHttpUser):
 
     def on_start(self) -> None:
         info = server_info(self.host)
+        number = next(_seeds)
         self.factory = PayloadFactory(CFG, vocab_size=info["vocab_size"], max_model_len=info["max_model_len"],
-                                      seed=CFG.seed * 1_000_003 + next(_seeds))
+                                      seed=CFG.seed * 1_000_003 + number)
+        self.mix = request_mix(CFG.score_weight, CFG.compare_weight, start=number)
+        self.sent = 0
         kind, nums = parse_wait(CFG.wait)
         if kind == "pacing":  # de-synchronise users spawned together
             gevent.sleep(random.uniform(0, nums[0]))
 
-    def score(self) -> None:
-        self._post(self.factory.score())
+    @task
+    def next_request(self) -> None:
+        if CFG.iterations and self.sent >= CFG.iterations:
+            self._done()
+        self.sent += 1
+        kind = next(self.mix)
+        self._post(self.factory.score() if kind == "score" else self.factory.compare())
 
-    def compare(self) -> None:
-        self._post(self.factory.compare())
-
-    tasks = {k: w for k, w in ((score, CFG.score_weight), (compare, CFG.compare_weight)) if w > 0}
+    def _done(self) -> None:
+        """This user sent its requests; the last one to finish ends the run (a run of a fixed size:
+        its outcome does not depend on how many requests the machine gets through in a time)."""
+        global _users_done
+        _users_done += 1
+        runner = self.environment.runner
+        if runner is not None and _users_done >= runner.target_user_count:
+            gevent.spawn(runner.quit)
+        raise StopUser()
 
     def _post(self, payload) -> None:
         retry_after = 0.0
@@ -234,5 +250,16 @@ def _on_quitting(environment, **_kw):
         )
     if _log_file is not None:
         _log_file.flush()
+    _write_final_csv(environment)
     # Our thresholds decide (locust's default would fail on any error, and ignore latency).
     environment.process_exit_code = 1 if problems else 0
+
+
+def _write_final_csv(environment) -> None:
+    """locust rewrites ``<csv>_stats.csv`` every second and not at the end, so the file misses the
+    requests of the run's last second (all of them in a short run): write the final numbers."""
+    prefix = getattr(environment.parsed_options, "csv_prefix", None) if environment.parsed_options else None
+    if not prefix:
+        return
+    with open(f"{prefix}_stats.csv", "w", newline="") as f:
+        StatsCSV(environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(f))

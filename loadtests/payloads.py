@@ -12,7 +12,9 @@ drops the start of the prompt instead of failing with 413.
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from loadtests.config import LoadConfig
@@ -100,3 +102,12 @@ class PayloadFactory:
         else:
             body.update(prompt_ids=self._ids(p), responses_ids=[self._ids(r) for r in lengths])
         return Payload("/compare", body, n * p + sum(lengths), n)
+
+
+def request_mix(score_weight: int, compare_weight: int, start: int = 0) -> Iterator[str]:
+    """A user's request kinds ("score"/"compare"): the weights as an exact repeating cycle, each user
+    starting at its own place in it (``start``: its number), so a run's mix depends neither on luck
+    nor on how many requests it gets through: the first requests of ``score_weight +
+    compare_weight`` users already cover both kinds."""
+    cycle = ["score"] * score_weight + ["compare"] * compare_weight
+    return itertools.islice(itertools.cycle(cycle), start % len(cycle), None)

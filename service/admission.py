@@ -57,7 +57,12 @@ class AdmissionController:
                     raise Overloaded("queue_full" if self.max_wait_s > 0 else "tokens")
                 self.waiting += 1
                 try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self._fits(tokens)), self.max_wait_s)
+                    # asyncio.timeout, not wait_for: wait_for runs the wait in a task of its own, and a
+                    # request cancelled (disconnect, deadline) while wait_for cancels that task on the
+                    # timeout left it to re-take the lock after we let go: held for good, every later
+                    # admission hung (issue 11). Here the wait re-takes the lock in this task.
+                    async with asyncio.timeout(self.max_wait_s):
+                        await self._changed.wait_for(lambda: self._fits(tokens))
                 except TimeoutError:
                     raise Overloaded("wait_timeout") from None
                 finally:

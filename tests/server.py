@@ -2,6 +2,8 @@
 
 The launcher itself is the load tests' (``loadtests/server.py``); this keeps the
 tests' one-call form: ``ServerProcess(args, log_path=...).start()`` returns when ready.
+Ready within 600 s (a guard against a hang: on a 2-core machine loaded with other engines,
+a start took over 300 s here).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ __all__ = ["ServerProcess", "free_port"]
 
 class ServerProcess(LocalServer):
     def __init__(self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None,
-                 ready_timeout: float = 300) -> None:
+                 ready_timeout: float = 600) -> None:
         super().__init__(args, log_path=log_path, env=env, ready_timeout_s=ready_timeout)
 
     def start(self) -> "ServerProcess":

@@ -39,18 +39,29 @@ class Seen:
     body: bytes
 
 
+HOLD = "hold"  # a scripted delay that lasts until the test releases it: a reply that surely comes too late
+
+
 @dataclass
 class StubServer:
-    """Answers each request with the next scripted (status, headers, body, delay_s); then 200 SCORE_OK."""
+    """Answers each request with the next scripted (status, headers, body, delay_s); then 200 SCORE_OK.
+
+    ``delay_s`` may be ``HOLD``: the reply waits until ``release()`` (or the next ``reply()``), so a
+    client's read timeout fires on any machine, however slow, without a race against a timer."""
 
     url: str = ""
     script: list = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
+    released: int = 0  # bumped by release(): held replies go out
 
     def reply(self, *responses) -> "StubServer":
+        self.release()
         self.script = list(responses)
         self.seen.clear()
         return self
+
+    def release(self) -> None:
+        self.released += 1
 
     def gaps(self) -> list[float]:
         return [b.at - a.at for a, b in zip(self.seen, self.seen[1:])]
@@ -67,7 +78,11 @@ def stub() -> StubServer:
     async def handle(request: Request):
         state.seen.append(Seen(request.url.path, time.monotonic(), dict(request.headers), await request.body()))
         status, headers, body, delay = state.script.pop(0) if state.script else (200, {}, SCORE_OK, 0)
-        if delay:
+        if delay == HOLD:
+            held = state.released
+            while state.released == held:
+                await asyncio.sleep(0.01)
+        elif delay:
             await asyncio.sleep(delay)
         return JSONResponse(body, status_code=status, headers=headers)
 
@@ -82,6 +97,7 @@ def stub() -> StubServer:
         time.sleep(0.02)
     state.url = f"http://127.0.0.1:{port}"
     yield state
+    state.release()
     server.should_exit = True
     thread.join(10)
 
@@ -101,7 +117,7 @@ def dead_url() -> str:
 
 def metric(server_url: str, name: str, **labels) -> float:
     """One sample of the live server's /metrics (0 when absent)."""
-    text = httpx.get(server_url + "/metrics", timeout=30).text
+    text = httpx.get(server_url + "/metrics", timeout=120).text
     for line in text.splitlines():
         m = _SAMPLE.match(line)
         if m and m.group(1) == name and dict(_LABEL.findall(m.group(2) or "")) == {k: str(v) for k, v in labels.items()}:
@@ -113,4 +129,4 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
-__all__ = ["API_KEY", "StubServer", "err", "metric", "SCORE_OK"]
+__all__ = ["API_KEY", "HOLD", "StubServer", "err", "metric", "SCORE_OK"]

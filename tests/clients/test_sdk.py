@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import threading
 import time
+import types
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ from endorm_client import (
     ServiceUnavailableError,
 )
 from endorm_client._core import chunks, parse_retry_after
-from tests.clients.conftest import API_KEY, err, metric
+from tests.clients.conftest import API_KEY, HOLD, err, metric
 
 CHAT = [{"role": "user", "content": "What is 2+3?"}]
 ITEMS = [
@@ -37,6 +39,25 @@ ITEMS = [
 def fast(url, **kw) -> RewardClient:
     """Short backoffs so retry tests stay quick."""
     return RewardClient(url, **{"api_key": API_KEY, "backoff_base": 0.05, "backoff_max": 0.2, **kw})
+
+
+@pytest.fixture()
+def sleeps(monkeypatch) -> list[float]:
+    """The delays the sync client decides to wait (it still sleeps them): retry tests assert these
+    decisions, not wall-clock gaps, whose upper bounds hold only on a machine fast enough."""
+    import endorm_client.client as client_module
+
+    asked: list[float] = []
+    caller = threading.current_thread()
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is caller:
+            asked.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(client_module, "time", types.SimpleNamespace(sleep=sleep, monotonic=time.monotonic,
+                                                                      time=time.time))
+    return asked
 
 
 # ------------------------------------------------------------------ live server
@@ -195,12 +216,12 @@ def test_prompt_affinity_over_two_replicas(server):
     assert group_chunks(["a"] * 5 + ["b"], 2) == [(0, 2), (2, 4), (4, 6)]
 
 
-def test_all_replicas_dead(dead_url):
+def test_all_replicas_dead(dead_url, sleeps):
     with fast([dead_url], max_retries=2) as rm:
-        start = time.monotonic()
         with pytest.raises(APIConnectionError) as exc:
             rm.score(ITEMS[:1])
-        assert rm.endpoints[0].requests == 3 and time.monotonic() - start < 5
+        assert rm.endpoints[0].requests == 3
+        assert len(sleeps) == 2 and all(0 < s <= 0.2 for s in sleeps), sleeps  # the short backoffs, capped
         assert "3 attempts" in str(exc.value)
         assert not rm.ready()
 
@@ -208,21 +229,25 @@ def test_all_replicas_dead(dead_url):
 # ------------------------------------------------------------------ scripted server
 
 
-def test_retry_after_is_honoured_on_429_and_503(stub):
+def test_retry_after_is_honoured_on_429_and_503(stub, sleeps):
     stub.reply(err(429, "overloaded", retry_after="1"), err(503, "draining", retry_after="1"))
     with fast(stub.url) as rm:
         res = rm.score(ITEMS[:1])
     assert res.results[0].score == 1.5 and len(stub.seen) == 3
-    assert all(g >= 1.0 for g in stub.gaps()), stub.gaps()  # Retry-After: 1, not the 0.05 s backoff
-    assert all(g < 1.5 for g in stub.gaps()), stub.gaps()
+    # Retry-After: 1 (plus at most 10 % jitter), not the 0.05 s backoff; and really waited
+    assert len(sleeps) == 2 and all(1.0 <= s <= 1.1 for s in sleeps), sleeps
+    assert all(g >= 1.0 for g in stub.gaps()), stub.gaps()
 
 
-def test_exponential_backoff_with_jitter(stub):
+def test_exponential_backoff_with_jitter(stub, sleeps):
     stub.reply(err(503, "unavailable"), err(503, "unavailable"), err(429, "overloaded"))
     with RewardClient(stub.url, backoff_base=0.2, backoff_max=10) as rm:
         rm.score(ITEMS[:1])
+    # d = base * 2**n, waited uniformly in [d/2, d]
+    assert len(sleeps) == 3 and 0.1 <= sleeps[0] <= 0.2 and 0.2 <= sleeps[1] <= 0.4 and 0.4 <= sleeps[2] <= 0.8, sleeps
+    assert len(set(sleeps)) == 3  # jittered, not fixed
     g = stub.gaps()
-    assert len(g) == 3 and 0.1 <= g[0] < 0.35 and 0.2 <= g[1] < 0.55 and 0.4 <= g[2] < 0.95, g
+    assert len(g) == 3 and all(gap >= s for gap, s in zip(g, sleeps)), (g, sleeps)
 
 
 def test_gives_up_after_max_retries(stub):
@@ -264,25 +289,28 @@ def test_request_id_header_on_every_call_and_kept_across_retries(stub):
     assert stub.seen[0].headers["authorization"] == f"Bearer {API_KEY}"
 
 
-def test_503_moves_to_another_replica_at_once(stub, server):
-    stub.reply(*[err(503, "draining", retry_after="5")] * 3)
+def test_503_moves_to_another_replica_at_once(stub, server, sleeps):
+    # Retry-After 600: the stub stays benched for the whole test however slow the machine is
+    stub.reply(*[err(503, "draining", retry_after="600")] * 3)
     with RewardClient([stub.url, server.url], api_key=API_KEY) as rm:
-        start = time.monotonic()
         for _ in range(4):
             assert rm.score(ITEMS[:1]).model != "stub"
-        assert time.monotonic() - start < 4  # no 5 s Retry-After wait: the other replica answered
+        assert sleeps == []  # no Retry-After wait: the other replica answered at once
         assert {e.url: e.requests for e in rm.endpoints}[stub.url] == 1  # benched after its 503
 
 
 def test_read_timeout(stub):
-    stub.reply((200, {}, {}, 1.5), (200, {}, {}, 1.5))
-    with fast(stub.url, read_timeout=0.3) as rm, pytest.raises(APITimeoutError):
+    # Held replies never come in time, on any machine; connecting gets a generous bound of its own.
+    stub.reply((200, {}, {}, HOLD), (200, {}, {}, HOLD))
+    with fast(stub.url, read_timeout=0.3, connect_timeout=30) as rm, pytest.raises(APITimeoutError):
         rm.score(ITEMS[:1])
     assert len(stub.seen) == 1  # not retried by default: the server may still be working on it
-    stub.reply((200, {}, {}, 1.0))
-    with fast(stub.url, read_timeout=0.3, retry_read_timeouts=True) as rm:
+    # the retry's prompt reply must come within the read timeout: a generous one (it costs one wait)
+    stub.reply((200, {}, {}, HOLD))
+    with fast(stub.url, read_timeout=5, connect_timeout=30, retry_read_timeouts=True) as rm:
         assert rm.score(ITEMS[:1]).results[0].score == 1.5
     assert len(stub.seen) == 2
+    stub.release()
 
 
 def test_async_retries(stub):
@@ -302,7 +330,8 @@ def test_helpers():
     assert chunks(150, 64) == [(0, 50), (50, 100), (100, 150)]
     assert chunks(64, 64) == [(0, 64)] and chunks(0, 64) == [] and chunks(65, 64) == [(0, 33), (33, 65)]
     assert parse_retry_after("3") == 3 and parse_retry_after("0.5") == 0.5 and parse_retry_after("x") is None
-    assert 8 < parse_retry_after(email.utils.formatdate(time.time() + 10, usegmt=True)) <= 10
+    # an HTTP date: seconds from now (whole seconds in the header; 100 s of slack for a stalled test)
+    assert 900 < parse_retry_after(email.utils.formatdate(time.time() + 1000, usegmt=True)) <= 1000
     with pytest.raises(ValueError):
         RewardClient("localhost:8000")
     assert RewardClient("http://a:1/, http://b:2").base_urls == ["http://a:1", "http://b:2"]

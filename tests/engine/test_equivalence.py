@@ -7,8 +7,12 @@ arrive over several engine steps (chunked prefill).
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
+from contextlib import contextmanager
 
 import numpy as np
+import psutil
 import pytest
 
 from service import rewards
@@ -81,20 +85,48 @@ async def test_alpha_half(vllm_engines):
         assert np.max(np.abs(got.v - one.v)) > 1e-2
 
 
+def _engine_processes(engine) -> list[psutil.Process]:
+    """This engine's EngineCore process(es) and their workers (not the other engines of the session)."""
+    manager = engine._engine.engine_core.resources.engine_manager
+    cores = [psutil.Process(p.pid) for p in manager.processes]
+    return cores + [c for core in cores for c in core.children(recursive=True)]
+
+
+@contextmanager
+def _frozen(engine):
+    """SIGSTOP the engine's processes for the body: nothing it was given can finish meanwhile."""
+    procs = _engine_processes(engine)
+    assert procs, "no engine process"
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
+
+
+async def _until(state, what: str, patience_s: float = 120) -> None:
+    """Poll for a state that must come; the deadline only guards against a hang."""
+    deadline = time.monotonic() + patience_s
+    while not state():
+        assert time.monotonic() < deadline, f"{what}: not within {patience_s} s"
+        await asyncio.sleep(0.01)
+
+
 async def test_cancelled_caller_aborts_engine_request(vllm_engines):
     engine = await vllm_engines("llama")
     seq = [2 + i % 500 for i in range(900)]
-    tasks = [asyncio.ensure_future(engine.token_stats(seq)) for _ in range(8)]
-    await asyncio.sleep(0.05)
-    assert engine.num_unfinished() > 0
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for _ in range(100):
-        if engine.num_unfinished() == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.num_unfinished() == 0
+    # Frozen, the engine cannot finish the requests before they are cancelled (a fixed 0.05 s
+    # sleep assumed a machine slow enough for them to be still running).
+    with _frozen(engine):
+        tasks = [asyncio.ensure_future(engine.token_stats(seq)) for _ in range(8)]
+        await _until(lambda: engine.num_unfinished() == 8, "8 requests in the engine")
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(t.cancelled() for t in tasks)
+    await _until(lambda: engine.num_unfinished() == 0, "requests aborted")
     # the engine still serves afterwards
     got = await engine.token_stats([1, 2, 3])
     assert got.v.shape == (3,)

@@ -80,6 +80,6 @@ def test_endorm_score_cli_rejects_bad_file(tmp_path):
     bad.write_text('{"prompt": "x", "chosen": "y"}\n')
     proc = subprocess.run([sys.executable, "-m", "service.cli", "score", str(bad), "-o", str(tmp_path / "o.jsonl"),
                            "--model", str(tiny_model("llama")), "--engine", "transformers"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)  # a hang guard: slow imports under load
     assert proc.returncode == 2 and "needs 'chosen' and 'rejected'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -11,7 +12,7 @@ from loadtests.bench import latency as lat
 from loadtests.bench.cli import summarize
 from loadtests.bench.report import compute_ratios, write_report
 from loadtests.config import Dist, LoadConfig, parse_wait, schedule, step_users, users_at
-from loadtests.payloads import RESERVED_IDS, PayloadFactory
+from loadtests.payloads import RESERVED_IDS, PayloadFactory, request_mix
 from loadtests.thresholds import Summary, violations
 
 
@@ -88,6 +89,13 @@ def test_payload_token_count_is_exact_for_ids():
                      batch=Dist.parse("fixed:3"))
     p = PayloadFactory(cfg, vocab_size=1000, max_model_len=4096).score()
     assert p.tokens == 150 == sum(len(i["prompt_ids"]) + len(i["response_ids"]) for i in p.body["items"])
+
+
+def test_request_mix_is_an_exact_cycle_and_users_start_apart():
+    first = [next(request_mix(3, 1, start=u)) for u in range(4)]
+    assert sorted(first) == ["compare", "score", "score", "score"]  # 4 users' first requests cover both
+    assert list(itertools.islice(request_mix(3, 1), 8)) == ["score", "score", "score", "compare"] * 2
+    assert set(itertools.islice(request_mix(0, 2, start=5), 10)) == {"compare"}
 
 
 def test_shapes_schedules():

@@ -46,25 +46,33 @@ def _stats_rows(prefix: Path) -> list[dict]:
 
 
 def test_runner_smoke_against_the_live_server(server, tmp_path):
-    """`python -m loadtests.run --url ...`: a bounded headless run, reports written, no failures."""
+    """`python -m loadtests.run --url ...`: a run of 4 users x 3 requests, reports written, no failures.
+
+    A fixed number of requests, not a time window: locust's run time counts from its own start, so
+    a slow machine got fewer requests (none at all, seen here) in a few seconds."""
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.run", "--url", server.url, "--api-key", API_KEY, "-u", "4", "-r", "4",
-         "-t", "15s", "--out", str(out), "--max-fail-ratio", "0", "--max-p99-ms", "none"],
-        cwd=ROOT, env=_env(**SMALL_MIX), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+         "-t", "300s", "--out", str(out), "--max-fail-ratio", "0", "--max-p99-ms", "none"],
+        # -t and the runner's own bound (run time + 90 s) only catch a hang
+        cwd=ROOT, env=_env(**SMALL_MIX, ENDORM_LT_ITERATIONS="3"), stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "result    PASS" in proc.stderr
     rows = _stats_rows(out / "run")
     total = next(r for r in rows if r["Name"] == "Aggregated")
-    assert int(total["Request Count"]) > 0
+    assert int(total["Request Count"]) == 12  # the final numbers, not locust's last once-a-second write
     for r in rows:  # no errors; 429/503 (if any) are reported under their own request type
         if r["Type"] not in ("REJECTED", ""):
             assert int(r["Failure Count"]) == 0, r
-    names = {r["Name"] for r in rows}
-    assert {"/score", "/compare"} <= names
+    # 4 users, each 3 requests from its own place in the 3:1 cycle: 9 /score and 3 /compare
+    counts = {r["Name"]: int(r["Request Count"]) for r in rows}
+    assert counts["/score"] + counts.get("/score 429", 0) + counts.get("/score 503", 0) == 9, counts
+    assert counts["/compare"] + counts.get("/compare 429", 0) + counts.get("/compare 503", 0) == 3, counts
     assert (out / "run.html").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] + summary["rejected"] == 12
     assert summary["requests"] > 0 and summary["failures"] == 0 and summary["violations"] == []
     assert summary["tokens_per_s"] > 0
     logged = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
@@ -75,7 +83,8 @@ def test_runner_smoke_against_the_live_server(server, tmp_path):
 
 
 class _Overloaded(BaseHTTPRequestHandler):
-    """/score answers 200, 429, 503 in turn (with Retry-After); /compare 500 when asked."""
+    """/score answers 200, 429, 503 in turn (with Retry-After): any 3 /score requests in a row get
+    one of each; /compare 500 when asked."""
 
     counter = 0
     lock = threading.Lock()
@@ -125,11 +134,14 @@ def fake_server():
     httpd.server_close()
 
 
-def _locust(url: str, out: Path, env: dict[str, str], seconds: int = 4) -> subprocess.CompletedProcess:
+def _locust(url: str, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """4 users x 3 requests (not a time window, whose count depends on speed): 9 /score, 3 /compare;
+    -t only bounds a hang."""
     return subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "-u", "2", "-r", "2",
-         "-t", f"{seconds}s", "--csv", str(out), "--only-summary", "--stop-timeout", "5"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "-u", "4", "-r", "4",
+         "-t", "300s", "--csv", str(out), "--only-summary", "--stop-timeout", "60"],
+        cwd=ROOT, env={**env, "ENDORM_LT_ITERATIONS": "3"}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=600,
     )
 
 
@@ -141,11 +153,13 @@ def test_429_and_503_are_counted_apart_from_failures(fake_server, tmp_path):
     proc = _locust(url, tmp_path / "ok", env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
-    assert summary["failures"] == 0 and summary["requests"] > 0
-    assert summary["rejected_429"] > 0 and summary["rejected_503"] > 0
+    # 9 /score in a row get 200, 429, 503 three times each; the 3 /compare get 200
+    assert summary["failures"] == 0 and summary["requests"] == 6
+    assert summary["rejected_429"] == 3 and summary["rejected_503"] == 3
     rows = {(r["Type"], r["Name"]): r for r in _stats_rows(tmp_path / "ok")}
-    assert ("REJECTED", "/score 429") in rows and ("REJECTED", "/score 503") in rows
-    assert int(rows[("POST", "/score")]["Failure Count"]) == 0
+    assert int(rows[("REJECTED", "/score 429")]["Request Count"]) == 3
+    assert int(rows[("REJECTED", "/score 503")]["Request Count"]) == 3
+    assert int(rows[("POST", "/score")]["Request Count"]) == 3 and int(rows[("POST", "/score")]["Failure Count"]) == 0
 
     # a threshold on the 429/503 share fails the run (exit code 1) and says why
     env["ENDORM_LT_MAX_REJECT_RATIO"] = "0.1"
@@ -159,8 +173,8 @@ def test_errors_fail_the_run(fake_server, tmp_path):
     url = f"http://127.0.0.1:{fake_server.server_address[1]}"
     env = _env(**SMALL_MIX, ENDORM_LT_WAIT="constant:0.05", ENDORM_LT_SCORE_WEIGHT="0",
                ENDORM_LT_SUMMARY_JSON=str(tmp_path / "summary.json"))
-    proc = _locust(url, tmp_path / "err", env, seconds=3)
+    proc = _locust(url, tmp_path / "err", env)
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["failures"] == summary["requests"] > 0
+    assert summary["failures"] == summary["requests"] == 12
     assert any("failure ratio" in v for v in summary["violations"])

@@ -7,7 +7,7 @@ import psutil
 
 
 def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = httpx.get(url + "/metrics", timeout=120).text  # polled under load: a guard, not a speed check
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     assert match, f"{name} missing from /metrics"
     return float(match.group(1))

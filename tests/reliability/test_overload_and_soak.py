@@ -8,13 +8,17 @@ long soak.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from tests.conftest import COMMON, tiny_model
@@ -28,7 +32,7 @@ MB = 2**20
 def limited_server(tmp_path_factory):
     proc = ServerProcess(
         ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "4000", "--queue-timeout-s", "0.2",
-         "--request-timeout-s", "30"],
+         "--request-timeout-s", "300"],
         log_path=tmp_path_factory.mktemp("limited") / "server.log",
     ).start()
     yield proc
@@ -40,16 +44,21 @@ def _body(seed: int, items: int = 4, prompt_len: int = 240) -> dict:
                       for i in range(items)]}
 
 
-def _drive(url: str, seconds: float, workers: int, make_body) -> list[tuple[object, float, str | None]]:
-    """Closed-loop load: ``workers`` clients posting back to back for ``seconds``."""
+def _drive(url: str, seconds: float, workers: int, make_body,
+           until: threading.Event | None = None) -> list[tuple[object, float, str | None]]:
+    """Closed-loop load: ``workers`` clients posting back to back for ``seconds`` (and, given
+    ``until``, until it is set: the test's own phase then ends the load, not the clock)."""
     results: list[tuple[object, float, str | None]] = []
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
+    def going() -> bool:
+        return time.monotonic() < stop or (until is not None and not until.is_set())
+
     def worker(w: int) -> None:
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with httpx.Client(base_url=url, timeout=300) as c:
             n = 0
-            while time.monotonic() < stop:
+            while going():
                 t = time.monotonic()
                 try:
                     r = c.post("/score", json=make_body(w * 1000 + n))
@@ -68,13 +77,34 @@ def _drive(url: str, seconds: float, workers: int, make_body) -> list[tuple[obje
     return results
 
 
-def _settle(url: str) -> None:
-    deadline = time.monotonic() + 20
+def _settle(url: str, patience_s: float = 120) -> None:
+    """Wait for the work to leave: it must, so the deadline only guards against a hang."""
+    deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline:
         if metric(url, "endorm_engine_unfinished_sequences") == 0 and metric(url, "endorm_in_flight_tokens") == 0:
             return
         time.sleep(0.2)
-    raise AssertionError("work still in flight 20 s after the load stopped")
+    raise AssertionError(f"work still in flight {patience_s:.0f} s after the load stopped")
+
+
+@contextmanager
+def _engine_frozen(server):
+    """SIGSTOP the engine processes for the body: admitted work cannot finish meanwhile."""
+    engine = psutil.Process(server.proc.pid).children(recursive=True)
+    assert engine, "no engine process"
+    for child in engine:
+        child.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for child in engine:
+            child.send_signal(signal.SIGCONT)
+
+
+def _rejections(url: str, reason: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=120).text
+    match = re.search(rf'^endorm_rejections_total\{{reason="{reason}"\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def test_overload_only_200_429_503_and_memory_returns(limited_server):
@@ -85,22 +115,37 @@ def test_overload_only_200_429_503_and_memory_returns(limited_server):
     unloaded = [t for s, t, _ in _drive(url, 3, 1, _body) if s == 200]
 
     # Past capacity whatever the machine's speed: each request (16 x 243 = 3888 tokens)
-    # fills the 4000-token budget alone, so 32 clients queue ~124k tokens behind a
-    # 0.2 s wait; with 4-item bodies a fast, idle machine drained the queue in time
-    # and no 429 came (seen in CI).
-    results = _drive(url, float(os.environ.get("ENDORM_OVERLOAD_S", 12)), 32, lambda seed: _body(seed, items=16))
+    # fills the 4000-token budget alone, and 32 clients offer load back to back. Whether a
+    # 429 comes in a free-running window depends on speed (a fast, idle machine drained the
+    # queue in time and no 429 came, seen in CI), so part of the window runs with the engine
+    # frozen: the admitted request cannot finish, and the waiters surely time out of the
+    # 0.2 s admission wait with 429s.
+    timeouts_before = _rejections(url, "wait_timeout")
+    frozen_phase_over = threading.Event()
+    with ThreadPoolExecutor(1) as runner:
+        try:
+            # frozen while idle (the warm-up drives have finished), never in the middle of a step
+            with _engine_frozen(limited_server):
+                drive = runner.submit(_drive, url, float(os.environ.get("ENDORM_OVERLOAD_S", 12)), 32,
+                                      lambda seed: _body(seed, items=16), frozen_phase_over)
+                deadline = time.monotonic() + 120  # must come: the budget cannot free while frozen
+                while _rejections(url, "wait_timeout") - timeouts_before < 32:
+                    assert time.monotonic() < deadline, "no 429 while the budget was held"
+                    time.sleep(0.05)
+        finally:
+            frozen_phase_over.set()
+        results = drive.result()
     statuses = [s for s, _, _ in results]
     assert set(statuses) <= {200, 429, 503}, sorted(set(map(str, statuses)))
-    assert statuses.count(429) > 0 and statuses.count(200) > 0
+    assert statuses.count(429) >= 32 and statuses.count(200) > 0
     assert all(ra is not None for s, _, ra in results if s in (429, 503))
     admitted = sorted(t for s, t, _ in results if s == 200)
     p99 = admitted[int(0.99 * (len(admitted) - 1))]
-    # The figure is reported, not asserted against a speed (tests assert behaviour):
-    # every admitted request finished (no 504 past the 30 s deadline), so p99 is bounded.
+    # The figures are reported, never asserted (they depend on the machine's speed); that every
+    # admitted request finished within the deadline is the status check above (no 504).
     print(f"\noverload: {len(results)} requests, {statuses.count(200)} admitted, {statuses.count(429)} x 429; "
           f"admitted p50 {statistics.median(admitted):.3f} s p99 {p99:.3f} s "
           f"(unloaded median {statistics.median(unloaded):.3f} s)")
-    assert p99 < 30
 
     _settle(url)
     after = tree_rss_bytes(limited_server.proc.pid)
@@ -126,7 +171,7 @@ def test_many_disconnecting_clients_leave_nothing_behind(limited_server):
     assert metric(url, "endorm_waiting_requests") == 0
     after = tree_rss_bytes(limited_server.proc.pid)
     assert after < before * 1.10 + 50 * MB, (before / MB, after / MB)
-    assert httpx.post(url + "/score", json=_body(1)).status_code == 200
+    assert httpx.post(url + "/score", json=_body(1), timeout=300).status_code == 200  # not httpx's default 5 s
 
 
 def _soak(server, seconds: float) -> None:

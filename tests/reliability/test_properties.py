@@ -41,7 +41,8 @@ items_strategy = st.lists(
 )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(items_strategy, st.randoms(use_true_random=False))
 def test_permuting_items_permutes_results(client, items, rnd):
     body = [{"prompt_ids": p, "response_ids": r} for p, r in items]

@@ -63,7 +63,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=WORLD,
-        timeout=datetime.timedelta(seconds=30),
+        timeout=datetime.timedelta(seconds=300),  # a hang guard: two torch imports under load are slow
     )
     try:
         group = dist.new_group(list(range(WORLD)), backend="gloo")
@@ -124,7 +124,7 @@ def test_reference_catches_wrong_reduction():
     assert float(logits.std()) > 1.5
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(600)
 def test_vocab_parallel_matches_full_vocab(tmp_path):
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     for rank in range(WORLD):
