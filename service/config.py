@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(2.0, ge=0, description="How long a request may wait for admission before 429")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request (504 past it)")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM")
+    engine_death_grace_s: float = Field(2.0, ge=0, description="After the engine dies, answer 503 this long, then exit 1")
     retry_after_s: int = Field(1, ge=0)
     log_level: str = "info"
     cache_dir: Path = Field(Path.home() / ".cache" / "endorm", description="Where generated and converted (GGUF) models are kept")

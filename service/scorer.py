@@ -74,7 +74,7 @@ class Scorer:
         from transformers import AutoTokenizer
 
         path = await asyncio.to_thread(resolve_model_path, settings.model, settings.cache_dir)
-        fingerprint = await asyncio.to_thread(model_fingerprint, path, settings.alpha, settings.cache_dir)
+        fingerprint = await asyncio.to_thread(model_fingerprint, path, settings.alpha, settings.cache_dir, settings.dtype)
         tokenizer = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
         )

@@ -24,9 +24,6 @@ from service.scorer import Scorer
 log = logging.getLogger(__name__)
 
 ENGINE_WATCH_INTERVAL_S = 0.5
-# After the engine dies, keep answering (503, /ready 503) this long before exiting,
-# so probes and clients see a clear "unavailable" rather than a refused connection.
-ENGINE_DEATH_GRACE_S = 2.0
 
 
 def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
@@ -59,8 +56,10 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
             if not state.scorer.engine.healthy:
                 state.refresh_gauges()
-                log.error("engine died; answering 503 for %.0f s, then exiting 1", ENGINE_DEATH_GRACE_S)
-                await asyncio.sleep(ENGINE_DEATH_GRACE_S)
+                # keep answering (503, /ready 503) a while before exiting, so probes and
+                # clients see a clear "unavailable" rather than a refused connection
+                log.error("engine died; answering 503 for %.0f s, then exiting 1", settings.engine_death_grace_s)
+                await asyncio.sleep(settings.engine_death_grace_s)
                 fatal("engine died")
                 return
 

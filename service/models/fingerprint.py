@@ -36,8 +36,9 @@ FINGERPRINT_PATTERNS = (
 )
 
 
-def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | None = None) -> str:
-    """``fp_`` + 16 hex digits of SHA-256 over the model's reward-relevant files and alpha."""
+def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | None = None, dtype: str = "auto") -> str:
+    """``fp_`` + 16 hex digits of SHA-256 over the model's reward-relevant files, alpha and the compute dtype
+    (bfloat16 and float32 give different rewards from the same weights)."""
     path = Path(model_path)
     files: dict[str, str] = {}
     if path.is_dir():
@@ -47,5 +48,5 @@ def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | No
                     files[f.name] = cached_file_sha256(f, cache_dir)
     else:  # a hub id the engine resolves itself: only its name is known here
         files["hub-id"] = str(model_path)
-    payload = json.dumps({"files": files, "alpha": float(alpha).hex()}, sort_keys=True)
+    payload = json.dumps({"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype)}, sort_keys=True)
     return "fp_" + hashlib.sha256(payload.encode()).hexdigest()[:16]

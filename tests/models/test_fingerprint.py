@@ -37,6 +37,7 @@ def test_same_files_and_alpha_same_value_across_restarts(model, tmp_path):
 def test_alpha_weights_config_tokenizer_and_template_change_it(model, tmp_path):
     base = model_fingerprint(model, 1.0, tmp_path)
     assert model_fingerprint(model, 0.5, tmp_path) != base
+    assert model_fingerprint(model, 1.0, tmp_path, dtype="bfloat16") != base  # the compute dtype changes rewards
     seen = {base, model_fingerprint(model, 0.5, tmp_path)}
     weights = bytearray((model / "model.safetensors").read_bytes())
     weights[-1] ^= 1  # one bit of one weight

@@ -26,7 +26,9 @@ def _post(url: str) -> tuple[object, str | None, float]:
 
 
 def test_engine_death_under_load(tmp_path):
-    server = ServerProcess(["--model", str(tiny_model("llama")), *COMMON], log_path=tmp_path / "server.log").start()
+    # a long 503 window after the death, so the /ready probe below lands in it however slow this process is
+    server = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, "--engine-death-grace-s", "60"],
+                           log_path=tmp_path / "server.log").start()
     try:
         engine = psutil.Process(server.proc.pid).children(recursive=True)
         assert engine, "no engine process to kill"
