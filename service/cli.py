@@ -64,7 +64,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
     try:
-        summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size)
+        summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size,
+                             gamma=args.gamma, beta=args.beta)
     except (OSError, ValueError) as exc:  # bad file or bad row: a clear message, not a traceback
         print(f"endorm score: error: {exc}", file=sys.stderr)
         return 2
@@ -89,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a JSONL preference file offline (chosen/rejected pairs)")
     score.add_argument("input", help="JSONL: {prompt|messages, system?, chosen, rejected} per line")
     score.add_argument("-o", "--output", required=True, help="JSONL with scores per line")
-    score.add_argument("--aggregation", default="sum", choices=["sum", "mean", "discounted", "loglik_sum", "loglik_mean"])
+    score.add_argument("--aggregation", default="sum",
+                       choices=["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "all"],
+                       help="'all': every aggregation per pair, from one forward pass per response")
+    score.add_argument("--gamma", type=float, default=1.0, help="discount of 'discounted': w_h = max(gamma^h, beta)")
+    score.add_argument("--beta", type=float, default=0.0, help="floor on the discount weight")
     score.add_argument("--batch-size", type=int, default=64, help="pairs in flight at once")
     add_settings_flags(score)
     score.set_defaults(func=cmd_score)

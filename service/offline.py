@@ -4,7 +4,9 @@ Input JSONL, one pair per line: a prompt (``prompt`` | ``messages`` |
 ``prompt_ids``, optional ``system``) and ``chosen`` / ``rejected`` responses
 (text, or token-id lists). Output JSONL: the input line plus
 ``chosen_score``, ``rejected_score``, ``margin`` and ``correct``
-(chosen strictly above rejected; ties count as wrong).
+(chosen strictly above rejected; ties count as wrong). With ``aggregation="all"`` those
+four fields are objects keyed by aggregation, every one computed from the same forward
+pass of each response.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from service import rewards
 from service.config import Settings
 from service.scorer import Scorer, ScoreOptions
 
@@ -28,13 +31,26 @@ class Summary:
     pairs: int
     correct: int
     output: Path
+    correct_by_aggregation: dict[str, int] | None = None  # aggregation "all"
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.pairs if self.pairs else float("nan")
 
     def describe(self) -> str:
+        if self.correct_by_aggregation:
+            accs = ", ".join(f"{a} {c / self.pairs if self.pairs else float('nan'):.4f} ({c}/{self.pairs})"
+                             for a, c in self.correct_by_aggregation.items())
+            return f"{self.pairs} pairs, accuracy {accs}; wrote {self.output}"
         return f"{self.pairs} pairs, accuracy {self.accuracy:.4f} ({self.correct}/{self.pairs}); wrote {self.output}"
+
+
+def _scores(item, options: ScoreOptions, every: bool) -> float | dict[str, float]:
+    """The item's score, or with ``every`` all aggregations from its one set of per-token rewards."""
+    if not every:
+        return item.score
+    return {a: rewards.aggregate(item.token_rewards, a, gamma=options.gamma, beta=options.beta)
+            for a in rewards.AGGREGATIONS}
 
 
 def _response(value: Any) -> dict[str, Any]:
@@ -58,7 +74,7 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 
 
 async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreOptions, batch_size: int,
-                     progress: tqdm | None = None) -> list[dict[str, Any]]:
+                     progress: tqdm | None = None, every_aggregation: bool = False) -> list[dict[str, Any]]:
     """Score chosen and rejected of every row; ``batch_size`` pairs in flight at once."""
     out: list[dict[str, Any]] = [{} for _ in rows]
     limit = asyncio.Semaphore(batch_size)
@@ -68,8 +84,12 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
             prompt = {k: row[k] for k in PROMPT_KEYS if k in row}
             chosen, rejected = await scorer.score([{**prompt, **_response(row["chosen"])},
                                                    {**prompt, **_response(row["rejected"])}], options)
-            out[i] = {**row, "chosen_score": chosen.score, "rejected_score": rejected.score,
-                      "margin": chosen.score - rejected.score, "correct": chosen.score > rejected.score}
+            c, r = _scores(chosen, options, every_aggregation), _scores(rejected, options, every_aggregation)
+            if every_aggregation:
+                out[i] = {**row, "chosen_score": c, "rejected_score": r, "margin": {a: c[a] - r[a] for a in c},
+                          "correct": {a: c[a] > r[a] for a in c}}
+            else:
+                out[i] = {**row, "chosen_score": c, "rejected_score": r, "margin": c - r, "correct": c > r}
             if progress is not None:
                 progress.update(1)
 
@@ -78,14 +98,18 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
 
 
 def score_file(settings: Settings, input_path: str, output_path: str, *, aggregation: str = "sum",
-               batch_size: int = 64) -> Summary:
+               batch_size: int = 64, gamma: float = 1.0, beta: float = 0.0) -> Summary:
+    """``aggregation="all"``: every aggregation per pair, from one forward pass per response."""
+    every = aggregation == "all"
+    options = ScoreOptions(aggregation="sum" if every else aggregation, gamma=gamma, beta=beta)
+    rewards.discount_weights(0, gamma, beta)  # a bad gamma / beta fails before the engine starts
     rows = read_pairs(input_path)
 
     async def run() -> list[dict[str, Any]]:
         scorer = await Scorer.start(settings)
         try:
             with tqdm(total=len(rows), desc="scoring pairs", unit="pair") as bar:
-                return await score_rows(scorer, rows, ScoreOptions(aggregation=aggregation), batch_size, bar)
+                return await score_rows(scorer, rows, options, batch_size, bar, every_aggregation=every)
         finally:
             await scorer.shutdown()
 
@@ -94,4 +118,7 @@ def score_file(settings: Settings, input_path: str, output_path: str, *, aggrega
     with open(out, "w", encoding="utf-8") as f:
         for row in scored:
             f.write(json.dumps(row) + "\n")
+    if every:
+        by_agg = {a: sum(r["correct"][a] for r in scored) for a in rewards.AGGREGATIONS}
+        return Summary(pairs=len(scored), correct=by_agg["sum"], output=out, correct_by_aggregation=by_agg)
     return Summary(pairs=len(scored), correct=sum(r["correct"] for r in scored), output=out)
