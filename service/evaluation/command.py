@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="per-response score file to resume from and append to "
                                                  "(default: <output-dir>/<name>.scores.jsonl)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
+    p.add_argument("--cached-only", action="store_true",
+                   help="start no engine: report from the cache alone (an error if a score is missing); "
+                        "e.g. the first --limit N rows of a run still going on")
 
 
 def discount_of(args: argparse.Namespace):
@@ -89,6 +92,25 @@ def open_cache(args: argparse.Namespace, settings, model: str, name: str):
     return cache
 
 
+class CachedOnlyBackend:
+    """Scores nothing: with ``--cached-only`` every score must come from the cache."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+
+    async def score(self, items, aggregations):
+        raise RuntimeError(f"--cached-only: {len(items)} responses are not in the cache yet")
+
+    async def close(self) -> None:
+        pass
+
+
+def cached_backend(args: argparse.Namespace, settings) -> CachedOnlyBackend:
+    if args.no_cache or args.server:
+        raise ValueError("--cached-only reads an in-process run's cache (no --no-cache, no --server)")
+    return CachedOnlyBackend(settings.model_name)
+
+
 async def start_backend(args: argparse.Namespace, settings):
     from service.evaluation.backends import HttpBackend, InProcessBackend
 
@@ -102,7 +124,7 @@ async def start_backend(args: argparse.Namespace, settings):
 async def _run(args, settings, dataset, aggregations, name):
     from service.evaluation.runner import evaluate_dataset
 
-    backend = await start_backend(args, settings)
+    backend = cached_backend(args, settings) if args.cached_only else await start_backend(args, settings)
     try:
         return backend.model_name, await evaluate_dataset(
             backend, dataset, aggregations, system=args.system, prompt_mode=args.prompt_format,

@@ -74,11 +74,13 @@ def read_dsp(path: str | Path) -> tuple[list[DspQuery], list[int]]:
 
 
 def subset(rows: Sequence[DspQuery], n: int | None, seed: int) -> list[DspQuery]:
-    """A fixed seeded sample of ``n`` queries, in file order (all of them when n is None)."""
-    if n is None or n >= len(rows):
-        return list(rows)
-    picked = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in picked]
+    """The first ``n`` queries of a seeded permutation (all of them when n is None).
+
+    Subsets are nested: the first 30 of ``--queries 60`` are ``--queries 30``; scoring goes
+    query by query in this order, so an interrupted run's cache holds a complete smaller table.
+    """
+    order = random.Random(seed).sample(range(len(rows)), len(rows))
+    return [rows[i] for i in order[: len(rows) if n is None else n]]
 
 
 def systems(names: Sequence[str]) -> dict[str, str | None]:
@@ -87,7 +89,8 @@ def systems(names: Sequence[str]) -> dict[str, str | None]:
 
 
 def build_items(rows: Sequence[DspQuery], sys_texts: Mapping[str, str | None]) -> list[dict[str, Any]]:
-    """Order: system-major, then query, then the five responses in RESPONSE_KEYS order."""
+    """Order: system-major, then query, then the five responses in RESPONSE_KEYS order (see
+    :func:`query_major` for the order they are scored in)."""
     items = []
     for text in sys_texts.values():
         for q in rows:
@@ -96,6 +99,12 @@ def build_items(rows: Sequence[DspQuery], sys_texts: Mapping[str, str | None]) -
                 prompt["system"] = text
             items += [{**prompt, "response": q.responses[k]} for k in RESPONSE_KEYS]
     return items
+
+
+def query_major(n_systems: int, n_queries: int) -> list[int]:
+    """Indices of :func:`build_items` taken query by query (all systems of query 0 first)."""
+    k = len(RESPONSE_KEYS)
+    return [(si * n_queries + q) * k + r for q in range(n_queries) for si in range(n_systems) for r in range(k)]
 
 
 def table(scores: Sequence[float], n_queries: int, sys_names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -184,15 +193,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cache", default=None, help="per-response score file (default <output-dir>/<name>.scores.jsonl)")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--cached-only", action="store_true",
+                   help="start no engine: report from the cache alone (an error if a score is missing)")
 
 
 async def _score(args, settings, items, aggregations):
     from tqdm import tqdm
 
-    from service.evaluation.command import open_cache, start_backend
+    from service.evaluation.command import cached_backend, open_cache, start_backend
     from service.evaluation.runner import score_items
 
-    backend = await start_backend(args, settings)
+    backend = cached_backend(args, settings) if args.cached_only else await start_backend(args, settings)
     try:
         cache = open_cache(args, settings, backend.model_name, args.name)
         with tqdm(total=len(items), desc="scoring DSP", unit="resp", disable=args.no_progress,
@@ -216,7 +227,12 @@ def run(args: argparse.Namespace, settings) -> int:
         rows = subset(usable, args.queries, args.seed)
         sys_texts = systems(DOMAINS)
         items = build_items(rows, sys_texts)
-        model, scores = asyncio.run(_score(args, settings, items, aggregations))
+        order = query_major(len(sys_texts), len(rows))
+        model, ordered = asyncio.run(_score(args, settings, [items[i] for i in order], aggregations))
+        scores = {agg: [float("nan")] * len(items) for agg in aggregations}
+        for agg in aggregations:
+            for pos, i in enumerate(order):
+                scores[agg][i] = ordered[agg][pos]
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"promptable: error: {exc}", file=sys.stderr)
         return 2

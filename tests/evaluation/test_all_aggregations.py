@@ -16,7 +16,8 @@ from service import rewards
 from service.cli import main
 from service.evaluation.backends import Discount, HttpBackend, InProcessBackend
 from service.evaluation.cache import ScoreCache
-from service.evaluation.promptable import DOMAINS, NO_SYSTEM, RESPONSE_KEYS, build_items, read_dsp, subset, table
+from service.evaluation.promptable import (DOMAINS, NO_SYSTEM, RESPONSE_KEYS, build_items, query_major, read_dsp,
+                                           subset, table)
 from service.evaluation.runner import score_items
 from service.scorer import Scorer, ScoreOptions
 from tests.conftest import API_KEY, engine_settings, tiny_model
@@ -182,12 +183,16 @@ def test_promptable_table_arithmetic(tmp_path):
     data, skipped = read_dsp(tmp_path / "dsp.json")
     assert skipped == [3] and len(data) == 10 and 3 not in [q.index for q in data]
     picked = subset(data, 4, seed=0)
-    assert len(picked) == 4 and picked == subset(data, 4, seed=0) and [q.index for q in picked] == sorted(
-        q.index for q in picked)
+    assert len(picked) == 4 and picked == subset(data, 4, seed=0) and len({q.index for q in picked}) == 4
+    assert subset(data, 7, seed=0)[:4] == picked  # nested: a run cut short holds a complete smaller table
     names = [*DOMAINS, NO_SYSTEM]
     sys_texts = {d: f"criteria {d}" for d in DOMAINS} | {NO_SYSTEM: None}
     items = build_items(picked, sys_texts)
     assert len(items) == len(names) * 4 * 5 and "system" not in items[-1] and items[0]["system"] == "criteria academy"
+    order = query_major(len(names), 4)
+    assert sorted(order) == list(range(len(items)))
+    first = [items[i] for i in order[: len(names) * 5]]  # query 0 under every system first
+    assert {it["messages"][0]["content"] for it in first} == {picked[0].query}
     # scores: under system s, the response of domain s is best; the rest by position; "normal" worst
     s = np.zeros((len(names), 4, 5))
     for si, name in enumerate(names):
@@ -225,3 +230,13 @@ def test_promptable_command_end_to_end(tmp_path):
         assert again == t
     assert (out / "dsp-promptable.png").read_bytes()[:4] == b"\x89PNG"
     assert "Criteria texts" in (out / "dsp-promptable.md").read_text()
+    # a smaller nested table from the cache alone (no engine), the same numbers as scoring it
+    common = ["--engine", "transformers", "--model", str(tiny_model("llama")), "--dtype", "float32",
+              "--aggregation", "all", "--no-progress", "-o", str(out)]
+    assert promptable_main([str(tmp_path / "dsp.json"), "--queries", "2", "--name", "two", "--cached-only",
+                            "--cache", str(out / "dsp-promptable.scores.jsonl"), *common]) == 0
+    two = json.loads((out / "two.json").read_text())
+    assert two["query_indices"] == report["query_indices"][:2]
+    assert np.asarray(two["scores"]["sum"]).tolist() == np.asarray(report["scores"]["sum"])[:, :2].tolist()
+    assert promptable_main([str(tmp_path / "dsp.json"), "--queries", "4", "--name", "four", "--cached-only",
+                            "--cache", str(out / "dsp-promptable.scores.jsonl"), *common]) == 2  # one not scored
