@@ -6,7 +6,8 @@ results/real/analysis.{md,json}: per aggregation, the Pearson and Spearman corre
 the score margin (chosen - rejected) with the length difference in response tokens, and the
 accuracy on pairs where the chosen response is the longer vs the shorter one.
 
-Usage: python scripts/real_eval_analysis.py MODEL_DIR [DATA_DIR] [RESULTS_DIR]
+Usage: python scripts/real_eval_analysis.py MODEL_DIR [DATA_DIR] [RESULTS_DIR] [RM_BENCH_STEM] [DSP_STEM]
+(stems default to rm-bench-chat and dsp-promptable)
 """
 
 from __future__ import annotations
@@ -133,17 +134,19 @@ def main(argv: list[str]) -> int:
     model = argv[0]
     data = Path(argv[1] if len(argv) > 1 else "../shared/data")
     results = Path(argv[2] if len(argv) > 2 else "results/real")
+    rmb_stem = argv[3] if len(argv) > 3 else "rm-bench-chat"
+    dsp_stem = argv[4] if len(argv) > 4 else "dsp-promptable"
     tok = AutoTokenizer.from_pretrained(model)
 
     def n_tokens(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
     a = {}
-    if (results / "rm-bench-chat.json").exists():
-        a["rm_bench"] = rm_bench(json.loads((results / "rm-bench-chat.json").read_text()),
+    if (results / f"{rmb_stem}.json").exists():
+        a["rm_bench"] = rm_bench(json.loads((results / f"{rmb_stem}.json").read_text()),
                                  data / "rm-bench-chat.jsonl", n_tokens)
-    if (results / "dsp-promptable.json").exists():
-        a["dsp"] = dsp(json.loads((results / "dsp-promptable.json").read_text()), data / "dsp-test.json", n_tokens)
+    if (results / f"{dsp_stem}.json").exists():
+        a["dsp"] = dsp(json.loads((results / f"{dsp_stem}.json").read_text()), data / "dsp-test.json", n_tokens)
     (results / "analysis.json").write_text(json.dumps(a, indent=1) + "\n")
     (results / "analysis.md").write_text(markdown(a))
     print(f"wrote {results / 'analysis.md'}")

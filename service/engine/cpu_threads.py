@@ -11,11 +11,14 @@ Our default (applied at engine start, before vLLM spawns its worker):
 
 - tensor parallel > 1: every rank gets its own slice of the allowed CPUs (vLLM's auto
   binding wants one NUMA node per rank and refuses on machines with fewer nodes);
-- one rank on at most ``SMALL_NODE_CPUS`` allowed CPUs: the worker gets all of them
-  (measured side by side with ``python -m loadtests.bench --only binding``; see
-  docs/loadtests.md);
-- otherwise vLLM's auto binding stays (one reserved core is cheap there, and it keeps the
-  front end off the cores of the OpenMP team).
+- one rank on at most ``ALL_CORES_UP_TO`` allowed CPUs: the worker gets all of them;
+- otherwise vLLM's auto binding stays (one reserved core is cheap on many cores, and it
+  keeps the front end off the cores of the OpenMP team).
+
+``ALL_CORES_UP_TO`` is 0 (vLLM's auto binding everywhere) until a quiet side-by-side run
+of ``python -m loadtests.bench --model DIR --only ceiling`` shows ``all`` ahead: the only
+run so far (a 2-layer model on a 2-core machine at load average ~30) had ``all`` at 0.72x
+of ``vllm-auto``, a straggling second OpenMP thread costing more than the core it adds.
 
 An explicit ``VLLM_CPU_OMP_THREADS_BIND`` or ``VLLM_CPU_NUM_OF_RESERVED_CPU`` in the
 environment always wins: this module then changes nothing.
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
-SMALL_NODE_CPUS = 4
+ALL_CORES_UP_TO = 0  # see the module docstring: set to 4 if the quiet run shows `all` ahead
 
 
 def cpu_list(cpus: Sequence[int]) -> str:
@@ -47,7 +50,8 @@ def cpu_list(cpus: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def default_binding(cpus: Sequence[int], tp: int, env: Mapping[str, str]) -> dict[str, str]:
+def default_binding(cpus: Sequence[int], tp: int, env: Mapping[str, str],
+                    all_cores_up_to: int | None = None) -> dict[str, str]:
     """The environment variables to set (empty: leave vLLM's choice, or the user's)."""
     if BIND_ENV in env or RESERVED_ENV in env:
         return {}
@@ -56,7 +60,7 @@ def default_binding(cpus: Sequence[int], tp: int, env: Mapping[str, str]) -> dic
         per_rank = max(1, len(cpus) // tp)
         lists = [cpus[i * per_rank:(i + 1) * per_rank] or cpus[-1:] for i in range(tp)]
         return {BIND_ENV: "|".join(cpu_list(cl) for cl in lists)}
-    if len(cpus) <= SMALL_NODE_CPUS:
+    if len(cpus) <= (ALL_CORES_UP_TO if all_cores_up_to is None else all_cores_up_to):
         return {BIND_ENV: cpu_list(cpus)}
     return {}
 

@@ -150,7 +150,8 @@ def markdown(tables: Mapping[str, Mapping[str, Mapping[str, float]]], meta: Mapp
         diag = [t[d][d] for d in DOMAINS if d in t]
         out += [f"Diagonal mean {pct(float(np.mean(diag)))}; no-system mean "
                 f"{pct(float(np.mean(list(t[NO_SYSTEM].values()))))}; columns whose maximum is on the diagonal: "
-                f"{sum(t[d][d] >= max(t[r][d] for r in t) for d in DOMAINS if d in t)} of {len(diag)}.", ""]
+                f"{sum(t[d][d] > max(t[r][d] for r in t if r != d) for d in DOMAINS if d in t)} of {len(diag)} "
+                "(strictly above every other row).", ""]
     out += ["## Criteria texts (the system prompts of the rows)", ""]
     out += [f"- **{name}**: " + (f"\"{text}\"" if text else "no system prompt (the chat template's own default)")
             for name, text in sys_texts.items()]
