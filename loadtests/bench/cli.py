@@ -9,7 +9,10 @@ Phases (all on one generated benchmark model, one set of engine settings):
 2. full vocabulary: stock vLLM ``prompt_logprobs=-1`` (``max_logprobs=-1``) vs the plugin
    and ``prompt_logprobs=0`` on a small workload (the full-vocabulary route is ~100x slower);
 3. latency vs offered load: a locust step run against the same server;
-4. memory vs sequence length: plugin engine vs naive path, each in its own process.
+4. memory vs sequence length: plugin engine vs naive path, each in its own process;
+5. ceiling (opt-in, ``--only ceiling``; meant for a real model, ``--model DIR``): plugin
+   throughput against a plain float32 torch forward of the same sequences on every core,
+   with one plugin engine per CPU thread binding (``--bindings``), side by side.
 
 Writes ``<out>/<date>-<machine>.md``, ``.json`` and ``-{throughput,memory,latency}.png``.
 """
@@ -47,7 +50,8 @@ from loadtests.server import LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "bench-key"
-PHASES = ("throughput", "latency", "memory")
+PHASES = ("throughput", "latency", "memory", "ceiling")
+DEFAULT_PHASES = ("throughput", "latency", "memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--model", default="bench", help=f"preset ({', '.join(PRESETS)}) or a model directory [bench]")
     p.add_argument("--quick", action="store_true", help="a fast check of the harness: small model, short phases")
-    p.add_argument("--only", default=",".join(PHASES), help=f"phases to run, from {','.join(PHASES)}")
+    p.add_argument("--only", default=",".join(DEFAULT_PHASES),
+                   help=f"phases to run, from {','.join(PHASES)} [{','.join(DEFAULT_PHASES)}]")
     p.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results", help="results folder")
     p.add_argument("--machine", help="machine name in the file names [derived: GPU name, or cpuN-isa]")
     p.add_argument("--report-from", type=Path, metavar="JSON",
@@ -89,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the server's admission limit (>= items x concurrency x sequence length of the throughput "
                         "workload, so that phase never waits)")
     g.add_argument("--queue-timeout-s", type=float, default=2.0)
+    g.add_argument("--bindings", default="vllm-auto,all,nobind",
+                   help="ceiling phase: CPU thread bindings, one plugin engine each, from "
+                        "vllm-auto,all,nobind,endorm-default [vllm-auto,all,nobind]")
     g = p.add_argument_group("memory")
     g.add_argument("--mem-lengths", default="512,1024,2048,4096,8192")
     return p
@@ -366,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             if "latency" in phases:
                 server.wait_ready()
                 latency_phase(args, server, workdir, res)
+            if "ceiling" in phases:
+                from loadtests.bench.ceiling import ceiling_phase
+
+                res["loadavg"]["ceiling_start"] = loadavg()
+                asyncio.run(ceiling_phase(args, model_path, settings, spec.vocab_size, res, log))
+                res["loadavg"]["ceiling_end"] = loadavg()
         except BaseException:
             if server is not None:
                 print(server.log_tail(), file=sys.stderr)

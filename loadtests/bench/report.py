@@ -97,6 +97,9 @@ def compute_ratios(res: dict) -> list[dict]:
         add("p99_growth", f"p99 at {hi:.1f} / at {lo:.1f} req/s offered (both past the admission limit)",
             [lat["p99_growth_past_limit"]], 1.10, "<=",
             "p99 stays flat while the offered load grows: the excess waits at most queue_timeout, then gets 429")
+    from loadtests.bench import ceiling
+
+    ceiling.ratios(res, add)
     return out
 
 
@@ -336,6 +339,9 @@ def markdown(res: dict, ratios: list[dict], figures: dict[str, str]) -> str:
             else:
                 parts = "top of stack: " + "; ".join(f"{f} {v:.0%}" for f, v in p.get("leaves", [])[:4])
             lines.append(f"| {name} | {p['active_share']:.0%} | {parts} |")
+    from loadtests.bench import ceiling
+
+    lines += ceiling.markdown(res)
     if figures:
         lines += ["", "## Figures", ""] + [f"![{k}]({v})" for k, v in figures.items()]
     if res.get("notes"):

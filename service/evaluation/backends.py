@@ -2,14 +2,35 @@
 
 Both take score items in the service's request form (``messages`` or ``prompt``,
 optional ``system``, ``response``) and return, per aggregation, one score per item.
+Both score each response ONCE whatever the number of aggregations: every aggregation is
+computed from the same per-token rewards r_h and log-probs log pi(a_h|s_h).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+import numpy as np
+
 from service import rewards, steps
+
+
+@dataclass(frozen=True)
+class Discount:
+    """The options of the ``discounted`` aggregation (w_h = max(gamma^h, beta)) and V(s_H)."""
+
+    gamma: float = 1.0
+    beta: float = 0.0
+    terminal: str = "zero"
+
+
+def all_aggregations(tr: rewards.TokenRewards, aggregations: Sequence[str], d: Discount,
+                     item_steps: Sequence[steps.Step] | None = None) -> dict[str, float]:
+    """Every asked aggregation from one response's per-token rewards (and its steps, if given as steps)."""
+    return {agg: steps.aggregate_steps(item_steps or [], agg) if agg in steps.STEP_AGGREGATIONS
+            else rewards.aggregate(tr, agg, gamma=d.gamma, beta=d.beta) for agg in aggregations}
 
 
 class Backend(Protocol):
@@ -24,22 +45,25 @@ class InProcessBackend:
     """A :class:`~service.scorer.Scorer` in this process: one forward pass per item,
     every aggregation computed from the same per-token rewards."""
 
-    def __init__(self, scorer) -> None:
+    def __init__(self, scorer, discount: Discount = Discount()) -> None:
         self.scorer = scorer
+        self.discount = discount
         self.model_name = scorer.model_name
 
     @classmethod
-    async def start(cls, settings) -> "InProcessBackend":
+    async def start(cls, settings, discount: Discount = Discount()) -> "InProcessBackend":
         from service.scorer import Scorer
 
-        return cls(await Scorer.start(settings))
+        return cls(await Scorer.start(settings), discount)
 
     async def score(self, items: Sequence[dict[str, Any]], aggregations: Sequence[str]) -> dict[str, list[float]]:
         from service.scorer import ScoreOptions
 
-        scored = await self.scorer.score(list(items), ScoreOptions(aggregation=aggregations[0]))
-        return {agg: [steps.aggregate_steps(s.steps or [], agg) if agg in steps.STEP_AGGREGATIONS
-                      else rewards.aggregate(s.token_rewards, agg) for s in scored] for agg in aggregations}
+        d = self.discount
+        options = ScoreOptions(aggregation=aggregations[0], gamma=d.gamma, beta=d.beta, terminal=d.terminal)
+        scored = await self.scorer.score(list(items), options)
+        per_item = [all_aggregations(s.token_rewards, aggregations, d, s.steps) for s in scored]
+        return {agg: [p[agg] for p in per_item] for agg in aggregations}
 
     async def close(self) -> None:
         await self.scorer.shutdown()
@@ -50,11 +74,14 @@ class ServerError(RuntimeError):
 
 
 class HttpBackend:
-    """``POST /score`` on a running ``endorm serve`` (plain httpx; one request per
-    aggregation and chunk; 429 / 503 are retried after their ``Retry-After``)."""
+    """``POST /score`` on a running ``endorm serve`` (plain httpx; one request per chunk;
+    429 / 503 are retried after their ``Retry-After``). With several aggregations the
+    request asks for the per-token rewards and log-probs and every aggregation is computed
+    here from them, so each response is still scored once."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 300.0,
-                 max_retries: int = 20, client=None) -> None:
+                 max_retries: int = 20, client=None, discount: Discount = Discount()) -> None:
+        self.discount = discount
         import httpx
 
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -90,14 +117,24 @@ class HttpBackend:
         raise AssertionError("unreachable")
 
     async def score(self, items: Sequence[dict[str, Any]], aggregations: Sequence[str]) -> dict[str, list[float]]:
-        out = {}
-        for agg in aggregations:
-            body = await self._post({"items": list(items), "aggregation": agg})
-            results = body["results"]
-            if len(results) != len(items):
-                raise ServerError(f"asked for {len(items)} scores, got {len(results)}")
-            out[agg] = [float(r["score"]) for r in results]
-        return out
+        d = self.discount
+        body = await self._post({"items": list(items), "aggregation": aggregations[0], "gamma": d.gamma,
+                                 "beta": d.beta, "terminal": d.terminal, "return_tokens": len(aggregations) > 1})
+        results = body["results"]
+        if len(results) != len(items):
+            raise ServerError(f"asked for {len(items)} scores, got {len(results)}")
+        if len(aggregations) == 1:
+            return {aggregations[0]: [float(r["score"]) for r in results]}
+        per_item = []
+        for r in results:
+            toks = r.get("tokens") or []
+            tr = rewards.TokenRewards(rewards=np.array([t["reward"] for t in toks], dtype=np.float64),
+                                      logprobs=np.array([t["logprob"] for t in toks], dtype=np.float64),
+                                      v0=float("nan"))  # V(s_0) is not needed by any aggregation
+            item_steps = [steps.Step(start=st["start"], end=st["end"], reward=float(st["reward"]),
+                                     logprob=float(st["logprob"])) for st in (r.get("steps") or [])]
+            per_item.append(all_aggregations(tr, aggregations, d, item_steps or None))
+        return {agg: [p[agg] for p in per_item] for agg in aggregations}
 
     async def close(self) -> None:
         await self.client.aclose()

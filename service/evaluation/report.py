@@ -31,7 +31,8 @@ def markdown(results: Mapping[str, EvalResult], meta: Mapping[str, Any], *, titl
     first = next(iter(results.values()))
     group_word = "domain" if first.format == "rm-bench" else "subset"
     out = [f"# {title}", ""]
-    for key in ("model", "input", "format", "k", "rows", "system", "prompt_mode", "backend"):
+    for key in ("model", "input", "format", "k", "rows", "system", "prompt_mode", "backend", "alpha", "gamma",
+                "beta", "terminal"):
         if meta.get(key) is not None:
             out.append(f"- {key}: `{meta[key]}`")
     out += ["", "Accuracy (%) per " + group_word + "; chosen must score strictly above rejected (ties are wrong)."

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Sequence
 
 from service.evaluation.backends import Backend
+from service.evaluation.cache import ScoreCache
 from service.evaluation.harness import Dataset, EvalResult, PreferenceRow, evaluate
 from service.steps import split_on_separator
 
@@ -54,10 +55,25 @@ def build_items(dataset: Dataset, *, system: str | None = None, prompt_mode: str
 
 
 async def score_items(backend: Backend, items: Sequence[dict[str, Any]], aggregations: Sequence[str], *,
-                      batch_size: int = 32, concurrency: int = 4, progress=None) -> dict[str, list[float]]:
-    """Scores of all items per aggregation; ``concurrency`` batches in flight at once."""
-    chunks = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+                      batch_size: int = 32, concurrency: int = 4, progress=None,
+                      cache: ScoreCache | None = None) -> dict[str, list[float]]:
+    """Scores of all items per aggregation; ``concurrency`` batches in flight at once.
+
+    With a ``cache``, items already in it are not scored again and every finished batch is
+    appended to it at once (an interrupted run picks up where it stopped).
+    """
     out = {agg: [float("nan")] * len(items) for agg in aggregations}
+    todo = []
+    for i, item in enumerate(items):
+        hit = cache.get(item, aggregations) if cache is not None else None
+        if hit is None:
+            todo.append(i)
+        else:
+            for agg in aggregations:
+                out[agg][i] = hit[agg]
+    if progress is not None and len(todo) < len(items):
+        progress.update(len(items) - len(todo))
+    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     limit = asyncio.Semaphore(concurrency)
 
     async def one(idx: list[int]) -> None:
@@ -66,6 +82,8 @@ async def score_items(backend: Backend, items: Sequence[dict[str, Any]], aggrega
         for agg in aggregations:
             for i, s in zip(idx, scores[agg]):
                 out[agg][i] = s
+        if cache is not None:
+            cache.put([items[i] for i in idx], scores)
         if progress is not None:
             progress.update(len(idx))
 
@@ -77,7 +95,7 @@ async def evaluate_dataset(backend: Backend, dataset: Dataset, aggregations: Seq
                            system: str | None = None, prompt_mode: str = "chat", step_separator: str | None = None,
                            batch_size: int = 32,
                            concurrency: int = 4, progress: bool = True, desc: str = "scoring",
-                           ) -> tuple[dict[str, EvalResult], dict[str, dict[str, list[list[float]]]]]:
+                           cache: ScoreCache | None = None) -> tuple[dict[str, EvalResult], dict[str, dict[str, list[list[float]]]]]:
     """Accuracies per aggregation, and the scores: ``{agg: {"chosen": [rows][k], "rejected": [rows][k]}}``.
 
     One scoring pass in process (every aggregation from the same per-token rewards).
@@ -88,7 +106,7 @@ async def evaluate_dataset(backend: Backend, dataset: Dataset, aggregations: Seq
     k = dataset.k
     with tqdm(total=len(items), desc=desc, unit="resp", disable=not progress, dynamic_ncols=True) as bar:
         scores = await score_items(backend, items, aggregations, batch_size=batch_size, concurrency=concurrency,
-                                   progress=bar)
+                                   progress=bar, cache=cache)
     results, per_row = {}, {}
     for agg in aggregations:
         s = scores[agg]

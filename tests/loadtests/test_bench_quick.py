@@ -32,3 +32,19 @@ def test_quick_bench_writes_the_report(tmp_path):
     # a verdict per target is written; whether a --quick run meets one depends on the machine, not on the code
     md = (tmp_path / f"{js.stem}.md").read_text()
     assert md.count("| yes |") + md.count("| **no** |") >= 1
+
+
+@pytest.mark.slow
+def test_quick_ceiling_phase_compares_bindings_against_the_ceiling(tmp_path):
+    """--only ceiling: one plugin engine per binding and the plain torch forward, side by side."""
+    proc = subprocess.run([sys.executable, "-m", "loadtests.bench", "--quick", "--only", "ceiling", "--out",
+                           str(tmp_path), "--machine", "testbox", "--bindings", "vllm-auto,all", "--rounds", "2"],
+                          cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [js] = tmp_path.glob("*-testbox.json")
+    res = json.loads(js.read_text())
+    keys = {r["key"] for r in res["ratios"]}
+    assert {"ceiling_vllm-auto", "ceiling_all", "binding_all_vs_auto"} <= keys
+    assert [set(r) for r in res["ceiling"]["rounds"]] == [{"ceiling", "plugin[vllm-auto]", "plugin[all]"}] * 2
+    assert max(res["ceiling_checks"].values()) < 1e-3  # the plugin computes from the same logits
+    assert "Plugin vs the machine's ceiling" in (tmp_path / f"{js.stem}.md").read_text()
