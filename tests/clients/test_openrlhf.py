@@ -54,7 +54,9 @@ def test_openrlhf_body_gives_the_rewards_of_the_exact_tokens(server, client, rol
     r = _post(server, {"query": queries, "prompts": prompts, "labels": labels})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"rewards", "scores", "extra_logs"}
+    # OpenRLHF reads rewards / scores / extra_logs; system_fingerprint says which reward produced them
+    assert set(body) == {"rewards", "scores", "extra_logs", "system_fingerprint"}
+    assert body["system_fingerprint"].startswith("fp_")
     assert body["rewards"] == body["scores"] and len(body["rewards"]) == len(queries)
     # the split at the prompt + separate tokenization reproduce the generated tokens exactly
     assert body["rewards"] == pytest.approx(_exact(client, prompt_ids, output_ids), abs=1e-4)
@@ -86,7 +88,8 @@ def test_extra_fields_empty_batches_and_errors(server, rollouts):
     queries, prompts, labels, _, _ = rollouts
     r = _post(server, {"query": queries[:1], "prompts": prompts[:1], "labels": labels[:1], "metadata": [{"a": 1}]})
     assert r.status_code == 200 and len(r.json()["rewards"]) == 1
-    assert _post(server, {"query": [], "prompts": [], "labels": []}).json() == {"rewards": [], "scores": [], "extra_logs": {}}
+    empty = _post(server, {"query": [], "prompts": [], "labels": []}).json()
+    assert {k: empty[k] for k in ("rewards", "scores", "extra_logs")} == {"rewards": [], "scores": [], "extra_logs": {}}
     assert_error(_post(server, {"query": queries, "prompts": prompts[:1]}), 422, "prompts")
     assert_error(_post(server, {"query": ["something else"], "prompts": prompts[:1]}), 422, "query.0")
     assert_error(_post(server, {"query": ["no chat turn here"]}), 422, "query.0")
