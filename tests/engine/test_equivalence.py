@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from service import rewards
+from tests.freeze import processes_frozen
 from tests.conftest import MODEL_VARIANTS
 from tests.engine.conftest import reference_engine
 
@@ -92,18 +93,9 @@ def _engine_processes(engine) -> list[psutil.Process]:
     return cores + [c for core in cores for c in core.children(recursive=True)]
 
 
-@contextmanager
 def _frozen(engine):
     """SIGSTOP the engine's processes for the body: nothing it was given can finish meanwhile."""
-    procs = _engine_processes(engine)
-    assert procs, "no engine process"
-    for p in procs:
-        p.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGCONT)
+    return processes_frozen(_engine_processes(engine))
 
 
 async def _until(state, what: str, patience_s: float = 120) -> None:

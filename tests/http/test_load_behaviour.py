@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.freeze import processes_frozen, server_engine
 from tests.conftest import tiny_model
 from tests.http.conftest import API_KEY, COMMON
 from tests.reliability.conftest import metric
@@ -51,20 +52,11 @@ def _wait_for(state: Callable[[], bool], what: str, timeout_s: float = PATIENCE_
         time.sleep(0.02)
 
 
-@contextmanager
 def _engine_frozen(server: ServerProcess):
     """SIGSTOP the engine processes for the body, so the requests sent meanwhile are surely
     still in flight when the test acts: on 2 cores a busy engine starved the test process
     for seconds (measured), and timing-based versions of these tests were flaky."""
-    engine = psutil.Process(server.proc.pid).children(recursive=True)
-    assert engine, "no engine process"
-    for child in engine:
-        child.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for child in engine:
-            child.send_signal(signal.SIGCONT)
+    return processes_frozen(server_engine(server))
 
 
 def _open_score_request(server: ServerProcess, body: dict) -> socket.socket:

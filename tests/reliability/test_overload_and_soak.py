@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
+from tests.freeze import processes_frozen, server_engine
 from tests.conftest import COMMON, tiny_model
 from tests.reliability.conftest import metric, tree_rss_bytes
 from tests.server import ServerProcess
@@ -87,18 +88,9 @@ def _settle(url: str, patience_s: float = 120) -> None:
     raise AssertionError(f"work still in flight {patience_s:.0f} s after the load stopped")
 
 
-@contextmanager
 def _engine_frozen(server):
     """SIGSTOP the engine processes for the body: admitted work cannot finish meanwhile."""
-    engine = psutil.Process(server.proc.pid).children(recursive=True)
-    assert engine, "no engine process"
-    for child in engine:
-        child.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for child in engine:
-            child.send_signal(signal.SIGCONT)
+    return processes_frozen(server_engine(server))
 
 
 def _rejections(url: str, reason: str) -> float:
