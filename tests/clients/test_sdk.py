@@ -168,7 +168,8 @@ def test_async_score_batch(server):
 
 def test_failover_to_the_live_replica(server, dead_url):
     for urls in ([dead_url, server.url], [server.url, dead_url]):
-        with RewardClient(urls, api_key=API_KEY, cooldown_base=30) as rm:
+        # a 600 s bench: the dead replica is not retried within the test however slow the machine is
+        with RewardClient(urls, api_key=API_KEY, cooldown_base=600, cooldown_max=600) as rm:
             for _ in range(6):
                 assert rm.score(ITEMS[:1]).results[0].num_tokens >= 1
             dead, live = sorted(rm.endpoints, key=lambda e: e.url != dead_url)
@@ -178,7 +179,8 @@ def test_failover_to_the_live_replica(server, dead_url):
 
 def test_async_failover(server, dead_url):
     async def main():
-        async with AsyncRewardClient([dead_url, server.url], api_key=API_KEY, cooldown_base=30) as rm:
+        async with AsyncRewardClient([dead_url, server.url], api_key=API_KEY,
+                                     cooldown_base=600, cooldown_max=600) as rm:
             scores = await asyncio.gather(*(rm.score(ITEMS[:1]) for _ in range(4)))
             return scores, rm.endpoints
 
@@ -289,12 +291,29 @@ def test_request_id_header_on_every_call_and_kept_across_retries(stub):
     assert stub.seen[0].headers["authorization"] == f"Bearer {API_KEY}"
 
 
-def test_503_moves_to_another_replica_at_once(stub, server, sleeps):
+def item_preferring(url: str, urls: list[str]) -> dict:
+    """An item whose prompt hash ranks ``url`` first among ``urls`` (so prompt affinity sends it there
+    whatever ports the servers got: each candidate has even odds, 64 tries leave 2**-64 to chance)."""
+    from endorm_client.affinity import prompt_key, rank
+
+    for i in range(64):
+        item = {"prompt": f"Question {i}: what is {i} + {i}?", "response": "An answer."}
+        if rank(prompt_key(item), urls)[0] == url:
+            return item
+    raise AssertionError(f"no prompt ranks {url} first")
+
+
+@pytest.mark.parametrize("affinity", [False, True], ids=["round-robin", "prompt-affinity"])
+def test_503_moves_to_another_replica_at_once(stub, server, sleeps, affinity):
     # Retry-After 600: the stub stays benched for the whole test however slow the machine is
     stub.reply(*[err(503, "draining", retry_after="600")] * 3)
-    with RewardClient([stub.url, server.url], api_key=API_KEY) as rm:
+    urls = [stub.url, server.url]
+    # both ways the stub is the first choice: round-robin starts at the first URL; with affinity
+    # the item's prompt hashes to the stub (ports are random, so the item is picked to match)
+    item = item_preferring(stub.url, urls) if affinity else ITEMS[0]
+    with RewardClient(urls, api_key=API_KEY, prompt_affinity=affinity) as rm:
         for _ in range(4):
-            assert rm.score(ITEMS[:1]).model != "stub"
+            assert rm.score([item]).model != "stub"
         assert sleeps == []  # no Retry-After wait: the other replica answered at once
         assert {e.url: e.requests for e in rm.endpoints}[stub.url] == 1  # benched after its 503
 
