@@ -208,7 +208,7 @@ async def ready(request: Request):
     if state.ready:
         return Status(status="ready")
     status = "draining" if state.draining else ("failed" if state.startup_error else "loading")
-    if state.scorer is not None and not state.scorer.engine.healthy:
+    if state.engine_dead:
         status = "engine_dead"
     return JSONResponse({"status": status}, status_code=503,
                         headers={"Retry-After": str(state.settings.retry_after_s)})

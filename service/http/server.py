@@ -3,7 +3,8 @@
 SIGTERM: /ready turns 503 and new scoring requests get 503 (so the load
 balancer moves away), in-flight requests finish within ``drain_timeout_s``,
 then the server exits. A second signal exits at once. An engine failure
-exits with status 1 so the orchestrator restarts the pod.
+exits with status 1 so the orchestrator restarts the pod: after the engine-death
+grace, or at once on SIGTERM during it (nothing is left to drain).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:  # called from the signal handler, in the loop thread
         if self._drain_task is not None or self.should_exit:
             self.should_exit = self.force_exit = True  # second signal: stop now
+            return
+        if self.config.loaded_app_state().engine_dead:  # every request already failed with 503
+            log.error("signal during the engine-death grace: exiting 1 now")
+            self.fail("engine died")
             return
         self._drain_task = asyncio.get_running_loop().create_task(self.drain())
 

@@ -28,6 +28,11 @@ class ServiceState:
     def ready(self) -> bool:
         return self.scorer is not None and self.scorer.engine.healthy and not self.draining
 
+    @property
+    def engine_dead(self) -> bool:
+        """The engine started and then died: nothing in flight or to come can be scored here."""
+        return self.scorer is not None and not self.scorer.engine.healthy
+
     def turns_away(self, arrived_at: float) -> bool:
         """Draining refuses requests that arrived after the signal; earlier ones finish."""
         return self.drain_started_at is not None and arrived_at >= self.drain_started_at

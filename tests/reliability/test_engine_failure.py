@@ -1,4 +1,4 @@
-"""The engine process dies under load: clear 503s, /ready 503, exit status 1."""
+"""The engine process dies under load: clear 503s, /ready 503, exit status 1 (on SIGTERM during the grace)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psutil
 
-from tests.conftest import COMMON, tiny_model
+from tests.conftest import COMMON, PRODUCTION_TOPOLOGY, tiny_model
 from tests.reliability.conftest import metric
 from tests.server import ServerProcess
 
@@ -26,12 +26,15 @@ def _post(url: str) -> tuple[object, str | None, float]:
 
 
 def test_engine_death_under_load(tmp_path):
-    # a long 503 window after the death, so the /ready probe below lands in it however slow this process is
-    server = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, "--engine-death-grace-s", "60"],
-                           log_path=tmp_path / "server.log").start()
+    # a 503 window after the death that outlasts the test, so the /ready probe below lands in it however
+    # slow this process is; the test ends it with SIGTERM (exit 1 at once), not by waiting it out.
+    # The served CPU layout (a worker process beside the engine core): both must be frozen and killed.
+    server = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, "--engine-death-grace-s", "3600"],
+                           log_path=tmp_path / "server.log", env=PRODUCTION_TOPOLOGY).start()
     try:
         engine = psutil.Process(server.proc.pid).children(recursive=True)
         assert engine, "no engine process to kill"
+        assert any("Worker" in " ".join(p.cmdline()) for p in engine), "not the served layout: no worker process"
         # Freeze the engine (EngineCore and its workers), put six requests in flight, then
         # kill it: the requests are certainly inside the engine when it dies. Killing a busy
         # engine at a fixed delay was flaky: on a 2-core machine the busy engine starved this
@@ -61,6 +64,8 @@ def test_engine_death_under_load(tmp_path):
             time.sleep(0.1)
         results = [f.result(timeout=180) for f in futures]
         pool.shutdown()
+        assert server.proc.poll() is None, "exited before the engine-death grace ended"
+        server.signal(signal.SIGTERM)  # nothing is left to drain: exits 1 at once
         exit_code = server.wait(timeout=120)
     finally:
         server.stop()
