@@ -23,6 +23,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
+PORT_TAKEN = "address already in use"  # uvicorn's log line when the port is bound by someone else
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,18 +40,25 @@ class LocalServer:
         """``new_session=False`` keeps the server in the caller's session: on Linux the scheduler shares CPU
         fairly between sessions (autogroups), so a benchmark comparing the server with engines run in-process
         must keep them all in one session."""
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = list(args)
+        self.own_port = port is None  # ours to replace if another process takes it first
+        self._use_port(port or free_port())
         self.log_path = Path(log_path)
-        self.cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout_s = ready_timeout_s
         self.new_session = new_session
         self.proc: subprocess.Popen | None = None
         self._log = None
 
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *self.args]
+
     def start(self) -> "LocalServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is not None:  # a restart on another port
+            self._log.close()
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=self.new_session, preexec_fn=_die_with_parent)
@@ -59,6 +69,12 @@ class LocalServer:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self.own_port and PORT_TAKEN in self.log_tail():
+                    # free_port() only finds a port free *now*: another process (a second test suite,
+                    # an engine's own sockets) can bind it before the server does. Take another one.
+                    self._use_port(free_port())
+                    self.start()
+                    continue
                 raise RuntimeError(f"server exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/ready", timeout=2) as resp:
