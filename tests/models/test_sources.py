@@ -40,40 +40,12 @@ def _cache_entries(cache: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) if root.exists() else []
 
 
-def test_gguf_converts_once_into_a_content_keyed_checkpoint(small_gguf, tmp_path, caplog):
-    import safetensors.numpy
-    from gguf import GGUFReader, dequantize
-    from transformers import AutoTokenizer
-
-    cache = tmp_path / "cache"
-    with caplog.at_level("INFO"):
-        path = Path(resolve_model_path(str(small_gguf), cache))
-    assert "DEQUANTIZED from Q4_1" in caplog.text
-    assert path.name == f"smol-1layer-{file_sha256(small_gguf)[:16]}-c{CONVERSION_VERSION}"
-    assert _cache_entries(cache) == [path.name]
-    source = json.loads((path / "ENDORM_SOURCE.json").read_text())
-    assert source["quantization"] == "Q4_1" and source["dequantized"] is True
-    config = json.loads((path / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 1
-    assert "quantization_config" not in config
-    # the saved float32 weights are exactly the GGUF's Q4_1 blocks dequantized
-    weights = safetensors.numpy.load_file(path / "model.safetensors")
-    embd = next(t for t in GGUFReader(small_gguf).tensors if t.name == "token_embd.weight")
-    np.testing.assert_array_equal(weights["model.embed_tokens.weight"], dequantize(embd.data, embd.tensor_type))
-    # tokenizer and chat template come from the GGUF metadata (SmolLM2's default system turn)
-    tok = AutoTokenizer.from_pretrained(path)
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
-    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert text.endswith("<|im_start|>assistant\n")
-    # second use: the cached checkpoint, not rebuilt
-    stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert resolve_model_path(str(small_gguf), cache) == str(path)
-    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
-
-
-def test_two_processes_converting_at_once_share_one_build(small_gguf, tmp_path):
-    """Both block on the conversion lock (held here until both wait), then one builds and both get it."""
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def concurrent_build(small_gguf, tmp_path_factory):
+    """Two processes convert ``small_gguf`` into one empty cache at once (one conversion for the
+    module: it takes ~30 s). Both block on the conversion lock, held here until both wait, then one
+    builds and both get it. Returns (cache, entry name, [(stdout, stderr, returncode)] per process)."""
+    cache = tmp_path_factory.mktemp("concurrent") / "cache"
     name = f"{small_gguf.stem}-{file_sha256(small_gguf)[:16]}-c{CONVERSION_VERSION}"
     lock = cache / "gguf" / f"{name}.lock"
     lock.parent.mkdir(parents=True)
@@ -90,12 +62,48 @@ def test_two_processes_converting_at_once_share_one_build(small_gguf, tmp_path):
             time.sleep(0.1)
         assert not (cache / "gguf" / name).exists()
         fcntl.flock(held, fcntl.LOCK_UN)
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    paths = {out.strip().splitlines()[-1] for out, _ in outs}
+    return cache, name, [(*p.communicate(timeout=600), p.returncode) for p in procs]
+
+
+def test_two_processes_converting_at_once_share_one_build(small_gguf, concurrent_build):
+    cache, name, outs = concurrent_build
+    assert [rc for _, _, rc in outs] == [0, 0], outs
+    paths = {out.strip().splitlines()[-1] for out, _, _ in outs}
     assert paths == {str(cache / "gguf" / name)}
     assert _cache_entries(cache) == [name]  # no temporary build left behind
-    assert sum(f"converting {small_gguf.name}" in err for _, err in outs) == 1  # the second used the first's build
+    assert sum(f"converting {small_gguf.name}" in err for _, err, _ in outs) == 1  # the second used the first's build
+
+
+def test_gguf_converts_once_into_a_content_keyed_checkpoint(small_gguf, concurrent_build, caplog):
+    import safetensors.numpy
+    from gguf import GGUFReader, dequantize
+    from transformers import AutoTokenizer
+
+    cache, name, outs = concurrent_build
+    assert any("DEQUANTIZED from Q4_1" in err for _, err, _ in outs)  # said by the converting process
+    path = cache / "gguf" / name
+    assert path.name == f"smol-1layer-{file_sha256(small_gguf)[:16]}-c{CONVERSION_VERSION}"
+    assert _cache_entries(cache) == [path.name]
+    source = json.loads((path / "ENDORM_SOURCE.json").read_text())
+    assert source["quantization"] == "Q4_1" and source["dequantized"] is True
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 1
+    assert "quantization_config" not in config
+    # the saved float32 weights are exactly the GGUF's Q4_1 blocks dequantized
+    weights = safetensors.numpy.load_file(path / "model.safetensors")
+    embd = next(t for t in GGUFReader(small_gguf).tensors if t.name == "token_embd.weight")
+    np.testing.assert_array_equal(weights["model.embed_tokens.weight"], dequantize(embd.data, embd.tensor_type))
+    # tokenizer and chat template come from the GGUF metadata (SmolLM2's default system turn)
+    tok = AutoTokenizer.from_pretrained(path)
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert text.endswith("<|im_start|>assistant\n")
+    # a later use: the cached checkpoint, not rebuilt (and the log still says what the weights are)
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        assert resolve_model_path(str(small_gguf), cache) == str(path)
+    assert "DEQUANTIZED from Q4_1" in caplog.text
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def _has_open(pid: int, target: Path) -> bool:
