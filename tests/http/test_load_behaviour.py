@@ -15,10 +15,8 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
-import psutil
 import pytest
 
 from tests.freeze import processes_frozen, server_engine
@@ -99,40 +97,28 @@ def small_server(tmp_path_factory):
     proc.stop()
 
 
-@pytest.fixture()
-def overload_server(tmp_path_factory):
-    """A small admission budget (1000 tokens), a short admission wait (0.1 s) and a deadline far past
-    anything the test does, so the one admitted request can only finish when the test lets it."""
-    proc = ServerProcess(
-        ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "1000", "--queue-timeout-s", "0.1",
-         "--request-timeout-s", "600"],
-        log_path=tmp_path_factory.mktemp("overload") / "server.log",
-    ).start()
-    yield proc
-    proc.stop()
-
-
-def test_overload_answers_429_with_retry_after_and_no_5xx(overload_server):
-    """The budget is full and cannot free (engine frozen): every request that arrives waits its 0.1 s
-    for room and gets 429 + Retry-After; the admitted one answers 200 once the engine runs again."""
-    url = overload_server.url
-    body = {"items": [_heavy_item(i, 240) for i in range(4)]}  # 976 tokens: one request fills the budget
+def test_overload_answers_429_with_retry_after_and_no_5xx(limited_server):
+    """The budget (4000 tokens) is full and cannot free (engine frozen): every request that arrives waits
+    its 0.2 s for room and gets 429 + Retry-After; the admitted one answers 200 once the engine runs again."""
+    url = limited_server.url
+    first_body = {"items": [_heavy_item(i, 240) for i in range(16)]}  # 3904 tokens: fills the budget
+    body = {"items": [_heavy_item(i, 240) for i in range(4)]}  # 976 tokens: more than the 96 left
     late = 8
 
-    def post(_):
-        r = httpx.post(url + "/score", json=body, timeout=PATIENCE_S)
+    def post(n):
+        r = httpx.post(url + "/score", json=first_body if n == "first" else body, timeout=PATIENCE_S)
         return r.status_code, r.headers.get("retry-after"), r.json()
 
     timeouts_before = _rejections(url, "wait_timeout")
     with ThreadPoolExecutor(late + 1) as pool:
-        with _engine_frozen(overload_server):
-            first = pool.submit(post, 0)
+        with _engine_frozen(limited_server):
+            first = pool.submit(post, "first")
             _wait_for(lambda: metric(url, "endorm_in_flight_requests") == 1, "the first request admitted")
             rejected = list(pool.map(post, range(late)))  # all arrive and time out of the queue while frozen
             assert not first.done() and metric(url, "endorm_in_flight_requests") == 1
             assert metric(url, "endorm_waiting_requests") == 0
         code, _, answer = first.result(timeout=PATIENCE_S)
-    assert code == 200 and len(answer["results"]) == 4, answer
+    assert code == 200 and len(answer["results"]) == 16, answer
     for code, retry_after, answer in rejected:
         assert code == 429, (code, answer)
         assert retry_after is not None and int(retry_after) >= 0

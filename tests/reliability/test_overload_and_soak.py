@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -22,22 +20,9 @@ import psutil
 import pytest
 
 from tests.freeze import processes_frozen, server_engine
-from tests.conftest import COMMON, tiny_model
 from tests.reliability.conftest import metric, tree_rss_bytes
-from tests.server import ServerProcess
 
 MB = 2**20
-
-
-@pytest.fixture(scope="module")
-def limited_server(tmp_path_factory):
-    proc = ServerProcess(
-        ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "4000", "--queue-timeout-s", "0.2",
-         "--request-timeout-s", "300"],
-        log_path=tmp_path_factory.mktemp("limited") / "server.log",
-    ).start()
-    yield proc
-    proc.stop()
 
 
 def _body(seed: int, items: int = 4, prompt_len: int = 240) -> dict:
@@ -169,8 +154,6 @@ def test_many_disconnecting_clients_leave_nothing_behind(limited_server):
 def _soak(server, seconds: float) -> None:
     """Steady load; after a warm-up, the API process's memory has no upward trend and the
     engine processes' memory stays near its level (their allocator grows with new shapes first)."""
-    import psutil
-
     url = server.url
     body = lambda n: _body(n, items=2, prompt_len=120)  # noqa: E731
     _drive(url, min(20.0, seconds / 2), 4, body)  # warm-up: same shapes, not sampled
