@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from typing import Sequence
 
 import numpy as np
@@ -41,6 +42,18 @@ CPU_DEFAULT_KV_CACHE_GB = 2.0
 # engine's heap that took 5 s on CPU (vLLM's own default wait) while saving nothing we keep.
 ENGINE_EXIT_GRACE_S = 1.0
 
+# vLLM gives one engine step (an RPC to the worker process) 300 s, then declares the engine dead.
+# On a CPU the first steps compile kernels, and on a busy 2-core machine `make serve` of
+# SmolLM2-135M died that way during warm-up (vLLM's "RPC call to execute_model timed out").
+# A slow step is not a dead engine: requests have their own deadline (--request-timeout-s).
+CPU_STEP_TIMEOUT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
+CPU_STEP_TIMEOUT_S = 3600
+
+
+def apply_cpu_step_timeout() -> None:
+    """The CPU default for vLLM's per-step timeout (the worker inherits it); a user's value wins."""
+    os.environ.setdefault(CPU_STEP_TIMEOUT_ENV, str(CPU_STEP_TIMEOUT_S))
+
 
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
@@ -65,6 +78,7 @@ class VllmEngine:
             kv_gb = CPU_DEFAULT_KV_CACHE_GB  # not a fraction of the whole machine's RAM
         if _on_cpu():
             cpu_threads.apply_default_binding(s.tensor_parallel_size)  # an explicit user setting wins
+            apply_cpu_step_timeout()
         arch = hf_architecture(self.model_path, s.trust_remote_code)
         return AsyncEngineArgs(
             model=self.model_path,
