@@ -33,6 +33,7 @@ from loadtests.bench.model import resolve
 ROOT = Path(__file__).resolve().parents[2]
 FULL_GRID = [(g, p, r) for g in (4, 8, 16) for p in (256, 1024, 2048) for r in (64, 256)]
 REDUCED_GRID = [(8, 1024, 64), (8, 1024, 256), (8, 2048, 64), (8, 2048, 256), (4, 256, 64), (16, 1024, 64)]
+TARGET_GRID = [(8, 1024, 64), (8, 1024, 256), (8, 2048, 64), (8, 2048, 256)]  # the cells with a target (a slow model)
 SMOKE_GRID = [(2, 256, 32)]  # checks the harness (tests/loadtests), measures nothing of interest
 CONTROL = (8, 1024, 128)  # G responses, each with its own prompt: nothing to share
 
@@ -44,7 +45,7 @@ def ideal(g: int, p: int, r: int) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench groups", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bench")
-    p.add_argument("--grid", choices=("full", "reduced", "smoke"), default="reduced")
+    p.add_argument("--grid", choices=("full", "reduced", "targets", "smoke"), default="reduced")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-gb", type=float, default=1.0)
@@ -128,7 +129,7 @@ async def run(args) -> dict:
     try:
         await _measure(engine, (2, 256, 64), True, 1, vocab, seed=0)  # warm both paths
         cells = []
-        grid = {"full": FULL_GRID, "reduced": REDUCED_GRID, "smoke": SMOKE_GRID}[args.grid]
+        grid = {"full": FULL_GRID, "reduced": REDUCED_GRID, "targets": TARGET_GRID, "smoke": SMOKE_GRID}[args.grid]
         control = SMOKE_GRID[0] if args.grid == "smoke" else CONTROL
         for i, cell in enumerate([*grid, control]):
             shared = i < len(grid)  # the last cell is the control
