@@ -2,8 +2,10 @@
 # The committed real-data results (results/real/): RM-Bench chat and the DSP promptable table
 # with SmolLM2-135M-Instruct, in process (vLLM, float32), every aggregation from one pass.
 # Resumable: run it again after an interruption and only the missing responses are scored
-# (per-response caches in .cache/eval/). On the shared 2-core machine the two ran at once,
-# each as its own process: VLLM_CPU_OMP_THREADS_BIND=0 for RM-Bench, =1 for DSP.
+# (per-response caches in .cache/eval/). The DSP table was made on a shared 2-core machine
+# with the two runs at once, each as its own process pinned to one core
+# (VLLM_CPU_OMP_THREADS_BIND=0 for RM-Bench, =1 for DSP); the complete RM-Bench run on a quiet
+# machine with the engine on both cores (VLLM_CPU_OMP_THREADS_BIND=0-1, the default now).
 # Usage: scripts/real_eval.sh MODEL_DIR [DATA_DIR] [DSP_QUERIES]
 set -euo pipefail
 MODEL=${1:?model directory}

@@ -34,6 +34,11 @@ hypothesis_settings.load_profile("endorm")
 # freezes and kills both processes; tensor-parallel tests always have worker processes.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 PRODUCTION_TOPOLOGY = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+# vLLM's auto CPU binding for test engines (one core for the model, one for everything else):
+# serving defaults to every core on a small machine (service/engine/cpu_threads.py), which wins on
+# a quiet machine but stalls when up to nine engines, their servers and the test clients share 2
+# cores. An explicit setting of the user's still wins.
+os.environ.setdefault("ENDORM_CPU_ALL_CORES_UP_TO", "0")
 
 MODEL_CACHE = Path(os.environ.get("ENDORM_TEST_MODEL_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "test-models"))
 

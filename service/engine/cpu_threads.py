@@ -15,10 +15,14 @@ Our default (applied at engine start, before vLLM spawns its worker):
 - otherwise vLLM's auto binding stays (one reserved core is cheap on many cores, and it
   keeps the front end off the cores of the OpenMP team).
 
-``ALL_CORES_UP_TO`` is 0 (vLLM's auto binding everywhere) until a quiet side-by-side run
-of ``python -m loadtests.bench --model DIR --only ceiling`` shows ``all`` ahead: the only
-run so far (a 2-layer model on a 2-core machine at load average ~30) had ``all`` at 0.72x
-of ``vllm-auto``, a straggling second OpenMP thread costing more than the core it adds.
+``ALL_CORES_UP_TO`` is 4, from the quiet side-by-side run of ``python -m loadtests.bench
+--model <SmolLM2-135M-Instruct> --only ceiling`` on 2 cores (loadtests/results/2026-12-01-cpu2-avx512.md):
+the worker on both cores scored 588 tokens/s against 296 for vLLM's auto binding (1.98x) and
+437 for a plain torch forward on both cores. ``ENDORM_CPU_ALL_CORES_UP_TO`` overrides it
+(0: vLLM's auto binding everywhere). When the machine is shared with other busy processes the
+reserved core is worth more: at load average ~30 ``all`` ran at 0.72x of auto (a straggling
+OpenMP thread stalls every parallel region); the test suite, which keeps up to nine engines
+and the processes driving them on 2 cores, sets 0 for that reason.
 
 An explicit ``VLLM_CPU_OMP_THREADS_BIND`` or ``VLLM_CPU_NUM_OF_RESERVED_CPU`` in the
 environment always wins: this module then changes nothing.
@@ -34,7 +38,8 @@ log = logging.getLogger(__name__)
 
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
-ALL_CORES_UP_TO = 0  # see the module docstring: set to 4 if the quiet run shows `all` ahead
+ALL_CORES_UP_TO = 4  # see the module docstring
+ALL_CORES_ENV = "ENDORM_CPU_ALL_CORES_UP_TO"
 
 
 def cpu_list(cpus: Sequence[int]) -> str:
@@ -60,9 +65,22 @@ def default_binding(cpus: Sequence[int], tp: int, env: Mapping[str, str],
         per_rank = max(1, len(cpus) // tp)
         lists = [cpus[i * per_rank:(i + 1) * per_rank] or cpus[-1:] for i in range(tp)]
         return {BIND_ENV: "|".join(cpu_list(cl) for cl in lists)}
-    if len(cpus) <= (ALL_CORES_UP_TO if all_cores_up_to is None else all_cores_up_to):
+    if all_cores_up_to is None:
+        all_cores_up_to = _all_cores_up_to(env)
+    if len(cpus) <= all_cores_up_to:
         return {BIND_ENV: cpu_list(cpus)}
     return {}
+
+
+def _all_cores_up_to(env: Mapping[str, str]) -> int:
+    raw = env.get(ALL_CORES_ENV)
+    if raw is None:
+        return ALL_CORES_UP_TO
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{ALL_CORES_ENV} must be a whole number of CPUs (0: keep vLLM's auto binding), "
+                         f"got {raw!r}") from None
 
 
 _SET_HERE: dict[str, str] = {}  # what this process set, so a later engine start (another TP size) redoes it
