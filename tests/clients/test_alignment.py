@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from transformers import AutoTokenizer
 
@@ -11,21 +9,20 @@ from endorm_client import RewardClient
 from endorm_client.alignment import map_rewards, rewards_on_tokens, tokenizer_offsets
 from service.models.default import DEMO_MODEL_DIR
 from tests.conftest import API_KEY, tiny_model
-
-SMOLLM2 = Path("/work/models/smollm2-135m-instruct")  # a real model's tokenizer where present (not in CI)
+from tests.models.real import smollm2_path
 TEXTS = ["First, 2+3 = 5.\n\nThen 2×5 = 10 — café.\n\nThe answer is 10.", "  spaced   out\ttext  ", "ok"]
 
 
 def trainer_tokenizers() -> list:
-    out = [pytest.param(str(DEMO_MODEL_DIR), id="demo"), pytest.param(str(tiny_model("llama")), id="same")]
-    if (SMOLLM2 / "tokenizer.json").exists():
-        out.append(pytest.param(str(SMOLLM2), id="smollm2"))
-    return out
+    # the demo model's own BPE, the server's tokenizer itself, and a real byte-level BPE (SmolLM2's,
+    # converted from the GGUF when the test runs, not at collection)
+    return [pytest.param(str(DEMO_MODEL_DIR), id="demo"), pytest.param(str(tiny_model("llama")), id="same"),
+            pytest.param("smollm2", id="smollm2")]
 
 
 @pytest.mark.parametrize("path", trainer_tokenizers())
 def test_rewards_on_trainer_tokens_sum_to_the_score(server, path):
-    trainer = AutoTokenizer.from_pretrained(path)
+    trainer = AutoTokenizer.from_pretrained(str(smollm2_path()) if path == "smollm2" else path)
     with RewardClient(server.url, api_key=API_KEY) as rm:
         res = rm.score([{"prompt": "Q: compute.\nA:", "response": t} for t in TEXTS], return_tokens=True)
     for text, result in zip(TEXTS, res.results):
