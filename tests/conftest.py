@@ -7,6 +7,8 @@ session-scoped and shared; see tests/engine/conftest.py and tests/http/conftest.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -85,29 +87,34 @@ COMMON = ["--dtype", "float32", "--max-model-len", "512", "--max-num-batched-tok
           "--kv-cache-gb", "0.25", "--gpu-memory-utilization", "0.05", "--enforce-eager"]
 
 
+@contextmanager
+def tiny_server(tmp_path_factory, name: str, *flags: str) -> Iterator[ServerProcess]:
+    """A started ``endorm serve`` of the tiny llama with the test engine settings (COMMON) plus ``flags``;
+    its log in a fresh temp folder ``name``; stopped on exit."""
+    proc = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, *flags],
+                         log_path=tmp_path_factory.mktemp(name) / "server.log").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> ServerProcess:
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The shared server: auth on, generous admission limits, small body/items limits."""
-    proc = ServerProcess(
-        ["--model", str(tiny_model("llama")), *COMMON, "--api-key", API_KEY, "--max-items-per-request", "64",
-         "--max-body-bytes", "1000000", "--max-inflight-tokens", "100000", "--request-timeout-s", "60"],
-        log_path=tmp_path_factory.mktemp("server") / "server.log",
-    ).start()
-    yield proc
-    proc.stop()
+    with tiny_server(tmp_path_factory, "server", "--api-key", API_KEY, "--max-items-per-request", "64",
+                     "--max-body-bytes", "1000000", "--max-inflight-tokens", "100000",
+                     "--request-timeout-s", "60") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")
-def limited_server(tmp_path_factory) -> ServerProcess:
+def limited_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """A small admission budget (4000 tokens), a short admission wait (0.2 s) and a deadline far past
     anything a test does: the overload tests (HTTP and reliability) share it."""
-    proc = ServerProcess(
-        ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "4000", "--queue-timeout-s", "0.2",
-         "--request-timeout-s", "300"],
-        log_path=tmp_path_factory.mktemp("limited") / "server.log",
-    ).start()
-    yield proc
-    proc.stop()
+    with tiny_server(tmp_path_factory, "limited", "--max-inflight-tokens", "4000", "--queue-timeout-s", "0.2",
+                     "--request-timeout-s", "300") as proc:
+        yield proc
 
 
 @pytest.fixture()

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from tests.freeze import processes_frozen, server_engine
-from tests.conftest import tiny_model
-from tests.http.conftest import API_KEY, COMMON
+from tests.conftest import tiny_server
+from tests.http.conftest import API_KEY
 from tests.reliability.conftest import metric
 from tests.server import ServerProcess
 
@@ -88,13 +88,9 @@ def test_client_disconnects_abort_engine_work(server):
 @pytest.fixture()
 def small_server(tmp_path_factory):
     """A server with a short deadline (0.5 s), for the 504 test (one test each: stopped right after)."""
-    proc = ServerProcess(
-        ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "1000", "--queue-timeout-s", "0.02",
-         "--request-timeout-s", "0.5"],
-        log_path=tmp_path_factory.mktemp("small") / "server.log",
-    ).start()
-    yield proc
-    proc.stop()
+    with tiny_server(tmp_path_factory, "small", "--max-inflight-tokens", "1000", "--queue-timeout-s", "0.02",
+                     "--request-timeout-s", "0.5") as proc:
+        yield proc
 
 
 def test_overload_answers_429_with_retry_after_and_no_5xx(limited_server):
@@ -142,13 +138,9 @@ def test_deadline_answers_504_and_aborts_engine_work(small_server):
 def draining_server(tmp_path_factory):
     """A server that admits everything we send, so all requests are in flight at SIGTERM; its drain
     grace is far past the work, so only a bug can make an in-flight request fail."""
-    proc = ServerProcess(
-        ["--model", str(tiny_model("llama")), *COMMON, "--max-inflight-tokens", "10000000", "--queue-timeout-s", "60",
-         "--drain-timeout-s", "600"],
-        log_path=tmp_path_factory.mktemp("drain") / "server.log",
-    ).start()
-    yield proc
-    proc.stop()
+    with tiny_server(tmp_path_factory, "drain", "--max-inflight-tokens", "10000000", "--queue-timeout-s", "60",
+                     "--drain-timeout-s", "600") as proc:
+        yield proc
 
 
 def test_sigterm_drains_without_failing_in_flight_requests(draining_server):
