@@ -2,7 +2,10 @@
 its own prompt; 2048-token engine steps, so chunked prefill), through the group-aware path and then the
 plain path, each against the float64 transformers reference (max |dr| per sequence).
 
-    python scripts/long_exactness_check.py MODEL_DIR [SEED]
+    python scripts/long_exactness_check.py MODEL_DIR [SEED] [--rm-bench FILE]
+
+With --rm-bench ../shared/data/rm-bench-chat.jsonl the 8 sequences are instead the 8 longest RM-Bench chat
+conversations (user prompt, chosen[2] as the response; 604-734 tokens): real long text.
 
 Why it exists: the group benchmark's control cell showed 3.6e-4 between the two float32 paths. Measured
 2026-12-01 on SmolLM2-135M-Instruct (seed 108): group-aware within 5.8e-5 of float64 on all 8; the plain
@@ -20,13 +23,26 @@ from service.grouping import GroupScheduler
 from service.tokenization import EncodedPair
 M = sys.argv[1] if len(sys.argv) > 1 else ""
 
+def rm_bench_pairs(path: str) -> list[EncodedPair]:
+    import json
+    from transformers import AutoTokenizer
+    from service.tokenization import PairEncoder
+    encoder = PairEncoder(AutoTokenizer.from_pretrained(M), vocab_size=49152)
+    rows = [json.loads(line) for line in open(path)]
+    pairs = [encoder.encode(messages=[{"role": "user", "content": r["prompt"]}], response=r["chosen"][2]) for r in rows]
+    return sorted(pairs, key=len)[-8:]
+
+
 async def main():
     s = Settings(model=M, dtype="float32", max_model_len=4096, max_num_batched_tokens=2048, max_num_seqs=64,
                  kv_cache_gb=2, gpu_memory_utilization=0.1, enforce_eager=True)
     eng = VllmEngine(s, M); await eng.start()
     ref = TransformersEngine(Settings(model=M, dtype="float64", engine="transformers"), M); ref._load()
-    rng = np.random.default_rng(int(sys.argv[2]) if len(sys.argv) > 2 else 108)
-    pairs = [EncodedPair(prompt_ids=rng.integers(0, 49152, 1024).tolist(), response_ids=rng.integers(0, 49152, 128).tolist()) for _ in range(8)]
+    if "--rm-bench" in sys.argv:
+        pairs = rm_bench_pairs(sys.argv[sys.argv.index("--rm-bench") + 1])
+    else:
+        rng = np.random.default_rng(int(sys.argv[2]) if len(sys.argv) > 2 else 108)
+        pairs = [EncodedPair(prompt_ids=rng.integers(0, 49152, 1024).tolist(), response_ids=rng.integers(0, 49152, 128).tolist()) for _ in range(8)]
     grouped = await GroupScheduler(eng).stats(pairs)  # the bench's even rounds: group-aware first, on fresh pairs
     today = await asyncio.gather(*(eng.token_stats(p.prompt_ids + p.response_ids) for p in pairs))
     alone = [await eng.token_stats(p.prompt_ids + p.response_ids) for p in pairs[:2]]
@@ -36,7 +52,8 @@ async def main():
         rr = rewards.token_rewards(r64.c, r64.v, P).rewards
         rt = rewards.token_rewards(today[i].c, today[i].v, P - today[i].offset).rewards
         rg = rewards.token_rewards(grouped[i].c, grouped[i].v, P - grouped[i].offset).rewards
-        line = f"seq {i}: today-ref {np.max(np.abs(rt-rr)):.2e} group-ref {np.max(np.abs(rg-rr)):.2e} today-group {np.max(np.abs(rt-rg)):.2e} max|r| {np.max(np.abs(rr)):.1f}"
+        dcv = max(np.nanmax(np.abs(today[i].c[:-1] - r64.c[today[i].offset:-1])), np.max(np.abs(today[i].v - r64.v[today[i].offset:])))
+        line = f"seq {i} ({len(p.prompt_ids)}+{len(p.response_ids)}): today-ref {np.max(np.abs(rt-rr)):.2e} (c, v: {dcv:.2e}) group-ref {np.max(np.abs(rg-rr)):.2e} today-group {np.max(np.abs(rt-rg)):.2e} max|r| {np.max(np.abs(rr)):.1f}"
         if i < 2:
             ra = rewards.token_rewards(alone[i].c, alone[i].v, P - alone[i].offset).rewards
             line += f" alone-ref {np.max(np.abs(ra-rr)):.2e}"

@@ -25,7 +25,8 @@ TOL = 1e-4  # absolute, on r (the reward) and on c, v ...
 RTOL = 1e-5  # ... plus this relative part on c and v, whose magnitudes reach ~20 on real weights:
 # vLLM's float32 CPU kernels over 30 layers differ from float64 by up to |dv| = 1.008e-4 on one of
 # the 16 concurrent sequences (a plain float32 transformers forward: 4.9e-5, scripts/fp32_floor.py),
-# while r = c - v' cancels most of it. The issue's bound is 1e-4 absolute on c and v too: not met.
+# while r = c - v' cancels most of it. The issue's bound is 1e-4 absolute on c and v too: not met,
+# and not promisable by float32 (plain float32 reaches 5.7e-4 on random tokens): docs/exactness.md.
 STEP_TOKENS = 128
 
 FACTS = [
