@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     logits_chunk_rows: int = Field(256, gt=0, description="Rows of logits materialised at once (memory = rows x vocab x 4 B)")
     enforce_eager: bool = Field(False, description="Disable graph capture / compilation (faster start)")
+    cpu_gemm: Literal["auto", "onednn", "torch"] = Field(
+        "auto", description="CPU only: kernel for the model body's matrix products. auto: torch's (as exact as a "
+        "plain float32 forward) when the engine computes in float32, vLLM's oneDNN otherwise (faster for 16-bit)")
     trust_remote_code: bool = False
 
     # --- HTTP ---

@@ -7,7 +7,8 @@ of this model on this machine can beat it without other kernels, so plugin / cei
 how much of the machine the service's engine uses.
 
 The plugin side is the in-process vLLM engine with the EndoReward plugin (two floats per
-token out), started once per thread binding (``VLLM_CPU_OMP_THREADS_BIND``), all alive at
+token out), started once per thread binding (``VLLM_CPU_OMP_THREADS_BIND``; ``all-onednn``
+also switches the body's matrix products to oneDNN, ``--cpu-gemm``), all alive at
 once and measured in interleaved rounds (the order rotates each round; ratios are taken
 within a round, then the median), so background load hits every route alike.
 
@@ -29,6 +30,7 @@ from loadtests.bench.throughput import Driver, InprocDriver, Workload, run_reque
 
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+GEMM_ENV = "ENDORM_CPU_GEMM"  # read by Settings, so it is set while the settings are made
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,10 @@ def bindings(cpus: Sequence[int]) -> dict[str, Binding]:
     return {
         "vllm-auto": Binding("vllm-auto", {BIND_ENV: "auto", RESERVED_ENV: ""},
                              "vLLM's automatic binding: one NUMA node, one reserved core for the front end"),
-        "all": Binding("all", {BIND_ENV: every, RESERVED_ENV: ""}, f"the worker on every allowed CPU ({every})"),
+        "all": Binding("all", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: ""}, f"the worker on every allowed CPU ({every})"),
+        "all-onednn": Binding("all-onednn", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: "onednn"},
+                              f"as all, with vLLM's oneDNN for the model body's matrix products (--cpu-gemm onednn; "
+                              "the default for float32 is torch's, service/engine/cpu_gemm.py)"),
         "nobind": Binding("nobind", {BIND_ENV: "nobind", RESERVED_ENV: ""},
                           "no pinning: OpenMP and the OS place the worker's threads"),
         "endorm-default": Binding("endorm-default", {BIND_ENV: "", RESERVED_ENV: ""},
@@ -157,7 +162,9 @@ async def ceiling_phase(args, model_path, settings: dict, vocab: int, res: dict,
     try:
         for name in chosen:
             log(f"ceiling phase: starting the plugin engine, binding {name} {known[name].env}")
-            d = BoundEngineDriver(Settings(model=str(model_path), **settings), str(model_path), known[name])
+            with environment(known[name].env):
+                engine_settings = Settings(model=str(model_path), **settings)
+            d = BoundEngineDriver(engine_settings, str(model_path), known[name])
             await d.start()
             engines.append(d)
         drivers: list[Driver] = [ceiling, *engines]

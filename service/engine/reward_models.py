@@ -10,14 +10,17 @@ plugin registers every architecture without a hand-written list.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Set
 from typing import Any
 
 import torch
 
+from service.engine import cpu_gemm
 from service.engine.row_assembly import EXTRA_KEY, FIRST_KEY, RowAssembly
 from service.engine.token_stats import DEFAULT_CHUNK_ROWS, chunked_token_stats
 
+log = logging.getLogger(__name__)
 CLASS_PREFIX = "EndoReward"
 ALPHA_KEY = "endorm_alpha"  # hf_config attribute set through hf_overrides
 CHUNK_KEY = "endorm_chunk_rows"
@@ -186,6 +189,10 @@ def make_reward_class(base: type) -> type:
         def __init__(self, *, vllm_config: Any, prefix: str = "", **kwargs: Any) -> None:
             super().__init__(vllm_config=vllm_config, prefix=prefix, **kwargs)
             hf_config = vllm_config.model_config.hf_config
+            dtype = vllm_config.model_config.dtype
+            kernel = cpu_gemm.apply(self, getattr(hf_config, cpu_gemm.GEMM_KEY, "auto"), dtype)
+            if kernel is not None:
+                log.info("CPU matrix products of the model body: %s (dtype %s)", kernel, dtype)
             self.pooler = pooler_cls(
                 self,
                 alpha=float(getattr(hf_config, ALPHA_KEY, 1.0)),

@@ -19,6 +19,7 @@ import numpy as np
 from service.config import Settings
 from service.engine import cpu_threads
 from service.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
+from service.engine.cpu_gemm import GEMM_KEY
 from service.engine.plugin import reward_architecture
 from service.engine.reward_models import ALPHA_KEY, CHUNK_KEY
 from service.engine.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
@@ -98,6 +99,7 @@ class VllmEngine:
                 "architectures": [reward_architecture(arch)],
                 ALPHA_KEY: s.alpha,
                 CHUNK_KEY: s.logits_chunk_rows,
+                GEMM_KEY: s.cpu_gemm,
             },
         )
 
