@@ -2,15 +2,16 @@
 its own prompt; 2048-token engine steps, so chunked prefill), through the group-aware path and then the
 plain path, each against the float64 transformers reference (max |dr| per sequence).
 
-    python scripts/long_exactness_check.py MODEL_DIR [SEED] [--rm-bench FILE]
+    python scripts/long_exactness_check.py MODEL_DIR [SEED] [--rm-bench FILE] [--step-tokens N]
 
 With --rm-bench ../shared/data/rm-bench-chat.jsonl the 8 sequences are instead the 8 longest RM-Bench chat
 conversations (user prompt, chosen[2] as the response; 604-734 tokens): real long text.
 
-Why it exists: the group benchmark's control cell showed 3.6e-4 between the two float32 paths. Measured
-2026-12-01 on SmolLM2-135M-Instruct (seed 108): group-aware within 5.8e-5 of float64 on all 8; the plain
-path 2.0e-4 on one sequence (3e-5 to 7e-5 on the others), and 5.5e-5 on that same sequence when it ran
-first on an idle engine. A plain float32 transformers forward of such a sequence: 4.6e-5.
+Each line also gives a plain float32 transformers forward's distance from float64 (float32's own floor), and
+the largest |dc|, |dv| over the whole sequence (prompt positions included) besides |dr| over the response.
+ENDORM_CPU_GEMM=onednn measures vLLM's oneDNN matrix products instead of the float32 default (torch's).
+--step-tokens sets the engine step (max_num_batched_tokens, default 2048: one step holds a whole sequence).
+Measured 2026-12-01 on SmolLM2-135M-Instruct: docs/exactness.md.
 """
 import asyncio, sys
 import numpy as np
@@ -22,6 +23,7 @@ from service.engine.reference_engine import TransformersEngine
 from service.grouping import GroupScheduler
 from service.tokenization import EncodedPair
 M = sys.argv[1] if len(sys.argv) > 1 else ""
+STEP = int(sys.argv[sys.argv.index("--step-tokens") + 1]) if "--step-tokens" in sys.argv else 2048
 
 def rm_bench_pairs(path: str) -> list[EncodedPair]:
     import json
@@ -34,10 +36,11 @@ def rm_bench_pairs(path: str) -> list[EncodedPair]:
 
 
 async def main():
-    s = Settings(model=M, dtype="float32", max_model_len=4096, max_num_batched_tokens=2048, max_num_seqs=64,
+    s = Settings(model=M, dtype="float32", max_model_len=4096, max_num_batched_tokens=STEP, max_num_seqs=64,
                  kv_cache_gb=2, gpu_memory_utilization=0.1, enforce_eager=True)
     eng = VllmEngine(s, M); await eng.start()
     ref = TransformersEngine(Settings(model=M, dtype="float64", engine="transformers"), M); ref._load()
+    plain = TransformersEngine(Settings(model=M, dtype="float32", engine="transformers"), M); plain._load()  # float32's own floor
     if "--rm-bench" in sys.argv:
         pairs = rm_bench_pairs(sys.argv[sys.argv.index("--rm-bench") + 1])
     else:
@@ -53,7 +56,10 @@ async def main():
         rt = rewards.token_rewards(today[i].c, today[i].v, P - today[i].offset).rewards
         rg = rewards.token_rewards(grouped[i].c, grouped[i].v, P - grouped[i].offset).rewards
         dcv = max(np.nanmax(np.abs(today[i].c[:-1] - r64.c[today[i].offset:-1])), np.max(np.abs(today[i].v - r64.v[today[i].offset:])))
-        line = f"seq {i} ({len(p.prompt_ids)}+{len(p.response_ids)}): today-ref {np.max(np.abs(rt-rr)):.2e} (c, v: {dcv:.2e}) group-ref {np.max(np.abs(rg-rr)):.2e} today-group {np.max(np.abs(rt-rg)):.2e} max|r| {np.max(np.abs(rr)):.1f}"
+        f32 = plain.forward_stats(p.prompt_ids + p.response_ids)
+        r32 = rewards.token_rewards(f32.c, f32.v, P).rewards
+        dcv32 = max(np.nanmax(np.abs(f32.c[:-1] - r64.c[:-1])), np.max(np.abs(f32.v - r64.v)))
+        line = f"seq {i} ({len(p.prompt_ids)}+{len(p.response_ids)}): plain-float32-ref {np.max(np.abs(r32-rr)):.2e} (c, v: {dcv32:.2e}) today-ref {np.max(np.abs(rt-rr)):.2e} (c, v: {dcv:.2e}) group-ref {np.max(np.abs(rg-rr)):.2e} today-group {np.max(np.abs(rt-rg)):.2e} max|r| {np.max(np.abs(rr)):.1f}"
         if i < 2:
             ra = rewards.token_rewards(alone[i].c, alone[i].v, P - alone[i].offset).rewards
             line += f" alone-ref {np.max(np.abs(ra-rr)):.2e}"
