@@ -20,7 +20,8 @@ from service.engine import cpu_gemm
 from service.engine.row_assembly import EXTRA_KEY, FIRST_KEY, RowAssembly
 from service.engine.token_stats import DEFAULT_CHUNK_ROWS, chunked_token_stats
 
-log = logging.getLogger(__name__)
+# These classes run in vLLM's engine process, where only vLLM's "vllm" logger has a handler.
+log = logging.getLogger("vllm.endorm.reward_models")
 CLASS_PREFIX = "EndoReward"
 ALPHA_KEY = "endorm_alpha"  # hf_config attribute set through hf_overrides
 CHUNK_KEY = "endorm_chunk_rows"
