@@ -1,11 +1,12 @@
 """Where the float32 error in c_t, v_t, r_t comes from on a real Llama checkpoint, measured against float64.
 
     python scripts/exactness_audit.py sources MODEL_DIR        # plain torch, no engine
-    python scripts/exactness_audit.py layers MODEL_DIR [N] [SEED]   # the vLLM engine with the plugin
+    python scripts/exactness_audit.py layers MODEL_DIR [N] [SEED] [STEP]   # the vLLM engine with the plugin
 
 `sources` runs one readable Llama forward with each part in float32 or float64 (matmuls, norms,
 attention, residual stream, LM head) on chat texts and random tokens: which part, kept in float64,
-removes the error. `layers` runs N random tokens through the real vLLM engine (one step, in process),
+removes the error. `layers` runs N random tokens through the real vLLM engine (in process; engine steps of
+STEP tokens, default one step for the whole sequence),
 hooks every decoder layer, and recomputes each layer from the engine's own input in float64 and in
 plain float32: a layer whose vLLM output is much further from float64 than plain float32's would be a
 kernel worse than float32. Results and their reading: docs/exactness.md.
@@ -139,7 +140,7 @@ def sources(model_dir: str) -> None:
     print("\ncells: max |dc| / |dv| / |dr| against the all-float64 forward")
 
 
-def layers(model_dir: str, n: int, seed: int) -> None:
+def layers(model_dir: str, n: int = 512, seed: int = 1, step: int | None = None) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core (and the model) in this process
     from vllm import PoolingParams
     from vllm.inputs import TokensPrompt
@@ -148,17 +149,17 @@ def layers(model_dir: str, n: int, seed: int) -> None:
     from service.engine.vllm_engine import FIRST_KEY, VllmEngine, parse_result
     from tests.conftest import engine_settings
 
-    settings = engine_settings(model_dir, max_num_batched_tokens=max(n, 128), max_model_len=max(2048, n))
+    settings = engine_settings(model_dir, max_num_batched_tokens=step or max(n, 128), max_model_len=max(2048, n))
     engine = LLMEngine.from_engine_args(VllmEngine(settings, model_dir).engine_args())
     core = engine.engine_core.engine_core
     decoder = core.model_executor.driver_worker.worker.model_runner.model.model
-    seen: dict[str, tuple] = {}
+    calls: dict[str, list[tuple]] = {}  # one entry per engine step (chunked prefill calls a layer per chunk)
 
     def keep(name: str):
         def hook(mod, args, kwargs, out):  # the inputs (attention gets them as keywords) and the output
             given = {str(i): a for i, a in enumerate(args)} | kwargs
-            seen[name] = ({k: v.clone() for k, v in given.items() if isinstance(v, torch.Tensor)},
-                          out[0].clone() if isinstance(out, tuple) else out.clone())
+            calls.setdefault(name, []).append(({k: v.clone() for k, v in given.items() if isinstance(v, torch.Tensor)},
+                                               out[0].clone() if isinstance(out, tuple) else out.clone()))
         return hook
 
     for l, layer in enumerate(decoder.layers):
@@ -171,9 +172,11 @@ def layers(model_dir: str, n: int, seed: int) -> None:
     while engine.has_unfinished_requests():
         final = next((o for o in engine.step() if o.finished), final)
     _, c, v, _ = parse_result(final.outputs.data)
+    seen = {name: ({k: torch.cat([g[k] for g, _ in steps])[:n] for k in steps[0][0]},  # the whole sequence
+                   torch.cat([o for _, o in steps])[:n]) for name, steps in calls.items()}
 
     m = Llama(model_dir)
-    print(f"{n} random tokens (seed {seed}), one engine step. Each part of each layer recomputed from the engine's")
+    print(f"{n} random tokens (seed {seed}), engine steps of {settings.max_num_batched_tokens} tokens. Each part of each layer recomputed from the engine's")
     print("own input to it, in float64 and in plain float32; cells: the largest error of a row of the output,")
     print("relative to that row's largest value (vLLM / plain float32)\n")
     print("| layer | " + " | ".join(PARTS) + " |\n|---|" + "---|" * len(PARTS))
@@ -206,4 +209,4 @@ if __name__ == "__main__":
         if mode == "sources":
             sources(model_dir)
         else:
-            layers(model_dir, int(sys.argv[3]) if len(sys.argv) > 3 else 512, int(sys.argv[4]) if len(sys.argv) > 4 else 1)
+            layers(model_dir, *(int(a) for a in sys.argv[3:6]))
