@@ -142,17 +142,12 @@ def sources(model_dir: str) -> None:
 
 def layers(model_dir: str, n: int = 512, seed: int = 1, step: int | None = None) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core (and the model) in this process
-    from vllm import PoolingParams
-    from vllm.inputs import TokensPrompt
-    from vllm.v1.engine.llm_engine import LLMEngine
-
-    from service.engine.vllm_engine import FIRST_KEY, VllmEngine, parse_result
     from tests.conftest import engine_settings
+    from tests.inprocess_engine import InProcessEngine
 
     settings = engine_settings(model_dir, max_num_batched_tokens=step or max(n, 128), max_model_len=max(2048, n))
-    engine = LLMEngine.from_engine_args(VllmEngine(settings, model_dir).engine_args())
-    core = engine.engine_core.engine_core
-    decoder = core.model_executor.driver_worker.worker.model_runner.model.model
+    engine = InProcessEngine(settings, model_dir)
+    decoder = engine.model.model
     calls: dict[str, list[tuple]] = {}  # one entry per engine step (chunked prefill calls a layer per chunk)
 
     def keep(name: str):
@@ -166,12 +161,8 @@ def layers(model_dir: str, n: int = 512, seed: int = 1, step: int | None = None)
         for part in PARTS:
             getattr(layer, part).register_forward_hook(keep(f"{l}.{part}"), with_kwargs=True)
     ids = np.random.default_rng(seed).integers(0, 49152, n).tolist()
-    params = PoolingParams(task="token_classify", skip_reading_prefix_cache=True, extra_kwargs={FIRST_KEY: 0})
-    engine.add_request("audit", TokensPrompt(prompt_token_ids=ids), params)
-    final = None
-    while engine.has_unfinished_requests():
-        final = next((o for o in engine.step() if o.finished), final)
-    _, c, v, _ = parse_result(final.outputs.data)
+    c, v = engine.stats(ids)
+    engine.shutdown()
     seen = {name: ({k: torch.cat([g[k] for g, _ in steps])[:n] for k in steps[0][0]},  # the whole sequence
                    torch.cat([o for _, o in steps])[:n]) for name, steps in calls.items()}
 

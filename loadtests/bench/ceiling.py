@@ -30,7 +30,7 @@ from loadtests.bench.throughput import Driver, InprocDriver, Workload, run_reque
 
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 RESERVED_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
-GEMM_ENV = "ENDORM_CPU_GEMM"  # read by Settings, so it is set while the settings are made
+GEMM_ENV = "ENDORM_CPU_GEMM"  # read by Settings, so BoundEngineDriver makes them under the binding's env
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def bindings(cpus: Sequence[int]) -> dict[str, Binding]:
                              "vLLM's automatic binding: one NUMA node, one reserved core for the front end"),
         "all": Binding("all", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: ""}, f"the worker on every allowed CPU ({every})"),
         "all-onednn": Binding("all-onednn", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: "onednn"},
-                              f"as all, with vLLM's oneDNN for the model body's matrix products (--cpu-gemm onednn; "
+                              "as all, with vLLM's oneDNN for the model body's matrix products (--cpu-gemm onednn; "
                               "the default for float32 is torch's, service/engine/cpu_gemm.py)"),
         "nobind": Binding("nobind", {BIND_ENV: "nobind", RESERVED_ENV: ""},
                           "no pinning: OpenMP and the OS place the worker's threads"),
@@ -80,8 +80,11 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 class BoundEngineDriver(InprocDriver):
     """The plugin engine in-process, its worker started under one thread binding."""
 
-    def __init__(self, settings, model_path: str, binding: Binding) -> None:
-        super().__init__(settings, model_path)
+    def __init__(self, settings: dict, model_path: str, binding: Binding) -> None:
+        from service.config import Settings
+
+        with environment(binding.env):  # ENDORM_* variables of the binding are read by Settings
+            super().__init__(Settings(model=model_path, **settings), model_path)
         self.binding = binding
         self.name = f"plugin[{binding.name}]"
 
@@ -144,8 +147,6 @@ async def agreement(engine: InprocDriver, ceiling: CeilingDriver, seq: Sequence[
 
 
 async def ceiling_phase(args, model_path, settings: dict, vocab: int, res: dict, log) -> None:
-    from service.config import Settings
-
     cpus = sorted(os.sched_getaffinity(0))
     chosen = [b.strip() for b in args.bindings.split(",") if b.strip()]
     known = bindings(cpus)
@@ -162,9 +163,7 @@ async def ceiling_phase(args, model_path, settings: dict, vocab: int, res: dict,
     try:
         for name in chosen:
             log(f"ceiling phase: starting the plugin engine, binding {name} {known[name].env}")
-            with environment(known[name].env):
-                engine_settings = Settings(model=str(model_path), **settings)
-            d = BoundEngineDriver(engine_settings, str(model_path), known[name])
+            d = BoundEngineDriver(settings, str(model_path), known[name])
             await d.start()
             engines.append(d)
         drivers: list[Driver] = [ceiling, *engines]

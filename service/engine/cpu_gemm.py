@@ -27,7 +27,6 @@ from typing import Literal
 
 import torch
 
-CpuGemm = Literal["auto", "onednn", "torch"]
 GEMM_KEY = "endorm_cpu_gemm"  # hf_config attribute set through hf_overrides
 
 

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 from service.config import Settings
 from service.engine import cpu_gemm
 from service.engine.cpu_gemm import GEMM_KEY
-from service.engine.row_assembly import FIRST_KEY, parse_result
 from service.engine.vllm_engine import VllmEngine
 from tests.conftest import engine_settings
+from tests.inprocess_engine import inprocess_engine
 
 
 def test_auto_is_torch_for_float32_and_onednn_for_16_bit():
@@ -42,22 +42,9 @@ def test_setting_from_flag_or_environment(monkeypatch, llama_path):
 
 def _score_in_process(model_path, choice: str, ids: list[int]):
     """(a linear layer of the loaded model, c, v) from an in-process engine with this GEMM choice."""
-    from vllm import PoolingParams
-    from vllm.inputs import TokensPrompt
-    from vllm.v1.engine.llm_engine import LLMEngine
-
-    engine = LLMEngine.from_engine_args(VllmEngine(engine_settings(model_path, cpu_gemm=choice), str(model_path)).engine_args())
-    try:
-        model = engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner.model
-        params = PoolingParams(task="token_classify", skip_reading_prefix_cache=True, extra_kwargs={FIRST_KEY: 0})
-        engine.add_request("gemm", TokensPrompt(prompt_token_ids=ids), params)
-        final = None
-        while engine.has_unfinished_requests():
-            final = next((o for o in engine.step() if o.finished), final)
-        _, c, v, _ = parse_result(final.outputs.data)
-        return model.model.layers[0].mlp.gate_up_proj, c, v
-    finally:
-        engine.engine_core.shutdown()
+    with inprocess_engine(engine_settings(model_path, cpu_gemm=choice), str(model_path)) as engine:
+        c, v = engine.stats(ids)
+        return engine.model.model.layers[0].mlp.gate_up_proj, c, v
 
 
 def test_the_choice_reaches_the_engine_and_both_kernels_agree(llama_path):
