@@ -53,7 +53,7 @@ class LocalServer:
     def _use_port(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *self.args]
+        self.cmd = [sys.executable, "-m", "endorm_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *self.args]
 
     def start(self) -> "LocalServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ export VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=${VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS:-
 ENGINE=(--model "$MODEL" --served-model-name smollm2-135m-instruct --dtype float32 --kv-cache-gb 1
         --max-model-len 2048 --max-num-batched-tokens 1024 --aggregation all --gamma 0.95 --no-progress)
 mkdir -p "$OUT" .cache/eval
-python -m service.cli eval "$DATA/rm-bench-chat.jsonl" -o "$OUT" --name rm-bench-chat \
+python -m endorm_server.cli eval "$DATA/rm-bench-chat.jsonl" -o "$OUT" --name rm-bench-chat \
     --cache .cache/eval/rm-bench-chat.scores.jsonl --batch-size 6 --concurrency 8 "${ENGINE[@]}"
-python -m service.evaluation.promptable "$DATA/dsp-test.json" -o "$OUT" --name dsp-promptable \
+python -m endorm_server.evaluation.promptable "$DATA/dsp-test.json" -o "$OUT" --name dsp-promptable \
     --queries "$QUERIES" --seed 0 --cache .cache/eval/dsp-promptable.scores.jsonl --batch-size 5 --concurrency 10 \
     "${ENGINE[@]}"

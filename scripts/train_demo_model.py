@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Train the bundled demo model (``service/models/demo``) from scratch on a CPU.
+"""Train the bundled demo model (``service/endorm_server/models/demo``) from scratch on a CPU.
 
 A small Llama (head_dim 64) with a byte-level BPE tokenizer of its own and a ChatML
-chat template learns the arithmetic task of ``service/evaluation/demo_task.py`` by
+chat template learns the arithmetic task of ``service/endorm_server/evaluation/demo_task.py`` by
 plain next-token prediction on the assistant turn: questions like "What is 23 + 48?",
 answered in the style the system prompt asks for (digits or words, bare or with
 working). The data are generated here, deterministically from the seed; a tenth of all
 questions is held out (never trained on) for the evaluation sets.
 
-    .venv/bin/python scripts/train_demo_model.py            # writes service/models/demo
+    .venv/bin/python scripts/train_demo_model.py            # writes service/endorm_server/models/demo
 
 Seeded: the same seed, steps and thread count give the same weights on the same
 machine. Prints a progress bar; the committed model took 17 minutes wall (15 minutes of
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from service.evaluation import demo_task  # noqa: E402
-from service.evaluation.demo_task import STYLES, SYSTEM_PROMPTS, Problem, response  # noqa: E402
+from endorm_server.evaluation import demo_task  # noqa: E402
+from endorm_server.evaluation.demo_task import STYLES, SYSTEM_PROMPTS, Problem, response  # noqa: E402
 
 DEFAULT_OUT = ROOT / "service" / "models" / "demo"
 
@@ -74,7 +74,7 @@ def chat_prompt(system: str | None, question: str) -> list[dict[str, str]]:
 
 def build_tokenizer(seed: int, vocab_size: int):
     """Byte-level BPE (Qwen2 pre-tokenizer: every digit its own token), ChatML with BOS."""
-    from service.models.tiny import _corpus, _make_hf_tokenizer
+    from tests.tiny_models import _corpus, _make_hf_tokenizer
 
     examples = itertools.islice(demo_task.training_examples(seed + 1), 6000)
     texts = [
@@ -86,7 +86,7 @@ def build_tokenizer(seed: int, vocab_size: int):
 
 class Encoder:
     """Chat examples -> (ids, first response position), exactly as ``endorm`` encodes
-    (checked against :class:`service.tokenization.PairEncoder` on a sample)."""
+    (checked against :class:`endorm_server.inputs.tokenization.PairEncoder` on a sample)."""
 
     def __init__(self, tokenizer):
         self.tok = tokenizer
@@ -106,7 +106,7 @@ class Encoder:
         return out
 
     def check_against_service(self, examples: list[dict], vocab_size: int) -> None:
-        from service.tokenization import PairEncoder
+        from endorm_server.inputs.tokenization import PairEncoder
 
         enc = PairEncoder(self.tok, vocab_size=vocab_size)
         for e, (ids, start) in zip(examples, self.encode(examples)):
@@ -304,12 +304,12 @@ With no system prompt the style is random (uniform over the four). Examples of e
 `71`, `seventy-one`, `20 + 40 = 60 and 3 + 8 = 11, so 23 + 48 = 60 + 11 = 71.`,
 `20 + 40 = 60 and 3 + 8 = 11, so 23 + 48 = 60 + 11, which is seventy-one.`
 A fixed tenth of all (a, op, b) triples (by CRC32) is held out from training; every evaluation uses
-only those. The generator is `service/evaluation/demo_task.py`.
+only those. The generator is `service/endorm_server/evaluation/demo_task.py`.
 
 ## How it was made
 
 - Tokenizer: byte-level BPE trained on the task's text plus the small English corpus of
-  `service/models/tiny.py` (Qwen2-style pre-tokenizer, so every digit is its own token); ChatML chat
+  `tests/tiny_models.py` (Qwen2-style pre-tokenizer, so every digit is its own token); ChatML chat
   template with BOS; `<|im_end|>` ends a turn (EOS).
 - Training: plain next-token prediction (cross-entropy) on the assistant turn (response + `<|im_end|>`),
   {args.steps} steps of {args.batch_size} freshly generated examples ({args.steps * args.batch_size:,} examples,

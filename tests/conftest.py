@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from service.config import Settings
-from service.models.tiny import ensure_tiny_model
+from endorm_server.config import Settings
+from tests.tiny_models import ensure_tiny_model
 from tests.server import ServerProcess
 
 # Hypothesis's timing checks (a per-example deadline, the "too slow" health check) fail on a slow or
@@ -37,7 +37,7 @@ hypothesis_settings.load_profile("endorm")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 PRODUCTION_TOPOLOGY = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 # vLLM's auto CPU binding for test engines (one core for the model, one for everything else):
-# serving defaults to every core on a small machine (service/engine/cpu_threads.py), which wins on
+# serving defaults to every core on a small machine (service/endorm_server/engine/cpu_threads.py), which wins on
 # a quiet machine but stalls when up to nine engines, their servers and the test clients share 2
 # cores. An explicit setting of the user's still wins.
 os.environ.setdefault("ENDORM_CPU_ALL_CORES_UP_TO", "0")

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from service.config import Settings
-from service.engine.row_assembly import FIRST_KEY, parse_result
-from service.engine.vllm_engine import VllmEngine
+from endorm_server.config import Settings
+from endorm_server.engine.vllm_plugin.row_assembly import FIRST_KEY, parse_result
+from endorm_server.engine.vllm_engine import VllmEngine
 
 
 class InProcessEngine:

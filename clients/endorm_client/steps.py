@@ -1,4 +1,4 @@
-"""Client-side step splitting for trainer adapters (the server's rule, service/steps.py).
+"""Client-side step splitting for trainer adapters (the server's rule, service/endorm_server/scoring/steps.py).
 
 The response is split after each occurrence of the separator (kept with the step it ends;
 no empty trailing step). Unlike the server's ``step_separator`` (an absent separator is a

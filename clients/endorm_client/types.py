@@ -1,4 +1,4 @@
-"""Typed requests and results (mirrors of the server's ``service/http/schemas.py``).
+"""Typed requests and results (mirrors of the server's ``service/endorm_server/http/schemas.py``).
 
 Results ignore unknown fields, so a newer server does not break an older client.
 """

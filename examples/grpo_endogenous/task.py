@@ -1,6 +1,6 @@
 """The RL task: the demo model's arithmetic questions, with an exact-match checker.
 
-Training prompts come from the training split of ``service/evaluation/demo_task.py``,
+Training prompts come from the training split of ``service/endorm_server/evaluation/demo_task.py``,
 the fixed evaluation set from its held-out split (a tenth of all questions the demo
 model never saw). Each prompt asks for one answer style through its system prompt, or
 (style ``none``) for no style at all, so the policy may answer in any of the four.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from service.evaluation.demo_task import STYLES, SYSTEM_PROMPTS, Problem, number_to_words, sample_problem
+from endorm_server.evaluation.demo_task import STYLES, SYSTEM_PROMPTS, Problem, number_to_words, sample_problem
 
 __all__ = ["PROMPT_STYLES", "Question", "questions", "extract_answer", "is_correct", "messages"]
 

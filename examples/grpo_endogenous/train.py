@@ -2,7 +2,7 @@
 """GRPO (TRL, CPU) on the demo arithmetic task, rewarded by a frozen model's endogenous reward.
 
 Roles:
-  policy        the bundled demo model (service/models/demo, 1.3M parameters), trained;
+  policy        the bundled demo model (service/endorm_server/models/demo, 1.3M parameters), trained;
   reward model  the SAME demo model, frozen, served by ``endorm serve`` on 127.0.0.1;
                 its endogenous reward reaches TRL through the SDK's reward function.
 The paper's setting in miniature: the reward comes from the model the policy starts from.

@@ -42,7 +42,7 @@ class Binding:
 
 def bindings(cpus: Sequence[int]) -> dict[str, Binding]:
     """The bindings worth comparing on this machine."""
-    from service.engine.cpu_threads import cpu_list
+    from endorm_server.engine.cpu_threads import cpu_list
 
     every = cpu_list(cpus)
     return {
@@ -51,11 +51,11 @@ def bindings(cpus: Sequence[int]) -> dict[str, Binding]:
         "all": Binding("all", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: ""}, f"the worker on every allowed CPU ({every})"),
         "all-onednn": Binding("all-onednn", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: "onednn"},
                               "as all, with vLLM's oneDNN for the model body's matrix products (--cpu-gemm onednn; "
-                              "the default for float32 is torch's, service/engine/cpu_gemm.py)"),
+                              "the default for float32 is torch's, service/endorm_server/engine/vllm_plugin/cpu_gemm.py)"),
         "nobind": Binding("nobind", {BIND_ENV: "nobind", RESERVED_ENV: ""},
                           "no pinning: OpenMP and the OS place the worker's threads"),
         "endorm-default": Binding("endorm-default", {BIND_ENV: "", RESERVED_ENV: ""},
-                                  "nothing set: service.engine.cpu_threads chooses"),
+                                  "nothing set: endorm_server.engine.cpu_threads chooses"),
     }
 
 
@@ -81,7 +81,7 @@ class BoundEngineDriver(InprocDriver):
     """The plugin engine in-process, its worker started under one thread binding."""
 
     def __init__(self, settings: dict, model_path: str, binding: Binding) -> None:
-        from service.config import Settings
+        from endorm_server.config import Settings
 
         with environment(binding.env):  # ENDORM_* variables of the binding are read by Settings
             super().__init__(Settings(model=model_path, **settings), model_path)

@@ -143,8 +143,8 @@ def summarize(values: list[float]) -> dict:
 
 
 async def throughput_phase(args, model_path: Path, settings: dict, server: LocalServer, vocab: int, res: dict) -> None:
-    from service.config import Settings
-    from service.engine.vllm_engine import VllmEngine
+    from endorm_server.config import Settings
+    from endorm_server.engine.vllm_engine import VllmEngine
 
     sat = Workload.random(n=args.seqs, prompt_len=args.prompt_len, response_len=args.response_len, vocab_size=vocab,
                           items=args.items, concurrency=args.concurrency, seed=1)

@@ -3,7 +3,7 @@
 A workload is G responses of R tokens to one prompt of P tokens, scored at once.
     today:        every response re-runs its prompt; LM head on all N rows
                   (``engine.token_stats(seq)``: the prefix cache is not read)
-    group-aware:  service/grouping.py (leader first, siblings read its prompt
+    group-aware:  service/endorm_server/scoring/grouping.py (leader first, siblings read its prompt
                   from the cache; LM head on rows P-1 .. N-1 only)
 The ideal ratio counts tokens through the model: G(P+R) / (P+GR). Each cell is
 measured in interleaved rounds (the order alternates) on one in-process engine,
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pairs(rng: np.random.Generator, vocab: int, g: int, p: int, r: int, shared: bool):
-    from service.tokenization import EncodedPair
+    from endorm_server.inputs.tokenization import EncodedPair
 
     prompt = rng.integers(0, vocab, p).tolist()
     return [EncodedPair(prompt_ids=prompt if shared else rng.integers(0, vocab, p).tolist(),
@@ -64,13 +64,13 @@ def _pairs(rng: np.random.Generator, vocab: int, g: int, p: int, r: int, shared:
 
 
 def _rewards(stats, pairs) -> list[np.ndarray]:
-    from service import rewards
+    from endorm_server.scoring import rewards
 
     return [rewards.token_rewards(s.c, s.v, len(p.prompt_ids) - s.offset).rewards for s, p in zip(stats, pairs)]
 
 
 async def _measure(engine, cell, shared: bool, rounds: int, vocab: int, seed: int) -> dict:
-    from service.grouping import GroupScheduler
+    from endorm_server.scoring.grouping import GroupScheduler
 
     g, p, r = cell
     rng = np.random.default_rng(seed)
@@ -116,8 +116,8 @@ async def _measure(engine, cell, shared: bool, rounds: int, vocab: int, seed: in
 
 
 async def run(args) -> dict:
-    from service.config import Settings
-    from service.engine.vllm_engine import VllmEngine
+    from endorm_server.config import Settings
+    from endorm_server.engine.vllm_engine import VllmEngine
 
     model_path, spec = resolve(args.model)
     vocab = int(json.loads((model_path / "config.json").read_text())["vocab_size"])

@@ -104,8 +104,8 @@ def measure_naive(model_path: str, lengths: list[int]) -> list[dict]:
 
 
 def measure_plugin(model_path: str, lengths: list[int], settings_json: str) -> list[dict]:
-    from service.config import Settings
-    from service.engine.vllm_engine import VllmEngine
+    from endorm_server.config import Settings
+    from endorm_server.engine.vllm_engine import VllmEngine
 
     settings = Settings(**json.loads(settings_json))
 

@@ -52,7 +52,8 @@ PRESETS = {
 
 def ensure_model(spec: ModelSpec, cache_dir: Path | str = DEFAULT_CACHE) -> Path:
     """Build the model once under ``cache_dir`` (atomic rename; concurrent callers are safe)."""
-    from service.models.tiny import build_into_place, build_tiny_model, tiny_model_dirname
+    from endorm_server.models.build_cache import build_into_place
+    from tests.tiny_models import build_tiny_model, tiny_model_dirname
 
     # The tiny builder's own name tags the transformers version the files depend on.
     tag = tiny_model_dirname(spec.arch, seed=spec.seed, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,

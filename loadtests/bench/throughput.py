@@ -100,7 +100,7 @@ class InprocDriver(Driver):
         self.engine = None
 
     async def start(self) -> None:
-        from service.engine.vllm_engine import VllmEngine
+        from endorm_server.engine.vllm_engine import VllmEngine
 
         self.engine = VllmEngine(self.settings, self.model_path)
         await self.engine.start()

@@ -24,7 +24,7 @@ from endorm_client.integrations.verl_reward import (  # noqa: E402
     batch_rows,
     decoded_offsets,
 )
-from service.models.default import DEMO_MODEL_DIR  # noqa: E402
+from endorm_server.models.sources import DEMO_MODEL_DIR  # noqa: E402
 from tests.conftest import API_KEY, tiny_model  # noqa: E402
 
 PAD = 0

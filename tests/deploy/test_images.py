@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import build_parser, settings_from_args
+from endorm_server.cli import build_parser, settings_from_args
 from tests.deploy.dockerfiles import Dockerfile, dockerfile_user, parse_dockerfile
 from tests.deploy.kube import DOCKERFILES, REPO, pinned
 
@@ -169,7 +169,7 @@ def test_dockerignore_keeps_the_context_small_and_complete():
     patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     for path in (".venv/bin/python", ".git/HEAD", ".cache/test-models/x.safetensors", "tests/conftest.py",
-                 "service/__pycache__/cli.cpython-311.pyc", "results/bench.json", "endorm_server.egg-info/PKG-INFO"):
+                 "service/endorm_server/__pycache__/cli.cpython-311.pyc", "results/bench.json", "endorm_server.egg-info/PKG-INFO"):
         assert dockerignored(path, patterns), f"{path} would be sent to the Docker build"
     for path in DOCKERFILES.values():
         for args in parse_dockerfile(path).all("COPY"):

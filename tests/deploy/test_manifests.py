@@ -19,10 +19,10 @@ from packaging.version import Version
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cli import build_parser, settings_from_args
-from service.config import Settings
-from service.http.routes import open_router
-from service.metrics import Metrics
+from endorm_server.cli import build_parser, settings_from_args
+from endorm_server.config import Settings
+from endorm_server.http.routes import open_router
+from endorm_server.http.metrics import Metrics
 from tests.deploy.kube import (
     DOCKERFILES,
     GPU_OVERLAYS,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.engine.reference_engine import TransformersEngine
-from service.engine.vllm_engine import VllmEngine
+from endorm_server.engine.reference import TransformersEngine
+from endorm_server.engine.vllm_engine import VllmEngine
 from tests.conftest import engine_settings, tiny_model
 
 _engines: dict[tuple[str, float], VllmEngine] = {}

@@ -1,4 +1,4 @@
-"""The CPU GEMM choice (service/engine/cpu_gemm.py): what ``auto`` picks, that the choice reaches
+"""The CPU GEMM choice (service/endorm_server/engine/vllm_plugin/cpu_gemm.py): what ``auto`` picks, that the choice reaches
 vLLM's linear layers in a real engine, and that both kernels score the same within float32 noise.
 
 The engines here are vLLM's synchronous LLMEngine with the engine core in this process
@@ -12,10 +12,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from service.config import Settings
-from service.engine import cpu_gemm
-from service.engine.cpu_gemm import GEMM_KEY
-from service.engine.vllm_engine import VllmEngine
+from endorm_server.config import Settings
+from endorm_server.engine.vllm_plugin import cpu_gemm
+from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
+from endorm_server.engine.vllm_engine import VllmEngine
 from tests.conftest import engine_settings
 from tests.inprocess_engine import inprocess_engine
 

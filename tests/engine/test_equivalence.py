@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from service import rewards
+from endorm_server.scoring import rewards
 from tests.freeze import processes_frozen
 from tests.conftest import MODEL_VARIANTS
 from tests.engine.conftest import reference_engine

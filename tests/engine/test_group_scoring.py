@@ -1,4 +1,4 @@
-"""Group-aware scoring (service/grouping.py) on the real engine.
+"""Group-aware scoring (service/endorm_server/scoring/grouping.py) on the real engine.
 
 Every case is checked two ways: the per-token rewards, log-probs and V(s_0)
 against the float64 transformers reference (within 1e-4), and against today's
@@ -18,10 +18,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from service import rewards
-from service.engine.base import TokenStats
-from service.grouping import GroupScheduler, ReuseCounters, fill_from_leader
-from service.tokenization import EncodedPair
+from endorm_server.scoring import rewards
+from endorm_server.engine.base import TokenStats
+from endorm_server.scoring.grouping import GroupScheduler, ReuseCounters, fill_from_leader
+from endorm_server.inputs.tokenization import EncodedPair
 from tests.engine.conftest import reference_engine
 
 TOL = 1e-4
@@ -119,7 +119,7 @@ async def test_alpha_half(vllm_engines):
 
 async def test_scorer_scores_a_group_like_the_reference(vllm_engines):
     """The Scorer path (used by /score and /compare) goes through the group scheduler."""
-    from service.scorer import ScoreOptions, Scorer
+    from endorm_server.scoring.scorer import ScoreOptions, Scorer
 
     engine = await vllm_engines("llama")
     pairs = _group(_rng(6), BLOCK, 4)
@@ -167,7 +167,7 @@ def _preemptions() -> float:
 async def tiny_kv_engine():
     """An engine whose KV cache holds 6 blocks; up to 4 prefills advance together (64 tokens each
     per step), so running requests run out of blocks and vLLM preempts them."""
-    from service.engine.vllm_engine import VllmEngine
+    from endorm_server.engine.vllm_engine import VllmEngine
     from tests.conftest import engine_settings, tiny_model
 
     class TinyKv(VllmEngine):

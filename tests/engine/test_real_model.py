@@ -15,17 +15,17 @@ import asyncio
 import numpy as np
 import pytest
 
-from service import rewards
-from service.engine.reference_engine import TransformersEngine
-from service.engine.vllm_engine import VllmEngine
-from service.tokenization import PairEncoder
+from endorm_server.scoring import rewards
+from endorm_server.engine.reference import TransformersEngine
+from endorm_server.engine.vllm_engine import VllmEngine
+from endorm_server.inputs.tokenization import PairEncoder
 from tests.conftest import engine_settings
 from tests.models.real import smollm2_path
 
 TOL = 1e-4  # absolute, on c, v and r (issue 12). Measured on these texts: c 5.9e-5, v 4.9e-5, r 6.1e-5 at
 # most (also with 2 threads and with AVX2 only); a plain float32 transformers forward: 4.9e-5, 4.0e-5, 5.8e-5
 # (scripts/fp32_floor.py). This holds because the engine's float32 default runs the body's matrix products
-# with torch's GEMM (service/engine/cpu_gemm.py): with vLLM's oneDNN, c and v reached 1.008e-4 here.
+# with torch's GEMM (service/endorm_server/engine/vllm_plugin/cpu_gemm.py): with vLLM's oneDNN, c and v reached 1.008e-4 here.
 # On long random-token sequences no float32 engine stays within 1e-4: docs/exactness.md.
 STEP_TOKENS = 128
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from service.scorer import Scorer, ScoreOptions, SequenceTooLongError
-from service.tokenization import PairEncoder
+from endorm_server.scoring.scorer import Scorer, ScoreOptions, SequenceTooLongError
+from endorm_server.inputs.tokenization import PairEncoder
 from tests.conftest import MODEL_CACHE, tiny_model
 from tests.engine.conftest import reference_engine
 
@@ -60,7 +60,7 @@ def test_endorm_score_cli_offline(tmp_path):
     out = tmp_path / "scored.jsonl"
     # The transformers engine keeps this test quick; the vLLM path of the Scorer is tested above.
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "score", str(pairs), "-o", str(out), "--model", str(tiny_model("llama")),
+        [sys.executable, "-m", "endorm_server.cli", "score", str(pairs), "-o", str(out), "--model", str(tiny_model("llama")),
          "--engine", "transformers", "--dtype", "float64", "--cache-dir", str(MODEL_CACHE)],
         capture_output=True, text=True, timeout=300,
     )
@@ -78,7 +78,7 @@ def test_endorm_score_cli_offline(tmp_path):
 def test_endorm_score_cli_rejects_bad_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "chosen": "y"}\n')
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "score", str(bad), "-o", str(tmp_path / "o.jsonl"),
+    proc = subprocess.run([sys.executable, "-m", "endorm_server.cli", "score", str(bad), "-o", str(tmp_path / "o.jsonl"),
                            "--model", str(tiny_model("llama")), "--engine", "transformers"],
                           capture_output=True, text=True, timeout=300)  # a hang guard: slow imports under load
     assert proc.returncode == 2 and "needs 'chosen' and 'rejected'" in proc.stderr

@@ -37,7 +37,7 @@ def _sequences() -> list[list[int]]:
 
 
 def _group_pairs():
-    from service.tokenization import EncodedPair
+    from endorm_server.inputs.tokenization import EncodedPair
 
     rng = np.random.default_rng(77)
     prompt = rng.integers(0, VOCAB, 128).tolist()
@@ -68,7 +68,7 @@ def _child_env() -> dict[str, str]:
 
 
 def test_tp2_matches_float64_reference(tmp_path):
-    from service.models.tiny import ensure_tiny_model
+    from tests.tiny_models import ensure_tiny_model
 
     model_dir = ensure_tiny_model(tmp_path / "models", "llama", vocab_size=VOCAB)
     out = tmp_path / "tp2.json"
@@ -133,7 +133,7 @@ def _run_engine(model_dir: str, out_path: str) -> None:
         gpu_memory_utilization=0.05,
         enforce_eager=True,
     )
-    from service.engine.row_assembly import parse_result
+    from endorm_server.engine.vllm_plugin.row_assembly import parse_result
 
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in _sequences()]
     outs = llm.encode(prompts, pooling_task="token_classify")
@@ -158,8 +158,8 @@ class _LlmEngine:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        from service.engine.base import TokenStats
-        from service.engine.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
+        from endorm_server.engine.base import TokenStats
+        from endorm_server.engine.vllm_plugin.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
 
         params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not read_cache,
                                extra_kwargs={FIRST_KEY: first, EXTRA_KEY: [list(e) for e in extra_targets]})
@@ -170,7 +170,7 @@ class _LlmEngine:
 
 async def _group_stats(llm) -> dict:
     """A group whose prompt is one KV block (128 tokens): siblings hit it and take row P-1 from the leader."""
-    from service.grouping import GroupScheduler
+    from endorm_server.scoring.grouping import GroupScheduler
 
     sched = GroupScheduler(_LlmEngine(llm))
     stats = await sched.stats(_group_pairs())

@@ -12,14 +12,14 @@ import json
 import numpy as np
 import pytest
 
-from service import rewards
-from service.cli import main
-from service.evaluation.backends import Discount, HttpBackend, InProcessBackend
-from service.evaluation.cache import ScoreCache
-from service.evaluation.promptable import (DOMAINS, NO_SYSTEM, RESPONSE_KEYS, build_items, query_major, read_dsp,
+from endorm_server.scoring import rewards
+from endorm_server.cli import main
+from endorm_server.evaluation.backends import Discount, HttpBackend, InProcessBackend
+from endorm_server.evaluation.cache import ScoreCache
+from endorm_server.evaluation.promptable import (DOMAINS, NO_SYSTEM, RESPONSE_KEYS, build_items, query_major, read_dsp,
                                            subset, table)
-from service.evaluation.runner import score_items
-from service.scorer import Scorer, ScoreOptions
+from endorm_server.evaluation.runner import score_items
+from endorm_server.scoring.scorer import Scorer, ScoreOptions
 from tests.conftest import API_KEY, engine_settings, tiny_model
 
 ITEMS = [
@@ -212,7 +212,7 @@ def test_promptable_table_arithmetic(tmp_path):
 
 
 def test_promptable_command_end_to_end(tmp_path):
-    from service.evaluation.promptable import main as promptable_main
+    from endorm_server.evaluation.promptable import main as promptable_main
 
     rows = [{"query": f"Tell me about topic {i}.",
              "responses": {k: f"A {k} answer about topic {i}." for k in RESPONSE_KEYS}} for i in range(4)]

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.config import Settings
-from service.evaluation import demo_task
-from service.evaluation.demo_task import SYSTEM_PROMPTS, Problem, response
-from service.models.default import DEMO_MODEL, DEMO_MODEL_DIR, resolve_model_path
-from service.scorer import Scorer, ScoreOptions
+from endorm_server.config import Settings
+from endorm_server.evaluation import demo_task
+from endorm_server.evaluation.demo_task import SYSTEM_PROMPTS, Problem, response
+from endorm_server.models.sources import DEMO_MODEL, DEMO_MODEL_DIR, resolve_model_path
+from endorm_server.scoring.scorer import Scorer, ScoreOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 

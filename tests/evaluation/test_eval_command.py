@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.evaluation.harness import evaluate, read_preferences
+from endorm_server.cli import main
+from endorm_server.evaluation.harness import evaluate, read_preferences
 from tests.conftest import API_KEY, MODEL_CACHE, tiny_model
 
 RMB_ROWS = [

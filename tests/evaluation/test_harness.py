@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from service.evaluation.harness import (
+from endorm_server.evaluation.harness import (
     accuracy_matrix,
     evaluate,
     is_correct,
@@ -15,8 +15,8 @@ from service.evaluation.harness import (
     read_preferences,
     rm_bench_summary,
 )
-from service.evaluation.report import markdown, to_json, write_png
-from service.evaluation.runner import build_items
+from endorm_server.evaluation.report import markdown, to_json, write_png
+from endorm_server.evaluation.runner import build_items
 
 
 def rmb_row(domain="chat", prompt="p", k=3):

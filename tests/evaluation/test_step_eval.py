@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from service.cli import main
+from endorm_server.cli import main
 from tests.conftest import API_KEY, MODEL_CACHE, tiny_model
 
 ROWS = [

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service.evaluation.demo_task import STYLES, response, sample_problem
-from service.models.default import DEMO_MODEL_DIR
+from endorm_server.evaluation.demo_task import STYLES, response, sample_problem
+from endorm_server.models.sources import DEMO_MODEL_DIR
 from tests.clients.conftest import metric
 from tests.conftest import API_KEY, COMMON
 from tests.server import ServerProcess

@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from service.models.fingerprint import model_fingerprint
+from endorm_server.models.fingerprint import model_fingerprint
 from tests.conftest import COMMON, MODEL_CACHE, tiny_model
 from tests.server import ServerProcess
 

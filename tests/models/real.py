@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from service.models.default import DEFAULT_MODEL, resolve_model_path
+from endorm_server.models.sources import DEFAULT_MODEL, resolve_model_path
 from tests.conftest import MODEL_CACHE
 
 

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from service.models import hashing
-from service.models.fingerprint import model_fingerprint
+from endorm_server.models import hashing
+from endorm_server.models.fingerprint import model_fingerprint
 from tests.conftest import tiny_model
 
 

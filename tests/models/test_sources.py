@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.models.default import DEMO_MODEL, ModelSourceError, resolve_model_path, smollm2_gguf
-from service.models.gguf import CONVERSION_VERSION
-from service.models.hashing import file_sha256
+from endorm_server.models.sources import DEMO_MODEL, ModelSourceError, resolve_model_path, smollm2_gguf
+from endorm_server.models.gguf import CONVERSION_VERSION
+from endorm_server.models.hashing import file_sha256
 from tests.conftest import tiny_model
 from tests.models.gguf_files import shrink_gguf, tiny_gguf, truncated_copy
 
@@ -49,7 +49,7 @@ def concurrent_build(small_gguf, tmp_path_factory):
     name = f"{small_gguf.stem}-{file_sha256(small_gguf)[:16]}-c{CONVERSION_VERSION}"
     lock = cache / "gguf" / f"{name}.lock"
     lock.parent.mkdir(parents=True)
-    code = "import sys; from pathlib import Path; from service.models.default import resolve_model_path; " \
+    code = "import sys; from pathlib import Path; from endorm_server.models.sources import resolve_model_path; " \
            "print(resolve_model_path(sys.argv[1], Path(sys.argv[2])))"
     with lock.open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -154,11 +154,26 @@ def test_bad_checkpoint_directories(tmp_path):
 
 
 def test_short_names():
-    from service.config import Settings
+    from endorm_server.config import Settings
 
     assert Settings().model_name == "smollm2-135m-instruct"
     assert Settings(model=DEMO_MODEL).model_name == DEMO_MODEL
     assert smollm2_gguf().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_missing_demo_weights_are_a_start_error_not_a_stand_in(tmp_path, monkeypatch):
+    """A tree without the bundled demo weights must not serve some other model under the demo's name."""
+    from endorm_server.models import sources
+
+    monkeypatch.setattr(sources, "DEMO_MODEL_DIR", tmp_path / "demo")
+    with pytest.raises(ModelSourceError, match="demo weights are missing"):
+        resolve_model_path(DEMO_MODEL, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # nothing was built in its place
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "config.json").write_text("{}")
+    (tmp_path / "demo" / "model.safetensors").write_bytes(b"\x08")  # cut off
+    with pytest.raises(ModelSourceError, match="not a valid safetensors"):
+        resolve_model_path(DEMO_MODEL, tmp_path / "cache")
 
 
 @pytest.mark.parametrize("command", ["serve", "score", "eval"])
@@ -167,7 +182,7 @@ def test_cli_refuses_a_truncated_model_at_start(small_gguf, tmp_path, command):
     cache = tmp_path / "cache"
     args = {"serve": ["--port", "0"], "score": [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")],
             "eval": [str(tmp_path / "in.jsonl")]}[command]
-    proc = subprocess.run([sys.executable, "-m", "service.cli", command, *args, "--model", str(bad),
+    proc = subprocess.run([sys.executable, "-m", "endorm_server.cli", command, *args, "--model", str(bad),
                            "--cache-dir", str(cache)], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert f"endorm {command}: error: model file" in proc.stderr and "truncated" in proc.stderr

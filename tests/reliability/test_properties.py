@@ -8,7 +8,7 @@ import pydantic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.http.schemas import CompareRequest, ScoreRequest
+from endorm_server.http.schemas import CompareRequest, ScoreRequest
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from starlette.testclient import TestClient
 
-from service.config import Settings
-from service.http.app import create_app
+from endorm_server.config import Settings
+from endorm_server.http.app import create_app
 from tests.conftest import API_KEY, tiny_model
 from tests.http.conftest import assert_error
 

@@ -29,7 +29,7 @@ def tiny_model_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_cache):
     """Factory: ``tiny_model("qwen2", **build_kwargs) -> Path`` (built once, then reused)."""
-    from service.models.tiny import ensure_tiny_model
+    from tests.tiny_models import ensure_tiny_model
 
     def make(arch: str = "llama", **kw) -> Path:
         return ensure_tiny_model(tiny_model_cache, arch, **kw)

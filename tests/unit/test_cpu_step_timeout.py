@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.engine import vllm_engine
-from service.engine.vllm_engine import CPU_STEP_TIMEOUT_ENV, CPU_STEP_TIMEOUT_S, VllmEngine
+from endorm_server.engine import vllm_engine
+from endorm_server.engine.vllm_engine import CPU_STEP_TIMEOUT_ENV, CPU_STEP_TIMEOUT_S, VllmEngine
 from tests.conftest import engine_settings
 
 

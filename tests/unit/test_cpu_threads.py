@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from service.engine import cpu_threads
-from service.engine.cpu_threads import ALL_CORES_ENV, BIND_ENV, RESERVED_ENV, cpu_list, default_binding
+from endorm_server.engine import cpu_threads
+from endorm_server.engine.cpu_threads import ALL_CORES_ENV, BIND_ENV, RESERVED_ENV, cpu_list, default_binding
 
 
 def test_cpu_list_syntax():

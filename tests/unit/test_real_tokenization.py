@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.tokenization import PairEncoder
+from endorm_server.inputs.tokenization import PairEncoder
 from tests.models.real import smollm2_path
 
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

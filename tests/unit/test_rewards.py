@@ -1,4 +1,4 @@
-"""Unit tests for service/rewards.py against a slow, obvious reference (DESIGN.md section 1)."""
+"""Unit tests for service/endorm_server/scoring/rewards.py against a slow, obvious reference (DESIGN.md section 1)."""
 
 import math
 import warnings
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from service.rewards import (
+from endorm_server.scoring.rewards import (
     AGGREGATIONS,
     TERMINALS,
     RewardInputError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from service.engine.row_assembly import RowAssembly, parse_result
+from endorm_server.engine.vllm_plugin.row_assembly import RowAssembly, parse_result
 
 
 def _rows(a: int, b: int, tag: float = 0.0) -> torch.Tensor:

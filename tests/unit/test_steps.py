@@ -1,4 +1,4 @@
-"""Steps (service/steps.py) and character offsets (service/offsets.py): the boundary rules."""
+"""Steps (service/endorm_server/scoring/steps.py) and character offsets (service/endorm_server/inputs/offsets.py): the boundary rules."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from service import steps as st
-from service.models.default import DEMO_MODEL_DIR
-from service.offsets import response_offsets
-from service.step_inputs import encode_with_steps
-from service.tokenization import InputError, PairEncoder
+from endorm_server.scoring import steps as st
+from endorm_server.models.sources import DEMO_MODEL_DIR
+from endorm_server.inputs.offsets import response_offsets
+from endorm_server.inputs.step_inputs import encode_with_steps
+from endorm_server.inputs.tokenization import InputError, PairEncoder
 from tests.conftest import tiny_model
 
 ANSWER = "Step 1: 2+3 = 5.\n\nStep 2: é so 5×2=10.\n\nAnswer: 10"

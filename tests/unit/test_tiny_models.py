@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.models.tiny import (
+from tests.tiny_models import (
     ARCHS,
     BOS_ARCHS,
     build_tiny_model,

@@ -1,4 +1,4 @@
-"""service.tokenization: exact prompt/response token ids for the three input forms.
+"""endorm_server.inputs.tokenization: exact prompt/response token ids for the three input forms.
 
 Two tiny tokenizers cover both conventions: llama (GPT-2 byte-level regex, prepends
 BOS, chat template starts with BOS) and qwen2 (Qwen2 regex, digits split, no BOS).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.tokenization import EncodedPair, InputError, PairEncoder
+from endorm_server.inputs.tokenization import EncodedPair, InputError, PairEncoder
 
 ARCHS = ("llama", "qwen2")
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from service.engine.token_stats import chunked_token_stats
+from endorm_server.engine.vllm_plugin.chunked_stats import chunked_token_stats
 from tests.server import free_port
 
 WORLD = 2
