@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 EXTRAS="${1:-cpu,dev}"
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# Before the package moved under service/, setuptools wrote its metadata at the top level;
+# a stale copy there shadows the real entry points (vLLM would load a plugin that no longer exists).
+rm -rf endorm_server.egg-info
 stamp=".venv/.endorm-installed-$(cat pyproject.toml clients/pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip

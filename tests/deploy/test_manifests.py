@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from endorm_server.cli import build_parser, settings_from_args
 from endorm_server.config import Settings
-from endorm_server.http.routes import open_router
+from endorm_server.http.routes.meta import open_router
 from endorm_server.http.metrics import Metrics
 from tests.deploy.kube import (
     DOCKERFILES,

@@ -14,8 +14,7 @@ from endorm_server.http.admission import AdmissionController
 from endorm_server.config import Settings
 from endorm_server.http.errors import install_error_handlers
 from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware
-from endorm_server.http.integrations import router as integrations_router
-from endorm_server.http.routes import open_router, scoring_router
+from endorm_server.http.routes import ROUTERS
 from endorm_server.http.state import ServiceState
 from endorm_server.http.metrics import Metrics
 from endorm_server.http.reuse_metrics import ReuseCollector
@@ -83,9 +82,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     )
     app.state.service = state
     install_error_handlers(app, settings.retry_after_s)
-    app.include_router(open_router)
-    app.include_router(scoring_router)
-    app.include_router(integrations_router)
+    for router in ROUTERS:
+        app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
