@@ -111,3 +111,63 @@ async def test_cancelled_waiters_never_leave_the_lock_held():
         for t in tasks:
             assert t.cancelled() or t.exception() is None or isinstance(t.exception(), Overloaded), t.exception()
         assert not ac._changed.locked() and ac.requests == 0 and ac.waiting == 0 and ac.tokens == 0
+
+
+async def test_admission_is_first_come_first_served():
+    """A small request that would fit does not pass a large one already waiting (issue 19):
+    with the old check, a stream of small requests kept a GRPO batch waiting until its 429."""
+    ac = AdmissionController(max_tokens=100, max_wait_s=600)
+    order: list[str] = []
+    release = {name: asyncio.Event() for name in ("holder", "big", "small")}
+
+    async def request(name: str, tokens: int) -> None:
+        async with ac.admit(tokens):
+            order.append(name)
+            await release[name].wait()
+
+    holder = asyncio.ensure_future(request("holder", 60))
+    await _until(lambda: order == ["holder"])
+    big = asyncio.ensure_future(request("big", 80))  # does not fit beside the holder: waits
+    await _until(lambda: ac.waiting == 1)
+    small = asyncio.ensure_future(request("small", 30))  # would fit beside the holder, but big came first
+    await _until(lambda: ac.waiting == 2)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert order == ["holder"] and ac.tokens == 60
+    release["holder"].set()
+    await _until(lambda: order == ["holder", "big"])
+    assert ac.waiting == 1 and ac.tokens == 80  # small (30) does not fit beside big (80): still in line
+    release["big"].set()
+    await _until(lambda: order == ["holder", "big", "small"])
+    release["small"].set()
+    await asyncio.gather(holder, big, small)
+    assert ac.tokens == 0 and ac.requests == 0 and ac.waiting == 0
+
+
+async def test_a_waiter_that_gives_up_lets_the_next_in_line_go():
+    """The head of the queue leaving (timeout, client gone) must not block those behind it."""
+    ac = AdmissionController(max_tokens=100, max_wait_s=600)
+    admitted: list[str] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with ac.admit(90):
+            await release.wait()
+
+    async def waiter(name: str, tokens: int) -> None:
+        async with ac.admit(tokens):
+            admitted.append(name)
+
+    h = asyncio.ensure_future(holder())
+    await _until(lambda: ac.requests == 1)
+    head = asyncio.ensure_future(waiter("head", 50))
+    await _until(lambda: ac.waiting == 1)
+    behind = asyncio.ensure_future(waiter("behind", 10))  # fits beside the holder, but head is first
+    await _until(lambda: ac.waiting == 2)
+    assert admitted == []
+    head.cancel()
+    await asyncio.gather(head, return_exceptions=True)
+    await _until(lambda: admitted == ["behind"])  # next in line, and it fits: admitted at once
+    release.set()
+    await asyncio.gather(h, behind)
+    assert ac.tokens == 0 and ac.requests == 0 and ac.waiting == 0
