@@ -24,7 +24,10 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="Name reported in responses; default: the model path's name")
     engine: Literal["vllm", "transformers"] = Field("vllm", description="vllm (default) or the transformers fallback")
     alpha: float = Field(1.0, gt=0, description="Entropy coefficient alpha of the soft Bellman operator")
-    dtype: str = Field("auto", description="Model dtype: auto, float32, bfloat16, float16 (transformers: also float64)")
+    dtype: str = Field(
+        "auto", description="Compute dtype: auto, float32, bfloat16, float16 (transformers: also float64). auto: the "
+        "fastest this device computes natively (CPU: bfloat16 with AMX-BF16 / AVX512-BF16, else float32; GPU: the "
+        "checkpoint's, bfloat16 for float32 checkpoints where supported; transformers engine: float64)")
     max_model_len: int | None = Field(None, gt=1, description="Longest prompt+response in tokens")
     max_num_batched_tokens: int = Field(8192, gt=0, description="Engine step token budget (chunked prefill above it)")
     max_num_seqs: int = Field(256, gt=0, description="Most sequences in one engine step")

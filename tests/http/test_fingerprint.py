@@ -1,5 +1,5 @@
 """system_fingerprint over HTTP: on /v1/models, every scoring route and endorm_model_info;
-the same after a restart with the same settings, another one with another alpha."""
+the value of (files, alpha, resolved dtype, engine), another one with another alpha or engine."""
 
 from __future__ import annotations
 
@@ -32,14 +32,16 @@ def _fingerprints(client: httpx.Client) -> dict[str, str]:
 
 def test_every_response_carries_the_fingerprint(client):
     got = _fingerprints(client)
+    assert client.get("/v1/models").json()["data"][0]["dtype"] == "float32"
     expected = model_fingerprint(tiny_model("llama"), 1.0, dtype="float32")  # the shared server runs --dtype float32
     assert got == dict.fromkeys(got, expected)
 
 
-@pytest.mark.parametrize("alpha, same", [("1.0", True), ("0.5", False)])
-def test_restart_same_settings_same_fingerprint(server, tmp_path, alpha, same):
-    """A second server on the same model (transformers engine: the fingerprint names the reward,
-    not the engine) has the shared server's value with the same alpha, another with alpha 0.5."""
+@pytest.mark.parametrize("alpha", ["1.0", "0.5"])
+def test_another_server_fingerprint_names_alpha_dtype_and_engine(server, tmp_path, alpha):
+    """A second server on the same model with the transformers engine (float32, as the shared vLLM server):
+    every route gives the value computed from (files, alpha, dtype, engine), which is not the vLLM server's
+    (another engine computes other rewards at the float32 rounding level), and changes with alpha."""
     with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer test-key-0123456789"}, timeout=60) as c:
         first = c.get("/v1/models").json()["data"][0]["system_fingerprint"]
     other = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, "--engine", "transformers", "--alpha", alpha,
@@ -49,5 +51,7 @@ def test_restart_same_settings_same_fingerprint(server, tmp_path, alpha, same):
             got = _fingerprints(c)
     finally:
         other.stop()
-    assert len(set(got.values())) == 1
-    assert (got["models"] == first) is same
+    expected = model_fingerprint(tiny_model("llama"), float(alpha), dtype="float32", engine="transformers")
+    assert got == dict.fromkeys(got, expected)
+    assert expected != first
+    assert first == model_fingerprint(tiny_model("llama"), 1.0, dtype="float32", engine="vllm")

@@ -38,6 +38,9 @@ def test_alpha_weights_config_tokenizer_and_template_change_it(model, tmp_path):
     base = model_fingerprint(model, 1.0, tmp_path)
     assert model_fingerprint(model, 0.5, tmp_path) != base
     assert model_fingerprint(model, 1.0, tmp_path, dtype="bfloat16") != base  # the compute dtype changes rewards
+    assert model_fingerprint(model, 1.0, tmp_path, engine="transformers") != base  # so does the engine
+    with pytest.raises(ValueError, match="resolved dtype"):  # 'auto' means different dtypes on different machines
+        model_fingerprint(model, 1.0, tmp_path, dtype="auto")
     seen = {base, model_fingerprint(model, 0.5, tmp_path)}
     weights = bytearray((model / "model.safetensors").read_bytes())
     weights[-1] ^= 1  # one bit of one weight

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from endorm_server.engine.dtype import DtypeChoice
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class EngineInfo:
     max_model_len: int
     alpha: float
     vocab_size: int
+    dtype: str = "float32"  # the resolved compute dtype (service/endorm_server/engine/dtype.py)
 
 
 def check_token_ids(token_ids: Sequence[int], vocab_size: int) -> None:
@@ -48,6 +52,7 @@ class EngineError(RuntimeError):
 
 class TokenStatsEngine(Protocol):
     info: EngineInfo
+    dtype_choice: "DtypeChoice"  # the resolved compute dtype and why, known before start()
 
     async def start(self) -> None:
         """Load the model and warm up; returns when requests are fast."""

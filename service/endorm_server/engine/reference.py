@@ -16,6 +16,7 @@ import torch
 
 from endorm_server.config import Settings
 from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
+from endorm_server.engine.dtype import resolve_dtype
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,6 +39,7 @@ class TransformersEngine:
         self._lock = threading.Lock()
         self._unfinished = 0
         self.info: EngineInfo | None = None
+        self.dtype_choice = resolve_dtype(settings.dtype, device="cpu", engine="transformers")  # auto: float64
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -45,7 +47,7 @@ class TransformersEngine:
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        dtype = _DTYPES.get(self.settings.dtype, torch.float64)
+        dtype = _DTYPES[self.dtype_choice.dtype]
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=dtype, trust_remote_code=self.settings.trust_remote_code
         )
@@ -59,6 +61,7 @@ class TransformersEngine:
             max_model_len=max_len,
             alpha=self.settings.alpha,
             vocab_size=int(config.vocab_size),
+            dtype=self.dtype_choice.dtype,
         )
 
     def forward_stats(self, token_ids: Sequence[int]) -> TokenStats:

@@ -19,6 +19,7 @@ import numpy as np
 from endorm_server.config import Settings
 from endorm_server.engine import cpu_threads
 from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
+from endorm_server.engine.dtype import DtypeChoice, machine_dtype
 from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
 from endorm_server.engine.vllm_plugin.plugin import reward_architecture
 from endorm_server.engine.vllm_plugin.reward_models import ALPHA_KEY, CHUNK_KEY
@@ -69,6 +70,8 @@ class VllmEngine:
         self._engine = None
         self._ids = itertools.count()
         self.info: EngineInfo | None = None  # set by start()
+        # --dtype auto resolved from this device (never vLLM's own auto: float16 on CPU)
+        self.dtype_choice: DtypeChoice = machine_dtype(settings.dtype, model_path, "vllm")
 
     def engine_args(self):
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -85,7 +88,7 @@ class VllmEngine:
             model=self.model_path,
             runner="pooling",
             skip_tokenizer_init=True,  # the service tokenizes; the engine sees ids only
-            dtype=s.dtype,
+            dtype=self.dtype_choice.dtype,
             max_model_len=s.max_model_len,
             max_num_batched_tokens=s.max_num_batched_tokens,
             max_num_seqs=min(s.max_num_seqs, s.max_num_batched_tokens),  # vLLM requires seqs <= tokens
@@ -114,6 +117,7 @@ class VllmEngine:
             max_model_len=int(model_config.max_model_len),
             alpha=self.settings.alpha,
             vocab_size=int(model_config.get_vocab_size()),
+            dtype=str(model_config.dtype).removeprefix("torch."),
         )
         await self.warm_up()
 

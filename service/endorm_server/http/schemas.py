@@ -244,6 +244,7 @@ class ModelCard(BaseModel):
     alpha: float
     engine: str
     vocab_size: int
+    dtype: str | None = Field(None, description="The dtype the engine computes in (--dtype auto resolved for this device)")
     system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
 
 

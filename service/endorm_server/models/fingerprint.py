@@ -2,7 +2,8 @@
 
 A trainer logs it beside every reward and can pin it: two servers give the same value
 exactly when they load byte-identical weights, config, tokenizer and chat template and
-run with the same alpha (the reward r = Q - V depends on all of them). Named like
+run with the same alpha, the same resolved compute dtype and the same engine (the reward
+r = Q - V depends on all of them). Named like
 OpenAI's ``system_fingerprint``, and shaped like it: ``fp_`` + 16 hex digits.
 
 It hashes files, not tensors, so it is cheap; the SHA-256 of a big weights file is
@@ -36,9 +37,15 @@ FINGERPRINT_PATTERNS = (
 )
 
 
-def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | None = None, dtype: str = "auto") -> str:
-    """``fp_`` + 16 hex digits of SHA-256 over the model's reward-relevant files, alpha and the compute dtype
-    (bfloat16 and float32 give different rewards from the same weights)."""
+def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | None = None, dtype: str = "float32",
+                      engine: str = "vllm") -> str:
+    """``fp_`` + 16 hex digits of SHA-256 over the model's reward-relevant files, alpha, the resolved compute
+    dtype and the engine (bfloat16 and float32 give different rewards from the same weights, and so do vLLM's
+    kernels and the float64 transformers reference). ``dtype`` is what the engine computes in, never ``auto``:
+    ``auto`` resolves per machine (service/endorm_server/engine/dtype.py), so hashing the word would give one
+    value to different rewards and two values to the same one."""
+    if dtype == "auto":
+        raise ValueError("model_fingerprint needs the resolved dtype, not 'auto'")
     path = Path(model_path)
     files: dict[str, str] = {}
     if path.is_dir():
@@ -48,5 +55,5 @@ def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | No
                     files[f.name] = cached_file_sha256(f, cache_dir)
     else:  # a hub id the engine resolves itself: only its name is known here
         files["hub-id"] = str(model_path)
-    payload = json.dumps({"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype)}, sort_keys=True)
+    payload = json.dumps({"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype), "engine": str(engine)}, sort_keys=True)
     return "fp_" + hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -65,7 +65,7 @@ class Scorer:
         self.encoder = encoder
         self.model_name = model_name
         self.groups = GroupScheduler(engine)  # shared prompts computed once (service/endorm_server/scoring/grouping.py)
-        # weights + config + tokenizer + chat template + alpha (service/endorm_server/models/fingerprint.py)
+        # weights + config + tokenizer + chat template + alpha + dtype + engine (service/endorm_server/models/fingerprint.py)
         self.system_fingerprint = system_fingerprint
 
     @classmethod
@@ -74,11 +74,14 @@ class Scorer:
         from transformers import AutoTokenizer
 
         path = await asyncio.to_thread(resolve_model_path, settings.model, settings.cache_dir)
-        fingerprint = await asyncio.to_thread(model_fingerprint, path, settings.alpha, settings.cache_dir, settings.dtype)
+        engine = create_engine(settings, path)  # resolves --dtype auto for this device (engine/dtype.py)
+        choice = engine.dtype_choice
+        log.info("compute dtype %s: %s (--dtype %s)", choice.dtype, choice.reason, settings.dtype)
+        fingerprint = await asyncio.to_thread(model_fingerprint, path, settings.alpha, settings.cache_dir,
+                                              choice.dtype, settings.engine)
         tokenizer = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
         )
-        engine = create_engine(settings, path)
         await engine.start()
         encoder = PairEncoder(tokenizer, vocab_size=engine.info.vocab_size)
         log.info("engine ready: %s, system_fingerprint %s", engine.info, fingerprint)

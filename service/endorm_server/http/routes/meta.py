@@ -20,7 +20,7 @@ async def models(request: Request):
     scorer = pipeline.ready_scorer(pipeline.service_state(request), request)
     info = scorer.info
     return ModelList(data=[ModelCard(id=scorer.model_name, max_model_len=info.max_model_len, alpha=info.alpha,
-                                     engine=info.name, vocab_size=info.vocab_size,
+                                     engine=info.name, vocab_size=info.vocab_size, dtype=info.dtype,
                                      system_fingerprint=scorer.system_fingerprint)])
 
 
