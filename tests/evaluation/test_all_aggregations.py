@@ -67,9 +67,9 @@ def test_all_aggregations_come_from_one_pass_and_match_single_requests(scorer):
     loop, s = scorer
     backend = InProcessBackend(s, DISCOUNT)
     s.passes = 0
-    got = loop.run_until_complete(backend.score(ITEMS, rewards.AGGREGATIONS))
+    got = loop.run_until_complete(backend.score(ITEMS, rewards.TOKEN_AGGREGATIONS))
     assert s.passes == len(ITEMS)  # one forward pass per response for all five aggregations
-    for agg in rewards.AGGREGATIONS:
+    for agg in rewards.TOKEN_AGGREGATIONS:
         one = loop.run_until_complete(s.score(ITEMS, ScoreOptions(aggregation=agg, gamma=0.9, beta=0.1)))
         np.testing.assert_allclose(got[agg], [x.score for x in one], rtol=0, atol=1e-12)
     # the discount is used: gamma 0.9 differs from the plain sum for responses longer than one token
@@ -82,7 +82,7 @@ def test_interrupted_run_resumes_from_the_cache(scorer, tmp_path):
     path = tmp_path / "scores.jsonl"
     config = {"model": s.model_name, "gamma": 0.9, "beta": 0.1}
     s.passes = 0
-    full = loop.run_until_complete(score_items(backend, ITEMS, rewards.AGGREGATIONS, batch_size=2,
+    full = loop.run_until_complete(score_items(backend, ITEMS, rewards.TOKEN_AGGREGATIONS, batch_size=2,
                                                cache=ScoreCache(path, config)))
     assert s.passes == len(ITEMS) and len(path.read_text().splitlines()) == len(ITEMS)
 
@@ -92,9 +92,9 @@ def test_interrupted_run_resumes_from_the_cache(scorer, tmp_path):
     cache = ScoreCache(path, config)
     assert len(cache) == 2 and cache.ignored_lines == 1
     s.passes = 0
-    again = loop.run_until_complete(score_items(backend, ITEMS, rewards.AGGREGATIONS, batch_size=2, cache=cache))
+    again = loop.run_until_complete(score_items(backend, ITEMS, rewards.TOKEN_AGGREGATIONS, batch_size=2, cache=cache))
     assert s.passes == len(ITEMS) - 2  # only the missing ones are scored
-    for agg in rewards.AGGREGATIONS:
+    for agg in rewards.TOKEN_AGGREGATIONS:
         np.testing.assert_allclose(again[agg], full[agg], rtol=0, atol=1e-12)
     assert len(ScoreCache(path, config)) == len(ITEMS)  # the torn line did not swallow the next one
 
@@ -113,7 +113,7 @@ def test_eval_all_writes_every_aggregation_and_resumes(tmp_path, capsys):
             "--no-progress", "-o", str(tmp_path / "out"), "--aggregation", "all", "--gamma", "0.9"]
     assert main(args) == 0
     report = json.loads((tmp_path / "out" / "rmb.json").read_text())
-    assert list(report["results"]) == list(rewards.AGGREGATIONS) and report["gamma"] == 0.9
+    assert list(report["results"]) == list(rewards.TOKEN_AGGREGATIONS) and report["gamma"] == 0.9
     cache = tmp_path / "out" / "rmb.scores.jsonl"
     assert len(cache.read_text().splitlines()) == 8
     capsys.readouterr()
@@ -131,8 +131,8 @@ def test_score_all_reports_every_aggregation(tmp_path):
     common = ["--engine", "transformers", "--model", str(tiny_model("llama")), "--dtype", "float32"]
     assert main(["score", str(pairs), "-o", str(out), "--aggregation", "all", "--gamma", "0.9", *common]) == 0
     row = json.loads(out.read_text())
-    assert set(row["chosen_score"]) == set(rewards.AGGREGATIONS)
-    for agg in rewards.AGGREGATIONS:
+    assert set(row["chosen_score"]) == set(rewards.TOKEN_AGGREGATIONS)
+    for agg in rewards.TOKEN_AGGREGATIONS:
         assert row["margin"][agg] == pytest.approx(row["chosen_score"][agg] - row["rejected_score"][agg])
         assert row["correct"][agg] == (row["chosen_score"][agg] > row["rejected_score"][agg])
     single = tmp_path / "single.jsonl"
@@ -156,7 +156,7 @@ def test_http_backend_scores_every_aggregation_in_one_request(server):
     async def go():
         backend = await HttpBackend(server.url, client=client, discount=DISCOUNT).start()
         try:
-            return await backend.score(ITEMS, rewards.AGGREGATIONS)
+            return await backend.score(ITEMS, rewards.TOKEN_AGGREGATIONS)
         finally:
             await backend.close()
 
@@ -167,12 +167,12 @@ def test_http_backend_scores_every_aggregation_in_one_request(server):
     async def local():
         s = await Scorer.start(settings)
         try:
-            return await InProcessBackend(s, DISCOUNT).score(ITEMS, rewards.AGGREGATIONS)
+            return await InProcessBackend(s, DISCOUNT).score(ITEMS, rewards.TOKEN_AGGREGATIONS)
         finally:
             await s.shutdown()
 
     ref = asyncio.run(local())
-    for agg in rewards.AGGREGATIONS:
+    for agg in rewards.TOKEN_AGGREGATIONS:
         np.testing.assert_allclose(remote[agg], ref[agg], atol=2e-3)
 
 
@@ -223,7 +223,7 @@ def test_promptable_command_end_to_end(tmp_path):
                             "--no-progress", "-o", str(out)]) == 0
     report = json.loads((out / "dsp-promptable.json").read_text())
     assert report["queries"] == 3 and len(report["query_indices"]) == 3
-    assert set(report["tables"]) == set(rewards.AGGREGATIONS)
+    assert set(report["tables"]) == set(rewards.TOKEN_AGGREGATIONS)
     for agg, t in report["tables"].items():
         assert list(t) == [*DOMAINS, NO_SYSTEM]
         again = table(np.asarray(report["scores"][agg]).ravel(), 3, list(t))

@@ -9,15 +9,13 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from endorm_server.scoring.rewards import (
-    AGGREGATIONS,
+    TOKEN_AGGREGATIONS as AGGREGATIONS,
     TERMINALS,
     RewardInputError,
-    TokenRewards,
     aggregate,
     discount_weights,
     preference_probabilities,
     ranking,
-    score_many,
     token_rewards,
 )
 
@@ -257,9 +255,6 @@ def test_bad_aggregation():
     with pytest.raises(RewardInputError) as e:
         aggregate(tr, "max")
     assert e.value.param == "aggregation"
-    with pytest.raises(RewardInputError) as e:
-        score_many([(*_cv(), 2)], "max")
-    assert e.value.param == "aggregation"
 
 
 # -----------------------------------------------------------------------------
@@ -294,68 +289,8 @@ def test_aggregations_against_loops():
         assert type(aggregate(tr, agg)) is float
 
 
-def test_score_many_matches_single():
-    rng = np.random.default_rng(9)
-    items = []
-    for N, P in [(8, 3), (5, 4), (20, 1)]:
-        logits, tokens = make_case(rng, N)
-        items.append((*engine_stats(logits, tokens, 0.5), P))
-    for agg in AGGREGATIONS:
-        got = score_many(items, agg, alpha=0.5, terminal="bootstrap", gamma=0.9, beta=0.1)
-        want = [aggregate(token_rewards(c, v, P, alpha=0.5, terminal="bootstrap"), agg, gamma=0.9, beta=0.1)
-                for c, v, P in items]
-        np.testing.assert_array_equal(got, want)
-    assert score_many([]).shape == (0,)
-
-
-def test_token_rewards_is_frozen():
-    tr = TokenRewards(np.zeros(2), np.zeros(2), 0.0)
-    with pytest.raises(AttributeError):
-        tr.v0 = 1.0  # type: ignore[misc]
-    assert tr == tr and hash(tr) == hash(tr)
-
-
-# -----------------------------------------------------------------------------
-# Bradley-Terry preferences and ranking
-
-def test_preference_probabilities_basic():
-    R = [1.0, 0.0, -2.0, 1.0]
-    P = preference_probabilities(R)
-    assert P.shape == (4, 4) and P.dtype == np.float64
-    np.testing.assert_array_equal(np.diag(P), 0.5)
-    np.testing.assert_allclose(P + P.T, 1.0, rtol=0, atol=1e-15)
-    assert P[0, 1] == pytest.approx(1 / (1 + math.exp(-1.0)), rel=1e-15)
-    assert P[1, 2] == pytest.approx(1 / (1 + math.exp(-2.0)), rel=1e-15)
-    assert P[0, 3] == 0.5  # tie
-    assert preference_probabilities([]).shape == (0, 0)
-    np.testing.assert_array_equal(preference_probabilities([3.0]), [[0.5]])
-
-
-def test_preference_probabilities_huge_differences():
-    R = [1e308, -1e308, 0.0, 800.0, -800.0, 40.0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # any overflow/invalid RuntimeWarning fails the test
-        P = preference_probabilities(R)
-    assert np.all(np.isfinite(P)) and np.all((P >= 0) & (P <= 1))
-    assert P[0, 1] == 1.0 and P[1, 0] == 0.0
-    assert P[3, 4] == 1.0 and P[4, 3] == 0.0
-    assert P[2, 5] == pytest.approx(math.exp(-40.0) / (1 + math.exp(-40.0)), rel=1e-12)  # small side accurate
-    np.testing.assert_allclose(P + P.T, 1.0, rtol=0, atol=1e-15)
-
-
-def test_ranking():
-    assert ranking([0.1, 3.0, -1.0, 2.0]) == [1, 3, 0, 2]
-    assert ranking([1.0, 2.0, 1.0, 2.0, 0.0]) == [1, 3, 0, 2, 4]  # ties keep input order
-    R = np.random.default_rng(2).integers(0, 3, size=500).astype(float)  # many ties, long enough for quicksort
-    assert ranking(R) == sorted(range(500), key=lambda i: -R[i])  # Python's sort is stable
-    assert ranking([]) == []
-    assert all(type(i) is int for i in ranking([2.0, 1.0]))
-    with pytest.raises(RewardInputError) as e:
-        ranking([1.0, math.nan])
-    assert e.value.param == "scores"
-    with pytest.raises(RewardInputError) as e:
-        preference_probabilities([[1.0, 2.0]])
-    assert e.value.param == "scores"
+def _scores(items, aggregation, alpha=1.0):
+    return [aggregate(token_rewards(c, v, P, alpha=alpha), aggregation) for c, v, P in items]
 
 
 def test_sum_ranks_like_loglik_for_same_prompt():
@@ -369,7 +304,7 @@ def test_sum_ranks_like_loglik_for_same_prompt():
         logits = np.vstack([prompt_logits, rng.normal(0, 3, size=(H, VOCAB))])
         tokens = np.concatenate([prompt_tokens, rng.integers(0, VOCAB, size=H)])
         items.append((*engine_stats(logits, tokens, alpha), P))
-    assert ranking(score_many(items, "sum", alpha=alpha)) == ranking(score_many(items, "loglik_sum", alpha=alpha))
+    assert ranking(_scores(items, "sum", alpha)) == ranking(_scores(items, "loglik_sum", alpha))
 
 
 # -----------------------------------------------------------------------------
@@ -431,19 +366,3 @@ def test_preferences_and_ranking_permute(scores, data):
     # ranking of the permuted scores is the same ordering of the same items (up to ties)
     rkp = [perm[i] for i in ranking(R[perm])]
     np.testing.assert_array_equal(R[rkp], R[rk])
-
-
-@settings(max_examples=30, deadline=None)
-@given(data=st.data(), n=st.integers(1, 5), agg=st.sampled_from(AGGREGATIONS), terminal=st.sampled_from(TERMINALS))
-def test_score_many_permutes(data, n, agg, terminal):
-    seed = data.draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    items = []
-    for _ in range(n):
-        N = int(rng.integers(2, 10))
-        logits, tokens = make_case(rng, N)
-        items.append((*engine_stats(logits, tokens, 1.0), int(rng.integers(1, N))))
-    perm = data.draw(st.permutations(range(n)))
-    s = score_many(items, agg, terminal=terminal, gamma=0.95)
-    sp = score_many([items[i] for i in perm], agg, terminal=terminal, gamma=0.95)
-    np.testing.assert_array_equal(sp, s[perm])

@@ -16,7 +16,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-AGGREGATIONS = ("sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last")
+from endorm_server.scoring.aggregations import AGGREGATIONS
 
 
 def expand_aggregations(chosen: list[str] | None, *, with_steps: bool = False) -> list[str]:

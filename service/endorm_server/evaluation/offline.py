@@ -22,7 +22,8 @@ from tqdm import tqdm
 from endorm_server.scoring import rewards
 from endorm_server.config import Settings
 from endorm_server.scoring.scorer import Scorer, ScoreOptions
-from endorm_server.scoring.steps import STEP_AGGREGATIONS, aggregate_steps, split_on_separator
+from endorm_server.scoring.aggregations import STEP_AGGREGATIONS, TOKEN_AGGREGATIONS
+from endorm_server.scoring.steps import aggregate_steps, split_on_separator
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids", "system")
 
@@ -52,7 +53,7 @@ def _scores(item, options: ScoreOptions, every: bool) -> float | dict[str, float
     if not every:
         return item.score
     out = {a: rewards.aggregate(item.token_rewards, a, gamma=options.gamma, beta=options.beta)
-           for a in rewards.AGGREGATIONS}
+           for a in TOKEN_AGGREGATIONS}
     if item.steps is not None:
         out.update({a: aggregate_steps(item.steps, a) for a in STEP_AGGREGATIONS})
     return out

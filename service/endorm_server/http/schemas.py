@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
-Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last"]
-Terminal = Literal["zero", "bootstrap"]
+from endorm_server.scoring.aggregations import Aggregation, Terminal
+
 
 _STRICT = ConfigDict(extra="forbid")
 

@@ -23,14 +23,11 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
-Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean"]
-Terminal = Literal["zero", "bootstrap"]
-AGGREGATIONS: tuple[str, ...] = ("sum", "mean", "discounted", "loglik_sum", "loglik_mean")
-TERMINALS: tuple[str, ...] = ("zero", "bootstrap")
+from endorm_server.scoring.aggregations import TERMINALS, TOKEN_AGGREGATIONS, Terminal, TokenAggregation
 
 
 class RewardInputError(ValueError):
@@ -146,7 +143,7 @@ def discount_weights(H: int, gamma: float, beta: float) -> np.ndarray:
     return np.maximum(np.power(gamma, np.arange(H, dtype=np.float64)), beta)
 
 
-def aggregate(tr: TokenRewards, aggregation: Aggregation = "sum", *,
+def aggregate(tr: TokenRewards, aggregation: TokenAggregation = "sum", *,
               gamma: float = 1.0, beta: float = 0.0) -> float:
     """Sequence score R from per-token rewards (or log-probs for the loglik baselines)."""
     gamma, beta = _check_discount(gamma, beta)  # validated whatever the aggregation
@@ -162,19 +159,7 @@ def aggregate(tr: TokenRewards, aggregation: Aggregation = "sum", *,
         return float(np.sum(logp))              # sum_h log pi(a_h|s_h)
     if aggregation == "loglik_mean":
         return float(np.mean(logp))             # sum_h log pi(a_h|s_h) / H
-    raise RewardInputError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}", "aggregation")
-
-
-def score_many(items: Sequence[tuple[np.ndarray, np.ndarray, int]], aggregation: Aggregation = "sum", *,
-               alpha: float = 1.0, terminal: Terminal = "zero",
-               gamma: float = 1.0, beta: float = 0.0) -> np.ndarray:
-    """Scores R_i of many (c, v, prompt_len) items, float64 [len(items)]."""
-    if aggregation not in AGGREGATIONS:
-        raise RewardInputError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}", "aggregation")
-    _check_discount(gamma, beta)
-    return np.array([aggregate(token_rewards(c, v, P, alpha=alpha, terminal=terminal),
-                               aggregation, gamma=gamma, beta=beta)
-                     for c, v, P in items], dtype=np.float64)
+    raise RewardInputError(f"aggregation must be one of {TOKEN_AGGREGATIONS}, got {aggregation!r}", "aggregation")
 
 
 # -----------------------------------------------------------------------------

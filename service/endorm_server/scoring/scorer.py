@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from endorm_server.scoring import rewards, steps
+from endorm_server.scoring.aggregations import Aggregation, Terminal
 from endorm_server.config import Settings
 from endorm_server.engine import EngineInfo, TokenStatsEngine, create_engine
 from endorm_server.scoring.grouping import GroupScheduler
@@ -35,10 +36,10 @@ class SequenceTooLongError(InputError):
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    aggregation: rewards.Aggregation | steps.StepAggregation = "sum"
+    aggregation: Aggregation = "sum"
     gamma: float = 1.0
     beta: float = 0.0
-    terminal: rewards.Terminal = "zero"
+    terminal: Terminal = "zero"
     return_tokens: bool = False
     truncate: bool = False  # drop the start of the prompt (never the response) to fit
 

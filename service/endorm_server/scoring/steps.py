@@ -38,14 +38,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from endorm_server.inputs.tokenization import InputError
-
-StepAggregation = Literal["step_min", "step_last"]
-STEP_AGGREGATIONS: tuple[str, ...] = ("step_min", "step_last")
+from endorm_server.scoring.aggregations import STEP_AGGREGATIONS
 
 Span = tuple[int, int]
 
