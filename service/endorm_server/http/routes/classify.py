@@ -15,7 +15,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from endorm_server.http import pipeline
 from endorm_server.http.auth import require_api_key
@@ -49,13 +49,13 @@ class ClassifyRequest(BaseModel):
         None, description="Templated conversation text(s) or token ids (split at the last assistant header), "
                           "or a conversation (list of messages ending with the assistant turn)")
     messages: list[Message] | None = Field(None, min_length=1, description="A conversation ending with the assistant turn")
-    activation: bool | None = Field(None, description="verl's name (vLLM < 0.11.2) for use_activation")
-    use_activation: bool | None = Field(None, description="Sigmoid of the reward (vLLM default when unset); false: the raw reward")
+    activation: StrictBool | None = Field(None, description="verl's name (vLLM < 0.11.2) for use_activation")
+    use_activation: StrictBool | None = Field(None, description="Sigmoid of the reward (vLLM default when unset); false: the raw reward")
     aggregation: Aggregation = "sum"
-    gamma: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    beta: float = Field(0.0, ge=0, allow_inf_nan=False)
+    gamma: StrictFloat = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    beta: StrictFloat = Field(0.0, ge=0, allow_inf_nan=False)
     terminal: Terminal = "zero"
-    truncate: bool = False
+    truncate: StrictBool = False
 
 
 class ClassificationData(BaseModel):

@@ -11,11 +11,12 @@ you configure the URL.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, ValidationError
 
 from endorm_server.http import pipeline
 from endorm_server.http.auth import require_api_key
@@ -28,17 +29,34 @@ router = APIRouter(dependencies=[Depends(require_api_key)], responses=pipeline.E
 
 
 
+_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _query_bool(value: object) -> object:
+    """Exactly ``true`` or ``false``: as strict as a JSON boolean (no "1", "yes", "on")."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+
+
+def _query_number(value: object) -> object:
+    """A plain decimal number, as JSON writes one (no "inf", "nan", "1_0", " 1")."""
+    return float(value) if isinstance(value, str) and _NUMBER.fullmatch(value) else value
+
+
+QueryBool = Annotated[StrictBool, BeforeValidator(_query_bool)]
+QueryFloat = Annotated[StrictFloat, BeforeValidator(_query_number)]
+
+
 class GetRewardOptions(BaseModel):
-    """Query-string options of /get_reward (OpenRLHF configures only the URL)."""
+    """Query-string options of /get_reward (OpenRLHF configures only the URL), as strict as /score's body."""
 
     model_config = ConfigDict(extra="forbid")
     aggregation: Aggregation = "sum"
-    gamma: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    beta: float = Field(0.0, ge=0, allow_inf_nan=False)
+    gamma: QueryFloat = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    beta: QueryFloat = Field(0.0, ge=0, allow_inf_nan=False)
     terminal: Terminal = "zero"
-    truncate: bool = False
-    add_eos: bool = Field(False, description="Append EOS to the response (the query already holds what was generated)")
-    step_separator: str | None = Field(None, min_length=1, description="Score responses as steps split after this "
+    truncate: QueryBool = False
+    add_eos: QueryBool = Field(False, description="Append EOS to the response (the query already holds what was generated)")
+    step_separator: StrictStr | None = Field(None, min_length=1, description="Score responses as steps split after this "
                                        "text (for step_min / step_last); a response without it is one step")
 
 
@@ -62,6 +80,9 @@ class GetRewardResponse(BaseModel):
 
 
 def _query_options(request: Request) -> GetRewardOptions:
+    repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        raise APIError(422, f"query string: {repeated[0]} given more than once", param=repeated[0])
     try:
         return GetRewardOptions.model_validate(dict(request.query_params))
     except ValidationError as exc:
