@@ -11,6 +11,7 @@ import logging
 import sys
 import typing
 
+from pydantic import ValidationError
 
 from endorm_server.config import Settings
 
@@ -41,12 +42,27 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, dest=name, default=None, help=help_text)
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> Settings:
+    """The Settings of flags over env vars. With ``parser``, an invalid value is argparse's one-line
+    error line and exit status 2 (``endorm serve: error: --port (or ENDORM_PORT): ...``), not a pydantic dump."""
     overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        if parser is None:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {'; '.join(_describe(error) for error in exc.errors())}\n")
 
 
-def _configure_logging(level: str) -> None:
+def _describe(error: typing.Any) -> str:
+    name = str(error["loc"][0]) if error.get("loc") else "settings"
+    where = f"--{name.replace('_', '-')} (or ENDORM_{name.upper()})" if name in Settings.model_fields else name
+    value = error.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+    return f"{where}: {error['msg']}{shown}"
+
+
+def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(message)s" if level else None, stream=sys.stderr)
 
 
@@ -63,21 +79,19 @@ def _model_error(settings: Settings, command: str) -> int | None:
     return None
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from endorm_server.http.server import serve
 
-    settings = settings_from_args(args)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     if (status := _model_error(settings, "serve")) is not None:
         return status
     return serve(settings)
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from endorm_server.evaluation.offline import score_file
 
-    settings = settings_from_args(args)
-    _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    configure_logging("warning" if settings.log_level == "info" else settings.log_level)
     if (status := _model_error(settings, "score")) is not None:
         return status
     try:
@@ -94,11 +108,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from endorm_server.evaluation.command import run
 
-    settings = settings_from_args(args)
-    _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    configure_logging("warning" if settings.log_level == "info" else settings.log_level)
     if getattr(args, "server", None) is None and (status := _model_error(settings, "eval")) is not None:
         return status
     return run(args, settings)
@@ -109,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP reward service")
     add_settings_flags(serve)
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=cmd_serve, parser=serve)
     score = sub.add_parser("score", help="score a JSONL preference file offline (chosen/rejected pairs)")
     score.add_argument("input", help="JSONL: {prompt|messages, system?, chosen, rejected} per line")
     score.add_argument("-o", "--output", required=True, help="JSONL with scores per line")
@@ -122,19 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "(escapes like \\n allowed; no separator: one step); needed by step_min / step_last")
     score.add_argument("--batch-size", type=int, default=64, help="pairs in flight at once")
     add_settings_flags(score)
-    score.set_defaults(func=cmd_score)
+    score.set_defaults(func=cmd_score, parser=score)
     from endorm_server.evaluation.command import add_arguments as add_eval_arguments
 
     evaluate = sub.add_parser("eval", help="accuracy on a preference file (RM-Bench / RewardBench form), with reports")
     add_eval_arguments(evaluate)
     add_settings_flags(evaluate)
-    evaluate.set_defaults(func=cmd_eval)
+    evaluate.set_defaults(func=cmd_eval, parser=evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return args.func(args, settings_from_args(args, args.parser))
 
 
 if __name__ == "__main__":

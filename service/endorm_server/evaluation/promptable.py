@@ -260,14 +260,14 @@ def run(args: argparse.Namespace, settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from endorm_server.cli import _configure_logging, add_settings_flags, settings_from_args
+    from endorm_server.cli import configure_logging, add_settings_flags, settings_from_args
 
     p = argparse.ArgumentParser(prog="python -m endorm_server.evaluation.promptable", description=__doc__.splitlines()[0])
     add_arguments(p)
     add_settings_flags(p)
     args = p.parse_args(argv)
-    settings = settings_from_args(args)
-    _configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    settings = settings_from_args(args, p)
+    configure_logging("warning" if settings.log_level == "info" else settings.log_level)
     return run(args, settings)
 
 
