@@ -326,3 +326,16 @@ def test_decode_tokens_incomplete_trailing_bytes(enc, tok):
     pieces = enc.decode_tokens(ids[:-1])  # cut inside the emoji's bytes
     assert len(pieces) == len(ids) - 1
     assert "".join(pieces) == tok.decode(ids[:-1])
+
+
+def test_tokenizer_with_ids_past_the_vocabulary_is_refused_at_start(tiny_tokenizer):
+    """Caught when the server starts, not as an engine failure on the first request that hits the id (issue 19)."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer("llama"))
+    vocab = len(tok)
+    PairEncoder(tok, vocab_size=vocab)  # as shipped: fits
+    tok.add_tokens(["<|tool_call|>"], special_tokens=True)  # id == vocab: one past the embedding table
+    with pytest.raises(ValueError, match=f"token ids up to {vocab}, beyond the model's vocabulary of {vocab}"):
+        PairEncoder(tok, vocab_size=vocab)
+    PairEncoder(tok, vocab_size=vocab + 64)  # a padded embedding table has room for it

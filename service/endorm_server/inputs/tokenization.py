@@ -132,6 +132,10 @@ class PairEncoder:
     def __init__(self, tokenizer: Any, *, vocab_size: int, end_of_turn_id: int | None = None):
         if not isinstance(vocab_size, int) or vocab_size <= 0:
             raise ValueError("vocab_size must be a positive int")
+        largest = max(tokenizer.get_vocab().values(), default=-1)
+        if largest >= vocab_size:  # an id past the embedding table would fail some request, deep in the engine
+            raise ValueError(f"the tokenizer has token ids up to {largest}, beyond the model's vocabulary of "
+                             f"{vocab_size} (config.vocab_size): tokenizer and weights do not belong together")
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_id: int | None = tokenizer.eos_token_id
