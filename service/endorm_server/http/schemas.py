@@ -113,6 +113,10 @@ class ScoringOptions(BaseModel):
     return_tokens: StrictBool = Field(False, description="Include per-token rewards")
     truncate: StrictBool = Field(False, description="Drop the start of the prompt to fit max_model_len")
     add_eos: StrictBool = Field(True, description="End text responses with the end-of-turn token")
+    contrast: StrictBool = Field(False, description="Criteria contrast: score = the aggregation of r_h(criteria) - "
+                                 "r_h(baseline), per token; needs messages and a criteria system (scoring/contrast.py)")
+    baseline_system: StrictStr | None = Field(None, description="With contrast: the baseline's system turn (default: "
+                                              "the item without system, i.e. the chat template's default)")
 
 
 class ScoreRequest(ScoringOptions):
@@ -189,6 +193,8 @@ class TokenReward(BaseModel):
     logprob: float
     offset: tuple[int, int] | None = Field(None, description="[start, end) of the token in the response text "
                                            "(text responses; appended end-of-turn: zero-width at the end)")
+    criteria_reward: float | None = Field(None, description="contrast: r_h under the criteria (reward = this - baseline)")
+    baseline_reward: float | None = Field(None, description="contrast: r_h under the baseline context")
 
 
 class StepResult(BaseModel):
@@ -208,6 +214,8 @@ class ScoreResult(BaseModel):
     truncated_tokens: int = Field(0, description="Prompt tokens dropped from the start to fit")
     tokens: list[TokenReward] | None = None
     steps: list[StepResult] | None = None
+    criteria_score: float | None = Field(None, description="contrast: the aggregation under the criteria")
+    baseline_score: float | None = Field(None, description="contrast: the aggregation under the baseline context")
 
 
 class Usage(BaseModel):

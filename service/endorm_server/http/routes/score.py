@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from endorm_server.http import contrast as contrast_http
 from endorm_server.http import pipeline
 from endorm_server.http.auth import require_api_key
 from endorm_server.http.schemas import (
@@ -41,8 +42,9 @@ def _result(index: int, item: ScoredItem, dropped: int) -> ScoreResult:
     if item.steps is not None:
         steps = [StepResult(start=s.start, end=s.end, num_tokens=s.num_tokens, reward=s.reward, logprob=s.logprob,
                             text=s.text) for s in item.steps]
-    return ScoreResult(index=index, score=item.score, num_tokens=item.num_tokens,
-                       prompt_tokens=len(item.pair.prompt_ids), truncated_tokens=dropped, tokens=tokens, steps=steps)
+    return contrast_http.decorate(ScoreResult(index=index, score=item.score, num_tokens=item.num_tokens,
+                                  prompt_tokens=len(item.pair.prompt_ids), truncated_tokens=dropped, tokens=tokens,
+                                  steps=steps), item)
 
 
 def _usage(pairs: list[EncodedPair]) -> Usage:
@@ -56,11 +58,18 @@ async def score(body: ScoreRequest, request: Request):
     state = pipeline.service_state(request)
     scorer = pipeline.ready_scorer(state, request)
     options = pipeline.score_options(body, scorer)
-    pipeline.check_item_count(state, len(body.items), "items")
-    pairs, dropped = pipeline.encode_items(scorer, [it.encoder_kwargs() for it in body.items], options, body.add_eos, "items")
+    contrast_http.check_options(body)
+    pipeline.check_item_count(state, len(body.items) * (2 if body.contrast else 1), "items")
+    items = [it.encoder_kwargs() for it in body.items]
+    base = contrast_http.score_baselines(items, body, "items") if body.contrast else None
+    pairs, dropped = pipeline.encode_items(scorer, items, options, body.add_eos, "items")
+    if base is not None:  # criteria pairs, then baseline pairs: one group-aware engine call
+        pairs, dropped = contrast_http.add_baselines(scorer, base, pairs, dropped, options, body.add_eos, "items")
     scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
     if scored is None:
         return Response(status_code=499)
+    if base is not None:
+        scored = contrast_http.combine(scored, options)
     return ScoreResponse(
         model=scorer.model_name, alpha=scorer.info.alpha, system_fingerprint=scorer.system_fingerprint,
         aggregation=body.aggregation, results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
@@ -75,12 +84,18 @@ async def compare(body: CompareRequest, request: Request):
     options = pipeline.score_options(body, scorer)
     responses = body.response_kwargs()
     param = "responses" if body.responses is not None else "responses_ids"
-    pipeline.check_item_count(state, len(responses), param)
+    contrast_http.check_options(body)
+    pipeline.check_item_count(state, len(responses) * (2 if body.contrast else 1), param)
     prompt = body.prompt_kwargs()
+    base = contrast_http.compare_baselines(prompt, responses, body) if body.contrast else None
     pairs, dropped = pipeline.encode_items(scorer, [{**prompt, **r} for r in responses], options, body.add_eos, param)
+    if base is not None:  # criteria pairs, then baseline pairs: one group-aware engine call
+        pairs, dropped = contrast_http.add_baselines(scorer, base, pairs, dropped, options, body.add_eos, param)
     scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
     if scored is None:
         return Response(status_code=499)
+    if base is not None:
+        scored = contrast_http.combine(scored, options)
     scores = [s.score for s in scored]
     order = rewards.ranking(scores)
     return CompareResponse(
