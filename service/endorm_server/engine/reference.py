@@ -65,11 +65,15 @@ class TransformersEngine:
         )
 
     def forward_stats(self, token_ids: Sequence[int]) -> TokenStats:
-        if self._model is None:
-            raise EngineError("engine is not running")
-        check_token_ids(token_ids, self.info.vocab_size)
-        with self._lock, torch.inference_mode():
-            logits = self._model(torch.as_tensor([list(token_ids)])).logits[0]
+        # The model is read under the lock that shutdown takes: checked outside it, a shutdown between
+        # the check and the call left None to call (a 500 instead of the engine-down 503).
+        with self._lock:
+            model = self._model
+            if model is None or self.info is None:
+                raise EngineError("engine is not running")
+            check_token_ids(token_ids, self.info.vocab_size)
+            with torch.inference_mode():
+                logits = model(torch.as_tensor([list(token_ids)])).logits[0]
         return reference_token_stats(logits, token_ids, self.settings.alpha)
 
     async def token_stats(self, token_ids: Sequence[int]) -> TokenStats:
@@ -87,4 +91,8 @@ class TransformersEngine:
         return self._model is not None
 
     async def shutdown(self) -> None:
-        self._model = None
+        await asyncio.to_thread(self._release)  # waits for a forward in flight; the loop keeps running
+
+    def _release(self) -> None:
+        with self._lock:
+            self._model = None

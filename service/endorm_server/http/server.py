@@ -28,12 +28,28 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.settings = settings
         self.exit_code = 0
-        self._drain_task: asyncio.Task | None = None
+        self._drain_task: asyncio.Task | None = None  # kept so the task is not garbage-collected mid-drain
+        self._drain_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def handle_exit(self, sig, frame) -> None:  # called from the signal handler, in the loop thread
-        if self._drain_task is not None or self.should_exit:
-            self.should_exit = self.force_exit = True  # second signal: stop now
+    async def serve(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+        """uvicorn installs this with ``signal.signal``: Python runs it between two bytecodes of whatever
+        the main thread was doing, the event loop's own code included. So it only sets flags, or hands
+        the signal to the loop (``call_soon_threadsafe``); the drain task is created there, not here."""
+        if self._loop is None:  # the server is not serving yet: nothing to drain
+            self.should_exit = True
             return
+        if self._drain_requested or self.should_exit:  # second signal: stop now
+            self.should_exit = self.force_exit = True
+            return
+        self._drain_requested = True
+        self._loop.call_soon_threadsafe(self._on_signal)
+
+    def _on_signal(self) -> None:
         if self.config.loaded_app_state().engine_dead:  # every request already failed with 503
             log.error("signal during the engine-death grace: exiting 1 now")
             self.fail("engine died")
