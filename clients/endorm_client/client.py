@@ -138,9 +138,11 @@ class _Base:
         return -(-n // 2)
 
     @staticmethod
-    def _options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model) -> dict:
+    def _options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast=None,
+                 baseline_system=None) -> dict:
         return {"aggregation": aggregation, "gamma": gamma, "beta": beta, "terminal": terminal,
-                "return_tokens": return_tokens, "truncate": truncate, "add_eos": add_eos, "model": model}
+                "return_tokens": return_tokens, "truncate": truncate, "add_eos": add_eos, "model": model,
+                "contrast": contrast, "baseline_system": baseline_system}
 
     @staticmethod
     def _compare_body(prompt, messages, prompt_ids, system, responses, responses_ids, options,
@@ -257,11 +259,13 @@ class RewardClient(_Base):
     def score(self, items: Sequence[ItemLike], *, aggregation: Aggregation | None = None, gamma: float | None = None,
               beta: float | None = None, terminal: Terminal | None = None, return_tokens: bool | None = None,
               truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
-              request_id: str | None = None) -> ScoreResponse:
+              request_id: str | None = None,
+              contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
         """One ``POST /score`` (at most the server's ``max_items_per_request`` items; see
         :meth:`score_batch` for more). Options left None take the server's defaults."""
         body = score_body([item_json(i) for i in items],
-                          self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
+                          self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
+                                        contrast, baseline_system))
         resp = self.request("POST", "/score", json=body, request_id=request_id, affinity=self._affinity(body["items"]))
         out = ScoreResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
@@ -271,7 +275,8 @@ class RewardClient(_Base):
                     max_concurrency: int | None = None, aggregation: Aggregation | None = None,
                     gamma: float | None = None, beta: float | None = None, terminal: Terminal | None = None,
                     return_tokens: bool | None = None, truncate: bool | None = None, add_eos: bool | None = None,
-                    model: str | None = None) -> ScoreResponse:
+                    model: str | None = None,
+                    contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
         """Score any number of items: split to the server's limits, chunks in parallel
         (bounded), one merged response with results in input order (``index`` is global)."""
         payload = [item_json(i) for i in items]
@@ -280,7 +285,8 @@ class RewardClient(_Base):
 
         def send(part: list[dict]) -> list[ScoreResult]:
             res = self.score(part, aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
-                             return_tokens=return_tokens, truncate=truncate, add_eos=add_eos, model=model)
+                             return_tokens=return_tokens, truncate=truncate, add_eos=add_eos, model=model,
+                             contrast=contrast, baseline_system=baseline_system)
             with lock:
                 parts.append(res)
             return res.results
@@ -296,10 +302,12 @@ class RewardClient(_Base):
                 terminal: Terminal | None = None, return_tokens: bool | None = None, truncate: bool | None = None,
                 add_eos: bool | None = None, model: str | None = None, request_id: str | None = None,
                 step_separator: str | None = None,
-                responses_step_ends: Sequence[Sequence[int]] | None = None) -> CompareResponse:
+                responses_step_ends: Sequence[Sequence[int]] | None = None,
+                contrast: bool | None = None, baseline_system: str | None = None) -> CompareResponse:
         """``POST /compare``: rank N >= 2 responses to one prompt (scores, ranking, best, P[i][j])."""
         body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
-                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model),
+                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
+                                        contrast, baseline_system),
                                   step_separator, responses_step_ends)
         resp = self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))
@@ -405,9 +413,11 @@ class AsyncRewardClient(_Base):
     async def score(self, items: Sequence[ItemLike], *, aggregation: Aggregation | None = None,
                     gamma: float | None = None, beta: float | None = None, terminal: Terminal | None = None,
                     return_tokens: bool | None = None, truncate: bool | None = None, add_eos: bool | None = None,
-                    model: str | None = None, request_id: str | None = None) -> ScoreResponse:
+                    model: str | None = None, request_id: str | None = None,
+                    contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
         body = score_body([item_json(i) for i in items],
-                          self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model))
+                          self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
+                                        contrast, baseline_system))
         resp = await self.request("POST", "/score", json=body, request_id=request_id,
                                   affinity=self._affinity(body["items"]))
         out = ScoreResponse.model_validate(_json(resp))
@@ -418,13 +428,15 @@ class AsyncRewardClient(_Base):
                           max_concurrency: int | None = None, aggregation: Aggregation | None = None,
                           gamma: float | None = None, beta: float | None = None, terminal: Terminal | None = None,
                           return_tokens: bool | None = None, truncate: bool | None = None,
-                          add_eos: bool | None = None, model: str | None = None) -> ScoreResponse:
+                          add_eos: bool | None = None, model: str | None = None,
+                          contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
         payload = [item_json(i) for i in items]
         parts: list[ScoreResponse] = []
 
         async def send(part: list[dict]) -> list[ScoreResult]:
             res = await self.score(part, aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
-                                   return_tokens=return_tokens, truncate=truncate, add_eos=add_eos, model=model)
+                                   return_tokens=return_tokens, truncate=truncate, add_eos=add_eos, model=model,
+                             contrast=contrast, baseline_system=baseline_system)
             parts.append(res)
             return res.results
 
@@ -439,9 +451,11 @@ class AsyncRewardClient(_Base):
                       terminal: Terminal | None = None, return_tokens: bool | None = None,
                       truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
                       request_id: str | None = None, step_separator: str | None = None,
-                      responses_step_ends: Sequence[Sequence[int]] | None = None) -> CompareResponse:
+                      responses_step_ends: Sequence[Sequence[int]] | None = None,
+                      contrast: bool | None = None, baseline_system: str | None = None) -> CompareResponse:
         body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
-                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model),
+                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
+                                        contrast, baseline_system),
                                   step_separator, responses_step_ends)
         resp = await self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))

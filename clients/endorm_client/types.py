@@ -67,6 +67,8 @@ class TokenReward(BaseModel):
     reward: float
     logprob: float
     offset: tuple[int, int] | None = Field(None, description="[start, end) in the response text (text responses)")
+    criteria_reward: float | None = Field(None, description="contrast: r_h under the criteria (reward = this - baseline)")
+    baseline_reward: float | None = Field(None, description="contrast: r_h under the baseline context")
 
 
 class StepResult(BaseModel):
@@ -88,6 +90,8 @@ class ScoreResult(BaseModel):
     truncated_tokens: int = 0
     tokens: list[TokenReward] | None = None
     steps: list[StepResult] | None = None
+    criteria_score: float | None = Field(None, description="contrast: the aggregation under the criteria")
+    baseline_score: float | None = Field(None, description="contrast: the aggregation under the baseline context")
 
 
 class Usage(BaseModel):

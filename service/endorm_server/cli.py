@@ -100,7 +100,8 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         if args.aggregation.startswith("step_") and not args.step_separator:
             raise ValueError("the step_min / step_last aggregations need --step-separator")
         summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size,
-                             gamma=args.gamma, beta=args.beta, step_separator=step_separator(args))
+                             gamma=args.gamma, beta=args.beta, step_separator=step_separator(args),
+                             contrast=args.contrast, baseline_system=args.baseline_system)
     except (OSError, ValueError) as exc:  # bad file or bad row: a clear message, not a traceback
         print(f"endorm score: error: {exc}", file=sys.stderr)
         return 2
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--step-separator", default=None, help="score text responses as steps split after this text "
                        "(escapes like \\n allowed; no separator: one step); needed by step_min / step_last")
     score.add_argument("--batch-size", type=int, default=64, help="pairs in flight at once")
+    score.add_argument("--contrast", action="store_true", help="criteria contrast: r(x, system, y) - r(x, baseline, y); "
+                       "rows need messages and a system")
+    score.add_argument("--baseline-system", default=None, help="with --contrast: the baseline's system text "
+                       "(default: the row without system)")
     add_settings_flags(score)
     score.set_defaults(func=cmd_score, parser=score)
     from endorm_server.evaluation.command import add_arguments as add_eval_arguments

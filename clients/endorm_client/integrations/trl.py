@@ -34,7 +34,7 @@ from endorm_client.steps import split_steps
 
 __all__ = ["make_reward_function", "EndoRMRewardFunction", "AsyncEndoRMRewardFunction", "to_items"]
 
-_OPTIONS = ("aggregation", "gamma", "beta", "terminal", "truncate", "add_eos", "model")
+_OPTIONS = ("aggregation", "gamma", "beta", "terminal", "truncate", "add_eos", "model", "contrast", "baseline_system")
 
 
 def _text(content: Any) -> str:
@@ -169,7 +169,8 @@ def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequen
                          gamma: float | None = None, beta: float | None = None, terminal: str | None = None,
                          truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
                          chunk_size: int | None = None, max_concurrency: int | None = None,
-                         step_separator: str | None = None,
+                         step_separator: str | None = None, contrast: bool | None = None,
+                         baseline_system: str | None = None,
                          **client_kwargs: Any) -> EndoRMRewardFunction | AsyncEndoRMRewardFunction:
     """A TRL reward function backed by the EndoRM server.
 
@@ -183,7 +184,11 @@ def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequen
         aggregations ``step_min`` / ``step_last`` need ``step_separator``.
     step_separator: send each completion as steps split after this text (e.g. ``"\n\n"``); a
         completion without it is one step.
+    contrast: the criteria-contrast reward r(x, system, y) - r(x, baseline, y) (needs ``system`` and
+        conversational prompts); baseline_system: the baseline's system turn (default: the prompt as given).
     """
+    if contrast and system is None:
+        raise ValueError("contrast=True needs system (the reward criteria)")
     if aggregation in ("step_min", "step_last") and step_separator is None:
         raise ValueError(f"aggregation={aggregation!r} needs step_separator")
     if isinstance(client, (RewardClient, AsyncRewardClient)):
@@ -196,6 +201,6 @@ def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequen
         given, base_url = None, client
     cls = AsyncEndoRMRewardFunction if asynchronous else EndoRMRewardFunction
     options = dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal, truncate=truncate,
-                   add_eos=add_eos, model=model)
+                   add_eos=add_eos, model=model, contrast=contrast, baseline_system=baseline_system)
     return cls(given, base_url, client_kwargs, name, system, use_completion_ids, options, chunk_size, max_concurrency,
                step_separator)

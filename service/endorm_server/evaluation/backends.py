@@ -24,6 +24,8 @@ class Discount:
     gamma: float = 1.0
     beta: float = 0.0
     terminal: str = "zero"
+    contrast: bool = False  # score r(criteria) - r(baseline) (scoring/contrast.py); items need messages + system
+    baseline_system: str | None = None
 
 
 def all_aggregations(tr: rewards.TokenRewards, aggregations: Sequence[str], d: Discount,
@@ -61,7 +63,12 @@ class InProcessBackend:
 
         d = self.discount
         options = ScoreOptions(aggregation=aggregations[0], gamma=d.gamma, beta=d.beta, terminal=d.terminal)
-        scored = await self.scorer.score(list(items), options)
+        if d.contrast:
+            from endorm_server.scoring.contrast import score_contrast
+
+            scored = await score_contrast(self.scorer, list(items), options, d.baseline_system)
+        else:
+            scored = await self.scorer.score(list(items), options)
         per_item = [all_aggregations(s.token_rewards, aggregations, d, s.steps) for s in scored]
         return {agg: [p[agg] for p in per_item] for agg in aggregations}
 
@@ -119,7 +126,8 @@ class HttpBackend:
     async def score(self, items: Sequence[dict[str, Any]], aggregations: Sequence[str]) -> dict[str, list[float]]:
         d = self.discount
         body = await self._post({"items": list(items), "aggregation": aggregations[0], "gamma": d.gamma,
-                                 "beta": d.beta, "terminal": d.terminal, "return_tokens": len(aggregations) > 1})
+                                 "beta": d.beta, "terminal": d.terminal, "return_tokens": len(aggregations) > 1,
+                                 **({"contrast": True, "baseline_system": d.baseline_system} if d.contrast else {})})
         results = body["results"]
         if len(results) != len(items):
             raise ServerError(f"asked for {len(items)} scores, got {len(results)}")

@@ -40,6 +40,11 @@ def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=0.0, help="floor on the discount weight (default 0)")
     p.add_argument("--terminal", default="zero", choices=["zero", "bootstrap"],
                    help="V(s_H): zero (the paper) or bootstrap")
+    p.add_argument("--contrast", action="store_true",
+                   help="criteria contrast: score r(x, system, y) - r(x, baseline, y) per token (needs chat prompts "
+                        "with a system text; see docs/dense-rewards.md)")
+    p.add_argument("--baseline-system", default=None,
+                   help="with --contrast: the baseline's system text (default: none, the chat template's own)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,14 +80,19 @@ def discount_of(args: argparse.Namespace):
     from endorm_server.evaluation.backends import Discount
 
     rewards.discount_weights(0, args.gamma, args.beta)  # RewardInputError (a ValueError) names a bad one
-    return Discount(gamma=args.gamma, beta=args.beta, terminal=args.terminal)
+    contrast = bool(getattr(args, "contrast", False))
+    if getattr(args, "baseline_system", None) is not None and not contrast:
+        raise ValueError("--baseline-system is only used with --contrast")
+    return Discount(gamma=args.gamma, beta=args.beta, terminal=args.terminal, contrast=contrast,
+                    baseline_system=getattr(args, "baseline_system", None))
 
 
 def cache_config(args: argparse.Namespace, settings, model: str) -> dict:
     """Everything besides the request item that changes a response's score."""
     return {"model": model, "server": args.server, "engine": None if args.server else settings.engine,
             "dtype": None if args.server else settings.dtype, "alpha": None if args.server else settings.alpha,
-            "gamma": args.gamma, "beta": args.beta, "terminal": args.terminal}
+            "gamma": args.gamma, "beta": args.beta, "terminal": args.terminal,
+            **({"contrast": True, "baseline_system": args.baseline_system} if getattr(args, "contrast", False) else {})}
 
 
 def open_cache(args: argparse.Namespace, settings, model: str, name: str):

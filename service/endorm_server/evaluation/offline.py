@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from endorm_server.scoring import rewards
 from endorm_server.config import Settings
+from endorm_server.scoring.contrast import score_contrast
 from endorm_server.scoring.scorer import Scorer, ScoreOptions
 from endorm_server.scoring.aggregations import STEP_AGGREGATIONS, TOKEN_AGGREGATIONS
 from endorm_server.scoring.steps import aggregate_steps, split_on_separator
@@ -85,7 +86,8 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 
 async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreOptions, batch_size: int,
                      progress: tqdm | None = None, step_separator: str | None = None,
-                     every_aggregation: bool = False) -> list[dict[str, Any]]:
+                     every_aggregation: bool = False, contrast: bool = False,
+                     baseline_system: str | None = None) -> list[dict[str, Any]]:
     """Score chosen and rejected of every row; ``batch_size`` pairs in flight at once.
 
     With ``step_separator`` text responses are scored as steps (``chosen_steps`` /
@@ -97,8 +99,12 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
     async def one(i: int, row: dict[str, Any]) -> None:
         async with limit:
             prompt = {k: row[k] for k in PROMPT_KEYS if k in row}
-            chosen, rejected = await scorer.score([{**prompt, **_response(row["chosen"], step_separator)},
-                                                   {**prompt, **_response(row["rejected"], step_separator)}], options)
+            pair = [{**prompt, **_response(row["chosen"], step_separator)},
+                    {**prompt, **_response(row["rejected"], step_separator)}]
+            if contrast:  # r(x, system, y) - r(x, baseline, y), both contexts in one call (scoring/contrast.py)
+                chosen, rejected = await score_contrast(scorer, pair, options, baseline_system)
+            else:
+                chosen, rejected = await scorer.score(pair, options)
             c, r = _scores(chosen, options, every_aggregation), _scores(rejected, options, every_aggregation)
             if every_aggregation:
                 out[i] = {**row, "chosen_score": c, "rejected_score": r, "margin": {a: c[a] - r[a] for a in c},
@@ -117,19 +123,27 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
 
 def score_file(settings: Settings, input_path: str, output_path: str, *, aggregation: str = "sum",
                batch_size: int = 64, gamma: float = 1.0, beta: float = 0.0,
-               step_separator: str | None = None) -> Summary:
+               step_separator: str | None = None, contrast: bool = False,
+               baseline_system: str | None = None) -> Summary:
     """``aggregation="all"``: every aggregation per pair, from one forward pass per response."""
     every = aggregation == "all"
     options = ScoreOptions(aggregation="sum" if every else aggregation, gamma=gamma, beta=beta)
     rewards.discount_weights(0, gamma, beta)  # a bad gamma / beta fails before the engine starts
     rows = read_pairs(input_path)
+    if baseline_system is not None and not contrast:
+        raise ValueError("--baseline-system is only used with --contrast")
+    if contrast:  # every row must be a chat prompt with a system: fail before the engine starts
+        from endorm_server.scoring.contrast import check_item
+
+        for i, row in enumerate(rows):
+            check_item(row, f"line {i + 1}")
 
     async def run() -> list[dict[str, Any]]:
         scorer = await Scorer.start(settings)
         try:
             with tqdm(total=len(rows), desc="scoring pairs", unit="pair") as bar:
                 return await score_rows(scorer, rows, options, batch_size, bar, step_separator=step_separator,
-                                        every_aggregation=every)
+                                        every_aggregation=every, contrast=contrast, baseline_system=baseline_system)
         finally:
             await scorer.shutdown()
 

@@ -130,7 +130,8 @@ def markdown(tables: Mapping[str, Mapping[str, Mapping[str, float]]], meta: Mapp
     from endorm_server.evaluation.report import md_table, pct
 
     out = ["# Promptable reward on DSP (the paper's Table 2 layout)", ""]
-    for key in ("model", "input", "queries", "seed", "usable_rows", "skipped_rows_with_an_empty_text", "pairs_per_cell", "backend", "alpha", "gamma", "beta", "terminal"):
+    for key in ("model", "input", "queries", "seed", "usable_rows", "skipped_rows_with_an_empty_text", "pairs_per_cell",
+                "backend", "alpha", "gamma", "beta", "terminal", "contrast", "baseline_system"):
         if meta.get(key) is not None:
             out.append(f"- {key}: `{meta[key]}`")
     out += ["", "Accuracy (%): row = system prompt (criteria) given to the reward, column = data domain D "
@@ -148,8 +149,8 @@ def markdown(tables: Mapping[str, Mapping[str, Mapping[str, float]]], meta: Mapp
             rows.append([name, *cells, pct(float(np.mean(list(t[name].values()))))])
         out += [f"## `{agg}`", "", md_table(["system \\ data", *DOMAINS, "mean"], rows), ""]
         diag = [t[d][d] for d in DOMAINS if d in t]
-        out += [f"Diagonal mean {pct(float(np.mean(diag)))}; no-system mean "
-                f"{pct(float(np.mean(list(t[NO_SYSTEM].values()))))}; columns whose maximum is on the diagonal: "
+        none = f"no-system mean {pct(float(np.mean(list(t[NO_SYSTEM].values()))))}; " if NO_SYSTEM in t else ""
+        out += [f"Diagonal mean {pct(float(np.mean(diag)))}; {none}columns whose maximum is on the diagonal: "
                 f"{sum(t[d][d] > max(t[r][d] for r in t if r != d) for d in DOMAINS if d in t)} of {len(diag)} "
                 "(strictly above every other row).", ""]
     out += ["## Criteria texts (the system prompts of the rows)", ""]
@@ -227,6 +228,8 @@ def run(args: argparse.Namespace, settings) -> int:
         usable, skipped = read_dsp(args.input)
         rows = subset(usable, args.queries, args.seed)
         sys_texts = systems(DOMAINS)
+        if args.contrast:  # each criteria row against its baseline (the no-system row's context by default)
+            sys_texts = {k: v for k, v in sys_texts.items() if v is not None}
         items = build_items(rows, sys_texts)
         order = query_major(len(sys_texts), len(rows))
         model, ordered = asyncio.run(_score(args, settings, [items[i] for i in order], aggregations))
@@ -244,7 +247,8 @@ def run(args: argparse.Namespace, settings) -> int:
             "query_indices": [q.index for q in rows], "pairs_per_cell": 4 * len(rows),
             "backend": f"server {args.server}" if args.server else f"in-process ({settings.engine})",
             "alpha": None if args.server else settings.alpha, "gamma": args.gamma, "beta": args.beta,
-            "terminal": args.terminal, "criteria": sys_texts}
+            "terminal": args.terminal, "criteria": sys_texts,
+            "contrast": args.contrast or None, "baseline_system": args.baseline_system}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = np.asarray([scores[a] for a in aggregations]).reshape(len(aggregations), len(names), len(rows), -1)
