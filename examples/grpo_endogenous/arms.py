@@ -21,7 +21,8 @@ import random
 from typing import Any, Callable
 
 from endorm_client.integrations.trl import make_reward_function
-from task import is_correct
+from endorm_server.evaluation.demo_task import SYSTEM_PROMPTS
+from task import in_words, is_correct
 
 __all__ = ["ARMS", "ENDORM_ARMS", "reward_functions"]
 
@@ -30,13 +31,25 @@ ENDORM_ARMS = {
     "endorm-mean": {"aggregation": "mean"},
     "endorm-discounted": {"aggregation": "discounted", "gamma": 0.95},
 }
-ARMS = (*ENDORM_ARMS, "random", "exact-match")
+# Criteria arms (issue 20): the policy is prompted without a style (--train-styles none); the reward carries the
+# style as its criteria, raw (r under the criteria) or as the contrast r(criteria) - r(no system).
+CRITERIA = SYSTEM_PROMPTS["words"]  # "Answer with the number in words only."
+CRITERIA_ARMS = {
+    "criteria-raw-words": {"aggregation": "sum", "system": CRITERIA},
+    "criteria-contrast-words": {"aggregation": "sum", "system": CRITERIA, "contrast": True},
+}
+ARMS = (*ENDORM_ARMS, *CRITERIA_ARMS, "random", "exact-match")
 
 RewardFn = Callable[..., list[float]]
 
 
 def _exact_match(prompts: list, completions: list, answer: list[int], style: list[str], **_: Any) -> list[float]:
     return [float(is_correct(c[0]["content"], a, s)) for c, a, s in zip(completions, answer, style)]
+
+
+def _words_share(prompts: list, completions: list, **_: Any) -> list[float]:
+    """Monitor: 1 if the completion's final answer is written in words (the criteria arms' target style)."""
+    return [float(in_words(c[0]["content"])) for c in completions]
 
 
 def _random(seed: int) -> RewardFn:
@@ -62,6 +75,9 @@ def reward_functions(arm: str, *, server_url: str, api_key: str | None, seed: in
     exact.__name__ = "exact_match"
     if arm in ENDORM_ARMS:
         trained = _endorm(arm, server_url, api_key)
+    elif arm in CRITERIA_ARMS:
+        trained = make_reward_function(server_url, api_key=api_key, name=arm.replace("-", "_"),
+                                       use_completion_ids=True, **CRITERIA_ARMS[arm])
     elif arm == "random":
         trained = _random(seed)
     else:
@@ -72,5 +88,8 @@ def reward_functions(arm: str, *, server_url: str, api_key: str | None, seed: in
         weights.append(0.0)
     if arm != "exact-match":
         funcs.append(exact)
+        weights.append(0.0)
+    if arm in CRITERIA_ARMS:
+        funcs.append(_words_share)
         weights.append(0.0)
     return funcs, weights

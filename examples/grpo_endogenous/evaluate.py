@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from task import PROMPT_STYLES, Question, is_correct
+from task import PROMPT_STYLES, Question, in_words, is_correct
 
 __all__ = ["Accuracy", "evaluate"]
 
@@ -25,6 +25,7 @@ class Accuracy:
     sampled_by_style: dict[str, float]
     greedy_length: float  # mean response tokens (end-of-turn token included when generated)
     sampled_length: float
+    words_share_by_style: dict[str, float] | None = None  # sampled answers written in words, per prompt style
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,4 +79,9 @@ def evaluate(model, tokenizer, questions: list[Question], *, samples: int = 4, s
         model.train(was_training)
     g, g_style, g_len = _score(questions, greedy, 1)
     s, s_style, s_len = _score(questions, sampled, samples)
-    return Accuracy(g, s, g_style, s_style, g_len, s_len)
+    words = {}
+    for style in PROMPT_STYLES:
+        rows = [in_words(text) for i, (text, _) in enumerate(sampled) if questions[i // samples].style == style]
+        if rows:
+            words[style] = sum(rows) / len(rows)
+    return Accuracy(g, s, g_style, s_style, g_len, s_len, words)

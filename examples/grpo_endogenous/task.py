@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from endorm_server.evaluation.demo_task import STYLES, SYSTEM_PROMPTS, Problem, number_to_words, sample_problem
 
-__all__ = ["PROMPT_STYLES", "Question", "questions", "extract_answer", "is_correct", "messages"]
+__all__ = ["PROMPT_STYLES", "Question", "questions", "extract_answer", "in_words", "is_correct", "messages"]
 
 # The four styles of the demo task, plus "none": no system prompt, any style accepted.
 PROMPT_STYLES = (*STYLES, "none")
@@ -51,6 +51,12 @@ def extract_answer(text: str) -> str:
             text = text.rsplit(marker, 1)[1]
             break
     return text.strip().removesuffix(".").strip()
+
+
+def in_words(text: str) -> bool:
+    """The final answer is a number written in words (letters, hyphens, spaces: "seventy-one")."""
+    answer = extract_answer(text)
+    return bool(answer) and all(ch.isalpha() or ch in "- " for ch in answer)
 
 
 def is_correct(text: str, value: int, style: str) -> bool:

@@ -39,7 +39,7 @@ for p in (str(HERE), str(ROOT)):
 from arms import ARMS, reward_functions  # noqa: E402
 from task import PROMPT_STYLES, questions  # noqa: E402
 
-DEMO_MODEL = ROOT / "service" / "models" / "demo"
+DEMO_MODEL = ROOT / "service" / "endorm_server" / "models" / "demo"
 SERVER_FLAGS = ["--dtype", "float32", "--max-model-len", "512", "--max-num-batched-tokens", "512",
                 "--kv-cache-gb", "1", "--gpu-memory-utilization", "0.05", "--enforce-eager"]
 
