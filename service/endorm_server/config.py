@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Bearer keys; empty = no auth")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    frontend_workers: int = Field(
+        4, gt=0, description="Threads for the front end's CPU work (tokenization, chat templates, detokenization, "
+        "per-token results), off the event loop that feeds the engine")
+
     # --- limits and timeouts ---
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     max_items_per_request: int = Field(256, gt=0)

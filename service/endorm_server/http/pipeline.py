@@ -8,7 +8,11 @@ so every route admits, times out, drains and counts the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from endorm_server.http.admission import Draining
 from endorm_server.http.cancellation import ClientDisconnected, run_bounded
@@ -70,6 +74,19 @@ def encode_items(scorer: Scorer, items: list[dict], options: ScoreOptions, add_e
         pairs.append(pair)
         dropped.append(n)
     return pairs, dropped
+
+
+async def encode(scorer: Scorer, items: list[dict], options: ScoreOptions, add_eos: bool,
+                 param: str) -> tuple[list[EncodedPair], list[int]]:
+    """``encode_items`` in the scorer's front-end pool: tokenization and chat templating never block the
+    event loop. Each item is tokenized once, here, before admission, which counts these token ids."""
+    return await scorer.off_loop(encode_items, scorer, items, options, add_eos, param)
+
+
+async def render(scorer: Scorer, build: Callable[[], BaseModel]) -> Response:
+    """Build the response model (per-token results) and its JSON in the front-end pool, not on the event loop."""
+    body = await scorer.off_loop(lambda: build().model_dump_json().encode())
+    return Response(body, media_type="application/json")
 
 
 async def score_pairs(request: Request, state: ServiceState, scorer: Scorer, pairs: list[EncodedPair],

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -28,6 +30,9 @@ from endorm_server.models.fingerprint import model_fingerprint
 from endorm_server.inputs.tokenization import EncodedPair, InputError, PairEncoder
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_FRONTEND_WORKERS = 4
 
 
 class SequenceTooLongError(InputError):
@@ -61,13 +66,17 @@ class ScoredItem:
 
 class Scorer:
     def __init__(self, engine: TokenStatsEngine, encoder: PairEncoder, model_name: str,
-                 system_fingerprint: str | None = None) -> None:
+                 system_fingerprint: str | None = None, frontend_workers: int = DEFAULT_FRONTEND_WORKERS) -> None:
         self.engine = engine
         self.encoder = encoder
         self.model_name = model_name
         self.groups = GroupScheduler(engine)  # shared prompts computed once (service/endorm_server/scoring/grouping.py)
         # weights + config + tokenizer + chat template + alpha + dtype + engine (service/endorm_server/models/fingerprint.py)
         self.system_fingerprint = system_fingerprint
+        # The front end's CPU work (tokenization and chat templates, detokenization, offsets, reward math and
+        # per-token results) runs in this bounded pool, never on the event loop that feeds the engine and
+        # serves every other request: a long tokenization delays only the requests queued behind it here.
+        self._pool = ThreadPoolExecutor(max_workers=frontend_workers, thread_name_prefix="endorm-frontend")
 
     @classmethod
     async def start(cls, settings: Settings) -> "Scorer":
@@ -86,11 +95,16 @@ class Scorer:
         await engine.start()
         encoder = PairEncoder(tokenizer, vocab_size=engine.info.vocab_size)
         log.info("engine ready: %s, system_fingerprint %s", engine.info, fingerprint)
-        return cls(engine, encoder, settings.served_model_name or settings.model_name, fingerprint)
+        return cls(engine, encoder, settings.served_model_name or settings.model_name, fingerprint,
+                   frontend_workers=settings.frontend_workers)
 
     @property
     def info(self) -> EngineInfo:
         return self.engine.info
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in the front end's bounded worker pool; the event loop stays free meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     # --- inputs -> token ids -------------------------------------------------
 
@@ -120,6 +134,10 @@ class Scorer:
             raise InputError(f"aggregation {options.aggregation} needs steps: give steps, step_separator "
                              "or step_ends with every response", "aggregation")
         stats = await self.groups.stats(pairs)
+        return await self.off_loop(self._finish, pairs, stats, options)
+
+    def _finish(self, pairs: Sequence[EncodedPair], stats, options: ScoreOptions) -> list[ScoredItem]:
+        """Engine stats -> rewards, scores, per-token texts and offsets (CPU work: runs in the pool)."""
         items = []
         for pair, st in zip(pairs, stats):
             # st covers positions st.offset .. N-1, so the prompt length in its indexing is P - offset
@@ -139,7 +157,7 @@ class Scorer:
         return items
 
     async def score(self, items: Sequence[dict[str, Any]], options: ScoreOptions = ScoreOptions()) -> list[ScoredItem]:
-        encoded = [self.encode(item, truncate=options.truncate) for item in items]
+        encoded = await self.off_loop(lambda: [self.encode(item, truncate=options.truncate) for item in items])
         scored = await self.score_pairs([pair for pair, _ in encoded], options)
         for item, (_, dropped) in zip(scored, encoded):
             item.truncated_tokens = dropped
@@ -152,4 +170,5 @@ class Scorer:
         return scored, rewards.ranking(scores), rewards.preference_probabilities(scores)
 
     async def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         await self.engine.shutdown()

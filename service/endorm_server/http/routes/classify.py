@@ -127,7 +127,7 @@ async def classify(body: ClassifyRequest, request: Request):
                                       terminal=body.terminal, truncate=body.truncate), scorer)
     items, param, add_eos = _classify_items(body, scorer)
     pipeline.check_item_count(state, len(items), param)
-    pairs, _ = pipeline.encode_items(scorer, items, options, add_eos, param)
+    pairs, _ = await pipeline.encode(scorer, items, options, add_eos, param)
     scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
     if scored is None:
         return Response(status_code=499)

@@ -128,7 +128,7 @@ async def get_reward(body: GetRewardRequest, request: Request):
         items = [{k: v for k, v in it.items() if k != "response"}
                  | {"steps": split_on_separator(it["response"], opts.step_separator, required=False)}
                  if it.get("response") else it for it in items]
-    pairs, dropped = pipeline.encode_items(scorer, items, options, opts.add_eos, "query")
+    pairs, dropped = await pipeline.encode(scorer, items, options, opts.add_eos, "query")
     scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
     if scored is None:
         return Response(status_code=499)

@@ -1,7 +1,7 @@
 """``POST /score`` and ``POST /compare``: the API's own scoring routes.
 
-    ScoreRequest (schema) -> pipeline.encode_items (token ids) -> admission
-    -> Scorer.score_pairs (engine + reward math) -> ScoreResponse
+    ScoreRequest (schema) -> pipeline.encode (token ids, in the front-end pool) -> admission
+    -> Scorer.score_pairs (engine; reward math in the pool) -> ScoreResponse (built in the pool)
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ async def score(body: ScoreRequest, request: Request):
     pipeline.check_item_count(state, len(body.items) * (2 if body.contrast else 1), "items")
     items = [it.encoder_kwargs() for it in body.items]
     base = contrast_http.score_baselines(items, body, "items") if body.contrast else None
-    pairs, dropped = pipeline.encode_items(scorer, items, options, body.add_eos, "items")
+    pairs, dropped = await pipeline.encode(scorer, items, options, body.add_eos, "items")
     if base is not None:  # criteria pairs, then baseline pairs: one group-aware engine call
         pairs, dropped = contrast_http.add_baselines(scorer, base, pairs, dropped, options, body.add_eos, "items")
     scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
@@ -70,10 +70,10 @@ async def score(body: ScoreRequest, request: Request):
         return Response(status_code=499)
     if base is not None:
         scored = contrast_http.combine(scored, options)
-    return ScoreResponse(
+    return await pipeline.render(scorer, lambda: ScoreResponse(
         model=scorer.model_name, alpha=scorer.info.alpha, system_fingerprint=scorer.system_fingerprint,
         aggregation=body.aggregation, results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
-    )
+    ))
 
 
 @router.post("/compare", response_model=CompareResponse, summary="Rank N responses to one prompt")
@@ -88,7 +88,7 @@ async def compare(body: CompareRequest, request: Request):
     pipeline.check_item_count(state, len(responses) * (2 if body.contrast else 1), param)
     prompt = body.prompt_kwargs()
     base = contrast_http.compare_baselines(prompt, responses, body) if body.contrast else None
-    pairs, dropped = pipeline.encode_items(scorer, [{**prompt, **r} for r in responses], options, body.add_eos, param)
+    pairs, dropped = await pipeline.encode(scorer, [{**prompt, **r} for r in responses], options, body.add_eos, param)
     if base is not None:  # criteria pairs, then baseline pairs: one group-aware engine call
         pairs, dropped = contrast_http.add_baselines(scorer, base, pairs, dropped, options, body.add_eos, param)
     scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
@@ -98,9 +98,9 @@ async def compare(body: CompareRequest, request: Request):
         scored = contrast_http.combine(scored, options)
     scores = [s.score for s in scored]
     order = rewards.ranking(scores)
-    return CompareResponse(
+    return await pipeline.render(scorer, lambda: CompareResponse(
         model=scorer.model_name, alpha=scorer.info.alpha, system_fingerprint=scorer.system_fingerprint,
         aggregation=body.aggregation, scores=scores,
         ranking=order, best=order[0], probabilities=rewards.preference_probabilities(scores).tolist(),
         results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
-    )
+    ))
