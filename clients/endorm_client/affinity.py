@@ -5,6 +5,12 @@ prefix cache of the replica that serves it). So the batch helpers never split a
 run of consecutive items with the same prompt across requests, and with several
 replicas a request goes to the replica chosen by a hash of its first prompt
 (rendezvous hashing: the choice moves only when that replica is down).
+
+Every request that has a prompt also carries the key in the ``X-EndoRM-Affinity`` header, so
+a proxy in front of several replicas (HAProxy ``balance hdr(...)`` with consistent hashing,
+Envoy Gateway's header hash) keeps a group on one replica for callers of one URL too.
+Without the SDK, any value equal across a group's requests works; the SDK's value is
+``sha256(json.dumps(prompt_fields, sort_keys=True))[:16]`` (see ``prompt_key``).
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from collections.abc import Sequence
 from typing import Any
 
 PROMPT_FIELDS = ("prompt", "messages", "prompt_ids", "system")
+AFFINITY_HEADER = "X-EndoRM-Affinity"
 
 
 def prompt_key(item: dict[str, Any]) -> str:
-    """A stable hash of an item's prompt part (the fields that are not the response)."""
+    """A stable hash of an item's prompt part (the fields that are not the response): the first
+    16 hex digits of SHA-256 over ``json.dumps`` (default separators, ``sort_keys=True``) of the
+    item's non-null ``prompt``, ``messages``, ``prompt_ids`` and ``system`` fields."""
     part = {k: item.get(k) for k in PROMPT_FIELDS if item.get(k) is not None}
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

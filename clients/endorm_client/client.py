@@ -36,7 +36,7 @@ from endorm_client._core import (
     resolve_api_key,
     score_body,
 )
-from endorm_client.affinity import group_chunks, prompt_key
+from endorm_client.affinity import AFFINITY_HEADER, group_chunks, prompt_key
 from endorm_client.errors import EndoRMError, PayloadTooLargeError
 from endorm_client.types import (
     Aggregation,
@@ -90,7 +90,9 @@ class _Base:
         cooldown_base, cooldown_max: how long a failing replica is benched.
         chunk_size, max_concurrency: defaults of the batch helpers (``score_batch``).
         prompt_affinity: with several replicas, send a request to the replica chosen by a hash
-            of its first prompt (the one that has the prompt cached); False balances by load.
+            of its first prompt (the one that has the prompt cached), and send that hash in the
+            ``X-EndoRM-Affinity`` header for a proxy that hashes on it; False balances by load
+            and sends no header.
         """
         if chunk_size < 1 or max_concurrency < 1 or max_retries < 0:
             raise ValueError("chunk_size and max_concurrency must be >= 1, max_retries >= 0")
@@ -124,7 +126,9 @@ class _Base:
         return group_chunks(keys, size) if grouped else chunks(n, size)
 
     def _affinity(self, items: list[dict]) -> str | None:
-        return prompt_key(items[0]) if self.prompt_affinity and items and len(self._balancer.endpoints) > 1 else None
+        """The request's prompt key: picks the replica among several URLs and, as the
+        X-EndoRM-Affinity header, lets a proxy in front of one URL hash on it."""
+        return prompt_key(items[0]) if self.prompt_affinity and items else None
 
     def _learn(self, exc: PayloadTooLargeError, n: int) -> int | None:
         """Size to split a rejected chunk of n items into, or None to give up."""
@@ -199,7 +203,7 @@ class RewardClient(_Base):
         ``affinity`` (a prompt hash) prefers the replica that has that prompt cached."""
         rid = request_id or new_request_id()
         call = _Call(self._balancer, self.retry, rid, affinity)
-        headers = {**self._headers, "X-Request-ID": rid}
+        headers = {**self._headers, "X-Request-ID": rid, **({AFFINITY_HEADER: affinity} if affinity else {})}
         while True:
             ep = call.acquire()
             try:
@@ -361,7 +365,7 @@ class AsyncRewardClient(_Base):
                       request_id: str | None = None, affinity: str | None = None) -> httpx.Response:
         rid = request_id or new_request_id()
         call = _Call(self._balancer, self.retry, rid, affinity)
-        headers = {**self._headers, "X-Request-ID": rid}
+        headers = {**self._headers, "X-Request-ID": rid, **({AFFINITY_HEADER: affinity} if affinity else {})}
         while True:
             ep = call.acquire()
             try:
