@@ -49,9 +49,9 @@ def test_demo_model_files():
 def test_demo_model_ships_in_the_wheel():
     """Every file of the model directory matches the package-data patterns of pyproject.toml."""
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = conf["tool"]["setuptools"]["package-data"]["service"]
+    patterns = conf["tool"]["setuptools"]["package-data"]["endorm_server"]
     for f in DEMO_MODEL_DIR.iterdir():
-        rel = f.relative_to(ROOT / "service").as_posix()
+        rel = f.relative_to(ROOT / "service" / "endorm_server").as_posix()
         assert any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(f.name, p.split("/")[-1]) for p in patterns), rel
 
 
