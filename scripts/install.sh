@@ -44,14 +44,16 @@ if [ ! -x .cache/kubernetes-client/usr/bin/kubectl ] && command -v apt-get >/dev
     && dpkg -x kubernetes-client_*.deb kubernetes-client && rm -f kubernetes-client_*.deb) \
     || echo "note: Debian's kubectl not unpacked; deploy tests use a kubectl on PATH or skip" >&2
 fi
-# Containers and a proxy (tests/deploy/test_container.py, tests/replicas; issue 22): podman, run
-# with runc (scripts/containers.conf), mmdebstrap for a base image without a registry, HAProxy.
+# Containers, a proxy and a browser (tests/deploy/test_container.py, tests/replicas, tests/browser):
+# podman, run with runc (scripts/containers.conf), mmdebstrap for a base image without a registry,
+# HAProxy, and Debian's Chromium with its driver for Selenium (no browser is downloaded).
 # Best effort: without them those tests skip and print why.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-  && ! { command -v podman && command -v runc && command -v mmdebstrap && command -v haproxy; } >/dev/null 2>&1; then
-  pkgs="podman buildah runc fuse-overlayfs slirp4netns uidmap mmdebstrap haproxy"
+  && ! { command -v podman && command -v runc && command -v mmdebstrap && command -v haproxy \
+         && command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  pkgs="podman buildah runc fuse-overlayfs slirp4netns uidmap mmdebstrap haproxy chromium chromium-driver fonts-dejavu-core"
   # shellcheck disable=SC2086
   (apt-get install -y -q --no-install-recommends $pkgs >/dev/null 2>&1 \
     || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $pkgs >/dev/null 2>&1)) \
-    || echo "note: podman/mmdebstrap/haproxy not installed; the container and replica tests will skip" >&2
+    || echo "note: podman/mmdebstrap/haproxy/chromium not installed; the container, replica and browser tests will skip" >&2
 fi

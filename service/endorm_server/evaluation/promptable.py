@@ -256,7 +256,10 @@ def run(args: argparse.Namespace, settings) -> int:
             "scores": {a: s[i].tolist() for i, a in enumerate(aggregations)}}  # [system][query][response]
     (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     (out / f"{args.name}.md").write_text(markdown(tables, meta, sys_texts), encoding="utf-8")
-    write_png(tables, out / f"{args.name}.png", f"DSP promptable reward, {len(rows)} queries ({model})")
+    from endorm_server.evaluation.report import have_matplotlib
+
+    if have_matplotlib():
+        write_png(tables, out / f"{args.name}.png", f"DSP promptable reward, {len(rows)} queries ({model})")
     for agg, t in tables.items():
         print(f"{agg}: diagonal " + ", ".join(f"{d} {100 * t[d][d]:.1f}" for d in DOMAINS))
     print(f"wrote {out / args.name}.md/.json/.png")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -113,5 +115,14 @@ def write_reports(results: Mapping[str, EvalResult], meta: Mapping[str, Any], ou
     if scores is not None:
         data["scores"] = scores
     paths["json"].write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    write_png(results, paths["png"], title=f"{name} ({meta.get('model', '')})")
+    if have_matplotlib():
+        write_png(results, paths["png"], title=f"{name} ({meta.get('model', '')})")
+    else:
+        del paths["png"]
+        print("note: no PNG heat map: matplotlib is not installed (pip install 'endorm-server[eval]')", file=sys.stderr)
     return paths
+
+
+def have_matplotlib() -> bool:
+    """The heat maps are the one part of ``endorm eval`` that needs matplotlib (the ``eval`` extra)."""
+    return importlib.util.find_spec("matplotlib") is not None
