@@ -62,7 +62,13 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         return error_response(exc.status, exc.message, param=exc.param, type=exc.type, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError):
+        # FastAPI parses a body as JSON only under a JSON content type (none given: not parsed either); any
+        # other body fails validation as "not an object", which would blame the JSON: 415 names the cause
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            return error_response(415, f"content type {media or 'missing'!r}: send application/json",
+                                  type="unsupported_media_type")
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param = _loc_to_param(tuple(first.get("loc", ())))
