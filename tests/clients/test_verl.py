@@ -15,9 +15,11 @@ import math
 
 import httpx
 import pytest
+from endorm_client.client import AsyncRewardClient
+from endorm_client.integrations.verl import make_compute_score
+from endorm_client.loop_clients import PerLoopClients
 from transformers import AutoTokenizer
 
-from endorm_client.integrations.verl import make_compute_score
 from tests.conftest import API_KEY, tiny_model
 from tests.http.conftest import assert_error
 
@@ -121,3 +123,29 @@ def test_sdk_compute_score_for_verl(server, client):
     assert got == pytest.approx([score_of(client, CHAT, "5"), score_of(client, CHAT, "6")], abs=1e-4)
     sync = make_compute_score(server.url, api_key=API_KEY, asynchronous=False)
     assert sync("gsm8k", "5", "5", {"question": "What is 2+3?"}) == pytest.approx(got[0], abs=1e-4)
+
+
+def test_one_client_per_event_loop_closed_with_its_loop(server):
+    """verl awaits compute_score from several loops (and asyncio.run per batch): each loop gets its own
+    client, and that client's connections close when its loop shuts down instead of leaking."""
+    made: list[AsyncRewardClient] = []
+
+    def factory() -> AsyncRewardClient:
+        made.append(AsyncRewardClient(server.url, api_key=API_KEY))
+        return made[-1]
+
+    clients = PerLoopClients(factory)
+
+    async def twice():
+        first, again = await clients.get(), await clients.get()
+        assert first is again  # one per loop, not one per call
+        return (await first.score([{"prompt": "What is 2+3?", "response": "5"}])).results[0].score
+
+    scores = [asyncio.run(twice()), asyncio.run(twice())]
+    assert len(made) == 2 and made[0] is not made[1]
+    assert all(c._http.is_closed for c in made)  # closed by each loop's shutdown_asyncgens
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+    # the adapter itself keeps working across loops (its first loop's client is gone by then)
+    compute_score = make_compute_score(server.url, api_key=API_KEY, prompt_key="question")
+    runs = [asyncio.run(compute_score("gsm8k", "5", "5", {"question": "What is 2+3?"})) for _ in range(2)]
+    assert runs[0] == pytest.approx(runs[1], abs=1e-6)

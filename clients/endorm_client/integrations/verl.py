@@ -17,10 +17,10 @@ when ``chat``, else raw text; or a list of messages), the response is ``solution
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Callable, Sequence
 
 from endorm_client.client import AsyncRewardClient, RewardClient
+from endorm_client.loop_clients import PerLoopClients
 
 __all__ = ["make_compute_score", "to_item"]
 
@@ -50,16 +50,17 @@ def make_compute_score(client: RewardClient | AsyncRewardClient | str | Sequence
     options = {k: v for k, v in dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
                                      add_eos=add_eos).items() if v is not None}
     given = client if isinstance(client, (RewardClient, AsyncRewardClient)) else None
-    state: dict[str, Any] = {"client": given, "loop": None}
+    state: dict[str, Any] = {"client": given}
 
     if asynchronous:
+        # verl awaits this from its reward loop workers' loops: a client per loop, closed with it
+        per_loop = PerLoopClients(lambda: AsyncRewardClient(client, **client_kwargs))  # type: ignore[arg-type]
+
         async def compute_score(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
                                 extra_info: dict | None = None, **_: Any) -> float:
-            loop = asyncio.get_running_loop()
-            if given is None and state["loop"] is not loop:
-                state["client"], state["loop"] = AsyncRewardClient(client, **client_kwargs), loop
+            rm = given if isinstance(given, AsyncRewardClient) else await per_loop.get()
             item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)
-            return (await state["client"].score([item], **options)).results[0].score
+            return (await rm.score([item], **options)).results[0].score
 
         return compute_score
 

@@ -39,6 +39,7 @@ import torch
 
 from endorm_client.alignment import map_rewards
 from endorm_client.client import AsyncRewardClient, RewardClient
+from endorm_client.loop_clients import PerLoopClients
 from endorm_client.steps import split_steps
 
 __all__ = ["EndoRMRewardManager", "EndoRMBatchRewardManager", "Options", "batch_rows", "reward_tensor",
@@ -240,13 +241,13 @@ class EndoRMRewardManager(RewardManagerBase):
                  reward_model_tokenizer: Any = None, **overrides: Any) -> None:
         super().__init__(config, tokenizer, compute_score)
         self.core = _Core(tokenizer, Options.of(config, **overrides))
-        self._client: AsyncRewardClient | None = None
+        # a client per event loop that awaits run_single, closed when that loop shuts down
+        self._clients = PerLoopClients(lambda: AsyncRewardClient(self.core.options.base_url,
+                                                                 **self.core.client_kwargs()))
 
     async def run_single(self, data: DataProto) -> dict:
-        if self._client is None:  # built on the loop that awaits it
-            self._client = AsyncRewardClient(self.core.options.base_url, **self.core.client_kwargs())
         rows = batch_rows(data[-1:].batch)
-        values, scores = await self.core.score_rows(self._client, rows)
+        values, scores = await self.core.score_rows(await self._clients.get(), rows)
         return {"reward_score": values[0], "reward_extra_info": {"endorm_score": scores[0]}}
 
     @classmethod
