@@ -1,0 +1,71 @@
+"""Time of a criteria-contrast request against a plain one (issue 20), side by side in one process.
+
+G responses to one chat prompt with a criteria system; each repetition uses another DSP query (no
+prefix-cache hits across repetitions), plain and contrast interleaved. Reports the ratio of medians
+and the computed-token ratio (GroupScheduler's counters). Usage:
+    python scripts/contrast_bench.py MODEL_DIR ../shared/data/dsp-test.json [--reps 6] [--G 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+async def main(args) -> dict:
+    from endorm_server.config import Settings
+    from endorm_server.evaluation.promptable import CRITERIA, RESPONSE_KEYS
+    from endorm_server.scoring.contrast import score_contrast
+    from endorm_server.scoring.scorer import Scorer
+
+    rows = json.loads(Path(args.dsp).read_text())
+    rows = [r for r in rows if all(r["responses"][k].strip() for k in RESPONSE_KEYS)]
+    settings = Settings(model=args.model, dtype="float32", kv_cache_gb=1, max_model_len=2048,
+                        max_num_batched_tokens=1024)
+    scorer = await Scorer.start(settings)
+    counters = scorer.groups.counters
+
+    def items(i: int) -> list[dict]:
+        q, nxt = rows[2 * i], rows[2 * i + 1]
+        texts = [q["responses"][k] for k in RESPONSE_KEYS] + [nxt["responses"][k] for k in RESPONSE_KEYS]
+        prompt = {"messages": [{"role": "user", "content": q["query"]}], "system": CRITERIA["academy"]}
+        return [{**prompt, "response": t} for t in texts[: args.G]]
+
+    await scorer.score(items(300))  # warm-up (a query no repetition uses)
+    out = {"plain": [], "contrast": [], "plain_tokens": [], "contrast_tokens": []}
+    for rep in range(args.reps):
+        for kind, i in (("plain", 2 * rep), ("contrast", 2 * rep + 1)):
+            its = items(i)
+            cached, t0 = counters.cached_prompt_tokens, time.perf_counter()
+            if kind == "plain":
+                res = await scorer.score(its)
+                pairs = [r.pair for r in res]
+            else:
+                res = await score_contrast(scorer, its)
+                pairs = [p for r in res for p in (r.criteria.pair, r.baseline.pair)]
+            out[kind].append(time.perf_counter() - t0)
+            out[f"{kind}_tokens"].append(sum(len(p.ids) for p in pairs) - (counters.cached_prompt_tokens - cached))
+    await scorer.shutdown()
+    t_ratio = statistics.median(out["contrast"]) / statistics.median(out["plain"])
+    tok_ratio = sum(out["contrast_tokens"]) / sum(out["plain_tokens"])
+    return {**out, "G": args.G, "reps": args.reps, "time_ratio_of_medians": t_ratio, "computed_token_ratio": tok_ratio,
+            "resubmissions": counters.resubmissions}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("dsp")
+    p.add_argument("--reps", type=int, default=6)
+    p.add_argument("--G", type=int, default=8)
+    p.add_argument("-o", "--output", default=None)
+    a = p.parse_args()
+    res = asyncio.run(main(a))
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.output:
+        Path(a.output).write_text(text + "\n")
