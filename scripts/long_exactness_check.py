@@ -19,7 +19,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 from endorm_server.scoring import rewards
 from endorm_server.config import Settings
 from endorm_server.engine.vllm_engine import VllmEngine
-from endorm_server.engine.reference import TransformersEngine
+from endorm_server.engine.transformers_engine import TransformersEngine
 from endorm_server.scoring.grouping import GroupScheduler
 from endorm_server.inputs.tokenization import EncodedPair
 M = sys.argv[1] if len(sys.argv) > 1 else ""

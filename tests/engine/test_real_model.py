@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from endorm_server.scoring import rewards
-from endorm_server.engine.reference import TransformersEngine
+from endorm_server.engine.transformers_engine import TransformersEngine
 from endorm_server.engine.vllm_engine import VllmEngine
 from endorm_server.inputs.tokenization import PairEncoder
 from tests.conftest import engine_settings

@@ -8,7 +8,7 @@ from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, Token
 
 def create_engine(settings: Settings, model_path: str) -> TokenStatsEngine:
     if settings.engine == "transformers":
-        from endorm_server.engine.reference import TransformersEngine
+        from endorm_server.engine.transformers_engine import TransformersEngine
 
         return TransformersEngine(settings, model_path)
     from endorm_server.engine.vllm_engine import VllmEngine

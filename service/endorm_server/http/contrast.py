@@ -10,24 +10,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from endorm_server.http.schemas import ScoreResult, ScoringOptions
+from endorm_server.http.schemas import ScoreResult, RequestOptions
 from endorm_server.inputs.tokenization import EncodedPair, InputError
 from endorm_server.scoring import contrast
 from endorm_server.scoring.scorer import ScoredItem, ScoreOptions, Scorer
 
 
-def check_options(body: ScoringOptions) -> None:
+def check_options(body: RequestOptions) -> None:
     if body.baseline_system is not None and not body.contrast:
         raise InputError("baseline_system is only used with contrast: true", "baseline_system")
 
 
-def score_baselines(items: Sequence[dict[str, Any]], body: ScoringOptions, param: str) -> list[dict[str, Any]]:
+def score_baselines(items: Sequence[dict[str, Any]], body: RequestOptions, param: str) -> list[dict[str, Any]]:
     """/score: every item needs messages and a system (422 names ``items.<i>.messages`` / ``.system``)."""
     return contrast.baseline_items(items, body.baseline_system, param)
 
 
 def compare_baselines(prompt: dict[str, Any], responses: Sequence[dict[str, Any]],
-                      body: ScoringOptions) -> list[dict[str, Any]]:
+                      body: RequestOptions) -> list[dict[str, Any]]:
     """/compare: the shared prompt needs messages and a system (422 names ``messages`` / ``system``)."""
     contrast.check_item(prompt)
     base = contrast.baseline_item(prompt, body.baseline_system)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from endorm_server.http.admission import Draining
 from endorm_server.http.cancellation import ClientDisconnected, run_bounded
 from endorm_server.http.errors import APIError
-from endorm_server.http.schemas import ErrorResponse, ScoringOptions
+from endorm_server.http.schemas import ErrorResponse, RequestOptions
 from endorm_server.http.state import ServiceState
 from endorm_server.inputs.tokenization import EncodedPair, InputError
 from endorm_server.scoring.scorer import ScoredItem, Scorer, ScoreOptions
@@ -42,7 +42,7 @@ def ready_scorer(state: ServiceState, request: Request) -> Scorer:
     return state.scorer
 
 
-def score_options(body: ScoringOptions, scorer: Scorer) -> ScoreOptions:
+def score_options(body: RequestOptions, scorer: Scorer) -> ScoreOptions:
     """Request options -> the scorer's options; a request for another model is a 404."""
     if body.model is not None and body.model != scorer.model_name:
         raise APIError(404, f"model {body.model!r} is not served here (serving {scorer.model_name!r})",

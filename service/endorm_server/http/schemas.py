@@ -103,7 +103,9 @@ class ScoreItem(PromptFields):
         return out
 
 
-class ScoringOptions(BaseModel):
+class RequestOptions(BaseModel):
+    """The scoring options as a request body spells them; validated into scorer.ScoreOptions."""
+
     model_config = _STRICT
     model: StrictStr | None = Field(None, description="Optional; must name the served model if given")
     aggregation: Aggregation = "sum"
@@ -119,7 +121,7 @@ class ScoringOptions(BaseModel):
                                               "the item without system, i.e. the chat template's default)")
 
 
-class ScoreRequest(ScoringOptions):
+class ScoreRequest(RequestOptions):
     items: list[ScoreItem] = Field(min_length=1)
 
     model_config = ConfigDict(
@@ -139,7 +141,7 @@ class ScoreRequest(ScoringOptions):
     )
 
 
-class CompareRequest(ScoringOptions, PromptFields):
+class CompareRequest(RequestOptions, PromptFields):
     responses: list[StrictStr] | None = Field(None, min_length=2)
     responses_ids: list[Annotated[list[TokenId], Field(min_length=1)]] | None = Field(None, min_length=2)
     step_separator: StrictStr | None = Field(None, min_length=1, description="Split each text response into steps")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from endorm_server.http import pipeline
 from endorm_server.http.auth import require_api_key
 from endorm_server.http.errors import APIError
-from endorm_server.http.schemas import Aggregation, ErrorResponse, Message, ScoringOptions, Terminal
+from endorm_server.http.schemas import Aggregation, ErrorResponse, Message, RequestOptions, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_ids, split_text
 from endorm_server.scoring.scorer import Scorer
 
@@ -123,7 +123,7 @@ async def classify(body: ClassifyRequest, request: Request):
     if not _model_ok(body.model, scorer, state.settings.model):
         raise APIError(404, f"model {body.model!r} is not served here (serving {scorer.model_name!r})",
                        param="model", type="model_not_found")
-    options = pipeline.score_options(ScoringOptions(aggregation=body.aggregation, gamma=body.gamma, beta=body.beta,
+    options = pipeline.score_options(RequestOptions(aggregation=body.aggregation, gamma=body.gamma, beta=body.beta,
                                       terminal=body.terminal, truncate=body.truncate), scorer)
     items, param, add_eos = _classify_items(body, scorer)
     pipeline.check_item_count(state, len(items), param)

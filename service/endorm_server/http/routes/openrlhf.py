@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from endorm_server.http import pipeline
 from endorm_server.http.auth import require_api_key
 from endorm_server.http.errors import APIError
-from endorm_server.http.schemas import Aggregation, ScoringOptions, Terminal
+from endorm_server.http.schemas import Aggregation, RequestOptions, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_text
 
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES,
@@ -110,7 +110,7 @@ async def get_reward(body: GetRewardRequest, request: Request):
     opts = _query_options(request)
     state = pipeline.service_state(request)
     scorer = pipeline.ready_scorer(state, request)
-    options = pipeline.score_options(ScoringOptions(aggregation=opts.aggregation, gamma=opts.gamma, beta=opts.beta,
+    options = pipeline.score_options(RequestOptions(aggregation=opts.aggregation, gamma=opts.gamma, beta=opts.beta,
                                       terminal=opts.terminal, truncate=opts.truncate), scorer)
     if body.prompts is not None and len(body.prompts) != len(body.query):
         raise APIError(422, f"{len(body.prompts)} prompts for {len(body.query)} queries", param="prompts")
