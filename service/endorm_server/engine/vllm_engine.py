@@ -109,7 +109,10 @@ class VllmEngine:
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._engine = AsyncLLM.from_engine_args(self.engine_args())
+        # Building the engine (engine-core process, model load, KV-cache profiling) blocks for seconds to
+        # minutes: in a worker thread, so the event loop keeps answering probes meanwhile. AsyncLLM starts
+        # its output handler lazily on the first request when built off the loop.
+        self._engine = await asyncio.to_thread(AsyncLLM.from_engine_args, self.engine_args())
         model_config = self._engine.model_config
         self.info = EngineInfo(
             name="vllm",

@@ -84,7 +84,9 @@ class Scorer:
         from transformers import AutoTokenizer
 
         path = await asyncio.to_thread(resolve_model_path, settings.model, settings.cache_dir)
-        engine = create_engine(settings, path)  # resolves --dtype auto for this device (engine/dtype.py)
+        # reads the model's config and resolves --dtype auto for this device (engine/dtype.py): file I/O,
+        # off the loop, which answers /health and /ready while the model loads
+        engine = await asyncio.to_thread(create_engine, settings, path)
         choice = engine.dtype_choice
         log.info("compute dtype %s: %s (--dtype %s)", choice.dtype, choice.reason, settings.dtype)
         fingerprint = await asyncio.to_thread(model_fingerprint, path, settings.alpha, settings.cache_dir,
