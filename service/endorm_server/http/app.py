@@ -64,8 +64,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(start_engine())
-        state.tasks.add(task)
+        task = asyncio.create_task(start_engine())  # held here until shutdown cancels it
         try:
             yield
         finally:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from endorm_server.http.admission import AdmissionController
 from endorm_server.config import Settings
@@ -22,7 +21,6 @@ class ServiceState:
     drain_started_at: float | None = None  # time.monotonic() of SIGTERM
     http_in_flight: int = 0  # POST requests received and not answered (drain waits for them)
     startup_error: BaseException | None = None
-    tasks: set[asyncio.Task] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:

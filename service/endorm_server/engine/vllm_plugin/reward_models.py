@@ -27,12 +27,6 @@ ALPHA_KEY = "endorm_alpha"  # hf_config attribute set through hf_overrides
 CHUNK_KEY = "endorm_chunk_rows"
 
 
-def _pooler_base():
-    from vllm.model_executor.layers.pooler import Pooler
-
-    return Pooler
-
-
 class _PoolerMixin:
     """Implements vLLM's Pooler interface (mixed into Pooler at class creation)."""
 
