@@ -1,4 +1,4 @@
-"""Unit tests for service/endorm_server/scoring/rewards.py against a slow, obvious reference (DESIGN.md section 1)."""
+"""Unit tests for service/endorm_server/scoring/rewards.py against a slow, obvious reference (docs/architecture.md, the math)."""
 
 import math
 import warnings

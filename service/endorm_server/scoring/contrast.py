@@ -1,4 +1,4 @@
-"""Criteria-contrast rewards (DESIGN.md section 8): the promptable part of the reward, with the prior cancelled.
+"""Criteria-contrast rewards (docs/contrast.md): the promptable part of the reward, with the prior cancelled.
 
 Each response y is scored under two contexts of the same prompt x, per response token h:
 

@@ -1,4 +1,4 @@
-"""Endogenous reward math (DESIGN.md section 1). Pure numpy: no engine, no HTTP.
+"""Endogenous reward math (docs/architecture.md, the math). Pure numpy: no engine, no HTTP.
 
 A causal LM's raw logits are a soft Q-function. With alpha the entropy coefficient,
     V(s)       = alpha * logsumexp(Q(s, .) / alpha)
