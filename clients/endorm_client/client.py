@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
@@ -175,7 +176,14 @@ class _Base:
         first = parts[0]
         usage = Usage(prompt_tokens=sum(p.usage.prompt_tokens for p in parts),
                       total_tokens=sum(p.usage.total_tokens for p in parts))
-        return ScoreResponse(model=first.model, alpha=first.alpha, aggregation=first.aggregation, results=results,
+        # chunks answered by replicas serving different rewards (another dtype, other weights) share none
+        fingerprints = {p.system_fingerprint for p in parts}
+        fingerprint = fingerprints.pop() if len(fingerprints) == 1 else None
+        if fingerprint is None and len(parts) > 1 and any(p.system_fingerprint for p in parts):
+            warnings.warn(f"score_batch: replicas answered with different system_fingerprints {sorted(map(str, fingerprints))}; "
+                          "their rewards are not comparable", RuntimeWarning, stacklevel=3)
+        return ScoreResponse(model=first.model, alpha=first.alpha, system_fingerprint=fingerprint,
+                             aggregation=first.aggregation, results=results,
                              usage=usage, request_id=",".join(p.request_id or "" for p in parts))
 
 

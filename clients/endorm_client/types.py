@@ -104,6 +104,8 @@ class ScoreResponse(BaseModel):
     model_config = _RESULT
     model: str
     alpha: float
+    system_fingerprint: str | None = Field(None, description="The served model's weights, alpha, compute dtype and engine: "
+                                            "equal fingerprints give equal rewards")
     aggregation: Aggregation
     results: list[ScoreResult]
     usage: Usage
@@ -118,6 +120,8 @@ class CompareResponse(BaseModel):
     model_config = _RESULT
     model: str
     alpha: float
+    system_fingerprint: str | None = Field(None, description="The served model's weights, alpha, compute dtype and engine: "
+                                            "equal fingerprints give equal rewards")
     aggregation: Aggregation
     scores: list[float]
     ranking: list[int]
@@ -135,3 +139,6 @@ class ModelCard(BaseModel):
     alpha: float
     engine: str
     vocab_size: int | None = None
+    dtype: str | None = Field(None, description="The dtype the engine computes in")
+    system_fingerprint: str | None = Field(None, description="The served model's weights, alpha, compute dtype and engine: "
+                                            "equal fingerprints give equal rewards")

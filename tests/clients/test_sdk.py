@@ -72,9 +72,14 @@ def test_score_compare_models_ready(server, client):
         raw = client.post("/score", json={"items": [ITEMS[0], ITEMS[1], ITEMS[2].to_json()], "return_tokens": True}).json()
         assert res.scores == pytest.approx([r["score"] for r in raw["results"]], abs=1e-5)
         assert res.model == raw["model"] and res.usage.total_tokens == raw["usage"]["total_tokens"]
+        # the fingerprint reaches the SDK's results (and is the one /v1/models reports)
+        assert res.system_fingerprint == raw["system_fingerprint"] == card.system_fingerprint
+        assert res.system_fingerprint.startswith("fp_") and card.dtype == "float32"
+        assert rm.score_batch(ITEMS, chunk_size=1).system_fingerprint == res.system_fingerprint
         assert [t.id for t in res.results[2].tokens] == [40, 41, 4]
         cmp = rm.compare(messages=CHAT, responses=["5", "five", "6"])
         assert sorted(cmp.ranking) == [0, 1, 2] and cmp.best == cmp.ranking[0]
+        assert cmp.system_fingerprint == res.system_fingerprint
         assert cmp.scores == pytest.approx([r["score"] for r in client.post("/score", json={
             "items": [{"messages": CHAT, "response": r} for r in ["5", "five", "6"]]}).json()["results"]], abs=1e-4)
         assert rm.score(ITEMS[:1], aggregation="mean").aggregation == "mean"

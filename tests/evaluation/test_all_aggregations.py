@@ -45,6 +45,7 @@ class CountingScorer:
 
         scorer.engine.token_stats = counted
         self.model_name = scorer.model_name
+        self.system_fingerprint = scorer.system_fingerprint
 
     async def score(self, items, options):
         return await self.scorer.score(items, options)
@@ -124,6 +125,27 @@ def test_eval_all_writes_every_aggregation_and_resumes(tmp_path, capsys):
     assert "gamma" in capsys.readouterr().err
 
 
+def test_the_cache_is_keyed_by_the_system_fingerprint(tmp_path):
+    """--dtype auto and the dtype it resolves to are the same rewards (one fingerprint): one cache entry;
+    another resolved dtype is another fingerprint and is scored anew."""
+    data = tmp_path / "rmb.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2+2?", "chosen": ["4"], "rejected": ["5"], "domain": "math"}) + "\n")
+    cache = tmp_path / "scores.jsonl"
+
+    def run(dtype: str, name: str) -> dict:
+        assert main(["eval", str(data), "--engine", "transformers", "--model", str(tiny_model("llama")),
+                     "--dtype", dtype, "--no-progress", "-o", str(tmp_path), "--cache", str(cache),
+                     "--name", name]) == 0
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    exact = run("float64", "exact")
+    assert len(cache.read_text().splitlines()) == 2
+    auto = run("auto", "auto")  # the transformers engine's auto is float64: served from the cache
+    assert len(cache.read_text().splitlines()) == 2 and auto["scores"] == exact["scores"]
+    run("float32", "single")
+    assert len(cache.read_text().splitlines()) == 4
+
+
 def test_score_all_reports_every_aggregation(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "2+2=", "chosen": "4", "rejected": "five hundred"}) + "\n")
@@ -156,12 +178,14 @@ def test_http_backend_scores_every_aggregation_in_one_request(server):
     async def go():
         backend = await HttpBackend(server.url, client=client, discount=DISCOUNT).start()
         try:
-            return await backend.score(ITEMS, rewards.TOKEN_AGGREGATIONS)
+            return await backend.score(ITEMS, rewards.TOKEN_AGGREGATIONS), backend.system_fingerprint
         finally:
             await backend.close()
 
-    remote = asyncio.run(go())
+    remote, fingerprint = asyncio.run(go())
     assert len(posts) == 1
+    models = httpx.get(f"{server.url}/v1/models", headers={"authorization": f"Bearer {API_KEY}"}).json()
+    assert fingerprint == models["data"][0]["system_fingerprint"] and fingerprint.startswith("fp_")
     settings = engine_settings(tiny_model("llama"), engine="transformers")
 
     async def local():

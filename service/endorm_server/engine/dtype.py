@@ -125,6 +125,13 @@ def _device() -> tuple[DeviceKind, bool | None]:
     return "other", None
 
 
+def engine_dtype(settings_dtype: str, model_path: str | Path, engine: str) -> DtypeChoice:
+    """What an engine computes in: the transformers engine on CPU (auto: float64), vLLM on this device."""
+    if engine == "transformers":
+        return resolve_dtype(settings_dtype, device="cpu", engine="transformers")
+    return machine_dtype(settings_dtype, model_path, "vllm")
+
+
 def machine_dtype(requested: str, model_path: str | Path, engine: str = "vllm") -> DtypeChoice:
     """``resolve_dtype`` with this machine's device, CPU flags and the checkpoint's dtype."""
     if canonical(requested) not in (None, "auto") or engine == "transformers":

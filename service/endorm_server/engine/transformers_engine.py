@@ -16,7 +16,7 @@ import torch
 
 from endorm_server.config import Settings
 from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
-from endorm_server.engine.dtype import resolve_dtype
+from endorm_server.engine.dtype import engine_dtype
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,7 +39,7 @@ class TransformersEngine:
         self._lock = threading.Lock()
         self._unfinished = 0
         self.info: EngineInfo | None = None
-        self.dtype_choice = resolve_dtype(settings.dtype, device="cpu", engine="transformers")  # auto: float64
+        self.dtype_choice = engine_dtype(settings.dtype, model_path, "transformers")  # auto: float64
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)

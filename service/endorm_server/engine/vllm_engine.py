@@ -19,7 +19,7 @@ import numpy as np
 from endorm_server.config import Settings
 from endorm_server.engine import cpu_threads
 from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
-from endorm_server.engine.dtype import DtypeChoice, machine_dtype
+from endorm_server.engine.dtype import DtypeChoice, engine_dtype
 from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
 from endorm_server.engine.vllm_plugin.plugin import reward_architecture
 from endorm_server.engine.vllm_plugin.reward_models import ALPHA_KEY, CHUNK_KEY
@@ -71,7 +71,7 @@ class VllmEngine:
         self._ids = itertools.count()
         self.info: EngineInfo | None = None  # set by start()
         # --dtype auto resolved from this device (never vLLM's own auto: float16 on CPU)
-        self.dtype_choice: DtypeChoice = machine_dtype(settings.dtype, model_path, "vllm")
+        self.dtype_choice: DtypeChoice = engine_dtype(settings.dtype, model_path, "vllm")
 
     def engine_args(self):
         from vllm.engine.arg_utils import AsyncEngineArgs

@@ -37,6 +37,7 @@ def all_aggregations(tr: rewards.TokenRewards, aggregations: Sequence[str], d: D
 
 class Backend(Protocol):
     model_name: str
+    system_fingerprint: str | None  # keys the score cache: the same model, alpha, dtype and engine
 
     async def score(self, items: Sequence[dict[str, Any]], aggregations: Sequence[str]) -> dict[str, list[float]]: ...
 
@@ -51,6 +52,7 @@ class InProcessBackend:
         self.scorer = scorer
         self.discount = discount
         self.model_name = scorer.model_name
+        self.system_fingerprint: str | None = scorer.system_fingerprint
 
     @classmethod
     async def start(cls, settings, discount: Discount = Discount()) -> "InProcessBackend":
@@ -96,6 +98,7 @@ class HttpBackend:
         self.client = client or httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
         self.max_retries = max_retries
         self.model_name = base_url
+        self.system_fingerprint: str | None = None  # from /v1/models at start()
 
     async def start(self) -> "HttpBackend":
         """Check the server answers and learn the model's name."""
@@ -106,6 +109,7 @@ class HttpBackend:
         data = body.get("data") if isinstance(body, dict) else None
         if isinstance(data, list) and data and isinstance(data[0], dict) and data[0].get("id"):
             self.model_name = str(data[0]["id"])
+            self.system_fingerprint = data[0].get("system_fingerprint") or None
         return self
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -87,21 +87,23 @@ def discount_of(args: argparse.Namespace):
                     baseline_system=getattr(args, "baseline_system", None))
 
 
-def cache_config(args: argparse.Namespace, settings, model: str) -> dict:
-    """Everything besides the request item that changes a response's score."""
-    return {"model": model, "server": args.server, "engine": None if args.server else settings.engine,
-            "dtype": None if args.server else settings.dtype, "alpha": None if args.server else settings.alpha,
-            "gamma": args.gamma, "beta": args.beta, "terminal": args.terminal,
+def cache_config(args: argparse.Namespace, model: str, fingerprint: str | None) -> dict:
+    """Everything besides the request item that changes a response's score: the server's system_fingerprint
+    (weights, alpha, the resolved compute dtype, the engine: the same key in-process and through a server
+    running the same model) and the request's options. A server that reports no fingerprint is keyed by
+    its URL instead."""
+    served = {"system_fingerprint": fingerprint} if fingerprint else {"server": args.server}
+    return {"model": model, **served, "gamma": args.gamma, "beta": args.beta, "terminal": args.terminal,
             **({"contrast": True, "baseline_system": args.baseline_system} if getattr(args, "contrast", False) else {})}
 
 
-def open_cache(args: argparse.Namespace, settings, model: str, name: str):
+def open_cache(args: argparse.Namespace, backend, name: str):
     from endorm_server.evaluation.cache import ScoreCache
 
     if args.no_cache:
         return None
     path = Path(args.cache) if args.cache else Path(args.output_dir) / f"{name}.scores.jsonl"
-    cache = ScoreCache(path, cache_config(args, settings, model))
+    cache = ScoreCache(path, cache_config(args, backend.model_name, backend.system_fingerprint))
     if len(cache) and not args.no_progress:
         print(f"resuming: {len(cache)} scored responses in {path}", file=sys.stderr)
     return cache
@@ -110,8 +112,9 @@ def open_cache(args: argparse.Namespace, settings, model: str, name: str):
 class CachedOnlyBackend:
     """Scores nothing: with ``--cached-only`` every score must come from the cache."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, system_fingerprint: str) -> None:
         self.model_name = model_name
+        self.system_fingerprint = system_fingerprint
 
     async def score(self, items, aggregations):
         raise RuntimeError(f"--cached-only: {len(items)} responses are not in the cache yet")
@@ -123,7 +126,11 @@ class CachedOnlyBackend:
 def cached_backend(args: argparse.Namespace, settings) -> CachedOnlyBackend:
     if args.no_cache or args.server:
         raise ValueError("--cached-only reads an in-process run's cache (no --no-cache, no --server)")
-    return CachedOnlyBackend(settings.model_name)
+    from endorm_server.models.sources import resolve_model_path
+    from endorm_server.scoring.scorer import system_fingerprint
+
+    path = resolve_model_path(settings.model, settings.cache_dir)
+    return CachedOnlyBackend(settings.model_name, system_fingerprint(settings, path))
 
 
 async def start_backend(args: argparse.Namespace, settings):
@@ -145,7 +152,7 @@ async def _run(args, settings, dataset, aggregations, name):
             backend, dataset, aggregations, system=args.system, prompt_mode=args.prompt_format,
             step_separator=step_separator(args), batch_size=args.batch_size, concurrency=args.concurrency,
             progress=not args.no_progress,
-            desc=f"scoring {Path(args.input).name}", cache=open_cache(args, settings, backend.model_name, name))
+            desc=f"scoring {Path(args.input).name}", cache=open_cache(args, backend, name))
     finally:
         await backend.close()
 

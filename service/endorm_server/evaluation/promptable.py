@@ -207,7 +207,7 @@ async def _score(args, settings, items, aggregations):
 
     backend = cached_backend(args, settings) if args.cached_only else await start_backend(args, settings)
     try:
-        cache = open_cache(args, settings, backend.model_name, args.name)
+        cache = open_cache(args, backend, args.name)
         with tqdm(total=len(items), desc="scoring DSP", unit="resp", disable=args.no_progress,
                   dynamic_ncols=True) as bar:
             scores = await score_items(backend, items, aggregations, batch_size=args.batch_size,

@@ -22,6 +22,7 @@ from endorm_server.scoring import rewards, steps
 from endorm_server.scoring.aggregations import Aggregation, Terminal
 from endorm_server.config import Settings
 from endorm_server.engine import EngineInfo, TokenStatsEngine, create_engine
+from endorm_server.engine.dtype import DtypeChoice, engine_dtype
 from endorm_server.scoring.grouping import GroupScheduler
 from endorm_server.models.sources import resolve_model_path
 from endorm_server.inputs.offsets import response_offsets
@@ -37,6 +38,13 @@ DEFAULT_FRONTEND_WORKERS = 4
 
 class SequenceTooLongError(InputError):
     """prompt + response exceed max_model_len (HTTP 413)."""
+
+
+def system_fingerprint(settings: Settings, model_path: str, choice: DtypeChoice | None = None) -> str:
+    """The ``system_fingerprint`` a server started with ``settings`` on this machine reports, known without
+    starting an engine (``endorm eval --cached-only`` keys its cache by it)."""
+    choice = choice or engine_dtype(settings.dtype, model_path, settings.engine)
+    return model_fingerprint(model_path, settings.alpha, settings.cache_dir, choice.dtype, settings.engine)
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,7 @@ class Scorer:
         engine = await asyncio.to_thread(create_engine, settings, path)
         choice = engine.dtype_choice
         log.info("compute dtype %s: %s (--dtype %s)", choice.dtype, choice.reason, settings.dtype)
-        fingerprint = await asyncio.to_thread(model_fingerprint, path, settings.alpha, settings.cache_dir,
-                                              choice.dtype, settings.engine)
+        fingerprint = await asyncio.to_thread(system_fingerprint, settings, path, choice)
         tokenizer = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
         )
