@@ -13,6 +13,7 @@ must return series, with the labels its legend names.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -60,7 +61,7 @@ def dashboard() -> dict[str, Any]:
 
 def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
     """Every panel that queries (rows' nested panels included)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for panel in board["panels"]:
         out += panel.get("panels", []) if panel["type"] == "row" else [panel]
     return out
@@ -323,7 +324,8 @@ def _normal_load(client: httpx.Client, url: str, seed: int) -> dict[str, Any]:
             assert r.status_code == 504 and time.monotonic() < deadline, (r.status_code, r.text)
 
     for k in range(3):
-        until_ok(lambda k=k: client.post("/score", json={"items": _group(seed * 10 + k)}))
+        body = {"items": _group(seed * 10 + k)}
+        until_ok(functools.partial(client.post, "/score", json=body))
     compared = until_ok(lambda: client.post("/compare", json={"prompt": f"Is {seed} + 2 = {seed + 2}?",
                                                               "responses": ["Yes.", "No.", "Maybe."]})).json()
     assert client.post("/score", json={}).status_code == 422
