@@ -32,7 +32,7 @@ class Dist:
     spec: str = ""
 
     @classmethod
-    def parse(cls, spec: str) -> "Dist":
+    def parse(cls, spec: str) -> Dist:
         text = spec.strip()
         kind, _, rest = text.partition(":")
         kind = kind.lower()
@@ -142,7 +142,7 @@ class LoadConfig:
     summary_json: str = ""  # the summary and threshold verdict as JSON
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "LoadConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoadConfig:
         env = os.environ if env is None else env
         kwargs: dict = {}
         for f in fields(cls):

@@ -55,7 +55,7 @@ class LocalServer:
         self.url = f"http://127.0.0.1:{port}"
         self.cmd = [sys.executable, "-m", "endorm_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *self.args]
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is not None:  # a restart on another port
             self._log.close()
@@ -64,7 +64,7 @@ class LocalServer:
                                      start_new_session=self.new_session, preexec_fn=_die_with_parent)
         return self
 
-    def wait_ready(self) -> "LocalServer":
+    def wait_ready(self) -> LocalServer:
         assert self.proc is not None
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
@@ -124,7 +124,7 @@ class LocalServer:
             pass
         self.proc.kill()
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start().wait_ready()
 
     def __exit__(self, *exc) -> None:

@@ -17,7 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package, for the texts
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from tests.engine.test_real_model import FACTS, INSTRUCTIONS, LONG_ANSWER
+
 M = sys.argv[1]
 tok = AutoTokenizer.from_pretrained(M)
 m64 = AutoModelForCausalLM.from_pretrained(M, torch_dtype=torch.float64).eval()

@@ -13,21 +13,27 @@ ENDORM_CPU_GEMM=onednn measures vLLM's oneDNN matrix products instead of the flo
 --step-tokens sets the engine step (max_num_batched_tokens, default 2048: one step holds a whole sequence).
 Measured 2026-12-01 on SmolLM2-135M-Instruct: docs/exactness.md.
 """
-import asyncio, sys
+import asyncio
+import sys
+
 import numpy as np
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from endorm_server.scoring import rewards
 from endorm_server.config import Settings
-from endorm_server.engine.vllm_engine import VllmEngine
 from endorm_server.engine.transformers_engine import TransformersEngine
-from endorm_server.scoring.grouping import GroupScheduler
+from endorm_server.engine.vllm_engine import VllmEngine
 from endorm_server.inputs.tokenization import EncodedPair
+from endorm_server.scoring import rewards
+from endorm_server.scoring.grouping import GroupScheduler
+
 M = sys.argv[1] if len(sys.argv) > 1 else ""
 STEP = int(sys.argv[sys.argv.index("--step-tokens") + 1]) if "--step-tokens" in sys.argv else 2048
 
 def rm_bench_pairs(path: str) -> list[EncodedPair]:
     import json
+
     from transformers import AutoTokenizer
+
     from endorm_server.inputs.tokenization import PairEncoder
     encoder = PairEncoder(AutoTokenizer.from_pretrained(M), vocab_size=49152)
     rows = [json.loads(line) for line in open(path)]

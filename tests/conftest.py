@@ -17,8 +17,8 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from endorm_server.config import Settings
-from tests.tiny_models import ensure_tiny_model
 from tests.server import ServerProcess
+from tests.tiny_models import ensure_tiny_model
 
 # Hypothesis's timing checks (a per-example deadline, the "too slow" health check) fail on a slow or
 # loaded machine, not on a wrong result: off for every property test of the suite. derandomize: CI

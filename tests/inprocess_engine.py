@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from endorm_server.config import Settings
-from endorm_server.engine.vllm_plugin.row_assembly import FIRST_KEY, parse_result
 from endorm_server.engine.vllm_engine import VllmEngine
+from endorm_server.engine.vllm_plugin.row_assembly import FIRST_KEY, parse_result
 
 
 class InProcessEngine:

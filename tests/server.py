@@ -20,7 +20,7 @@ class ServerProcess(LocalServer):
                  ready_timeout: float = 600) -> None:
         super().__init__(args, log_path=log_path, env=env, ready_timeout_s=ready_timeout)
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         super().start()
         self.wait_ready()
         return self

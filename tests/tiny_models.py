@@ -193,8 +193,7 @@ def _train_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool = False, c
     pre-tokenizer); a larger request gives fewer. ``corpus`` (a list of texts)
     replaces the built-in one.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     n_base = len(SPECIAL_TOKENS) + 256
     if vocab_size < n_base + 16:

@@ -32,12 +32,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import httpx
 
 from endorm_client.affinity import rank
-
 from endorm_client.errors import APIConnectionError, APIStatusError, APITimeoutError, error_class
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -124,7 +123,7 @@ class Balancer:
     _rr: itertools.count = field(default_factory=itertools.count)
 
     @classmethod
-    def of(cls, urls: list[str], cooldown_base: float, cooldown_max: float) -> "Balancer":
+    def of(cls, urls: list[str], cooldown_base: float, cooldown_max: float) -> Balancer:
         return cls([Endpoint(u) for u in urls], cooldown_base, cooldown_max)
 
     def acquire(self, exclude: set[str], affinity: str | None = None) -> Endpoint:
@@ -239,7 +238,7 @@ def api_error(resp: httpx.Response, request_id: str | None, url: str | None = No
         body = resp.json()
     except ValueError:
         body = None
-    err = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
+    err: dict[str, Any] = body["error"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
     message = err.get("message") or (resp.text[:500] if not body else str(body)[:500]) or resp.reason_phrase
     return error_class(resp.status_code)(
         resp.status_code, message, type=err.get("type"), param=err.get("param"),

@@ -48,7 +48,8 @@ def rewards_on_tokens(result: ScoreResult, trainer_offsets: Sequence[Span]) -> l
         raise ValueError("the result has no tokens: score with return_tokens=True")
     if any(t.offset is None for t in result.tokens):
         raise ValueError("the result has no character offsets: they come with text responses")
-    return map_rewards([t.reward for t in result.tokens], [t.offset for t in result.tokens], trainer_offsets)
+    offsets = [t.offset for t in result.tokens if t.offset is not None]
+    return map_rewards([t.reward for t in result.tokens], offsets, trainer_offsets)
 
 
 def tokenizer_offsets(tokenizer: Any, text: str, ids: Sequence[int] | None = None) -> list[Span]:

@@ -124,7 +124,7 @@ class _Base:
         """Chunks within the server's limits; with ``keys`` (prompt hashes) a group stays in one chunk."""
         size = self._chunk_size(chunk_size)
         grouped = keys is not None and any(a == b for a, b in zip(keys, keys[1:]))
-        return group_chunks(keys, size) if grouped else chunks(n, size)
+        return group_chunks(keys, size) if grouped and keys is not None else chunks(n, size)
 
     def _affinity(self, items: list[dict]) -> str | None:
         """The request's prompt key: picks the replica among several URLs and, as the
@@ -253,8 +253,8 @@ class RewardClient(_Base):
                 for f in pending:
                     f.cancel()
                 for f in futures:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()
+                    if f.done() and not f.cancelled() and (exc := f.exception()) is not None:
+                        raise exc
         return [r for part in out for r in (part or [])]
 
     def _adaptive(self, part: list[T], send: Callable[[list[T]], list[R]]) -> list[R]:
@@ -353,7 +353,7 @@ class RewardClient(_Base):
         if self._own_http:
             self._http.close()
 
-    def __enter__(self) -> "RewardClient":
+    def __enter__(self) -> RewardClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -499,7 +499,7 @@ class AsyncRewardClient(_Base):
         if self._own_http:
             await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncRewardClient":
+    async def __aenter__(self) -> AsyncRewardClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

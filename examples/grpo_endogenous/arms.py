@@ -20,9 +20,10 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
+from task import in_words, is_correct
+
 from endorm_client.integrations.trl import make_reward_function
 from endorm_server.evaluation.demo_task import SYSTEM_PROMPTS
-from task import in_words, is_correct
 
 __all__ = ["ARMS", "ENDORM_ARMS", "reward_functions"]
 

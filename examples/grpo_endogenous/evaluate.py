@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-
 from task import PROMPT_STYLES, Question, in_words, is_correct
 
 __all__ = ["Accuracy", "evaluate"]

@@ -74,10 +74,9 @@ def train_one(args: argparse.Namespace, arm: str, seed: int, server_url: str, ev
     """One GRPO run from a fresh copy of the policy; returns (and writes) its record."""
     import torch
     from datasets import Dataset
+    from evaluate import evaluate
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from evaluate import evaluate
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -131,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from evaluate import evaluate
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     args.out.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="grpo-endogenous-"))  # trainer output, server log: not results

@@ -99,7 +99,7 @@ def analyse(log: Path, cfg: LoadConfig, *, pacing_s: float, settle_s: float = 4.
         span = end - lo
 
         def pct(q):
-            return float(np.percentile(lat, q)) if lat.size else None
+            return float(np.percentile(lat, q)) if lat.size else None  # noqa: B023 (called within this iteration)
 
         out.append(Step(
             users=users, offered_rps=users / pacing_s, start_s=lo, end_s=end,

@@ -39,7 +39,7 @@ class Workload:
 
     @classmethod
     def random(cls, *, n: int, prompt_len: int, response_len: int, vocab_size: int, items: int, concurrency: int,
-               seed: int = 0) -> "Workload":
+               seed: int = 0) -> Workload:
         rng = random.Random(seed)
         seqs = tuple(tuple(rng.randrange(RESERVED_IDS, vocab_size) for _ in range(prompt_len + response_len))
                      for _ in range(n))

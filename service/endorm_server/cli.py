@@ -63,7 +63,7 @@ def _describe(error: typing.Any) -> str:
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s" if level else None, stream=sys.stderr)
+    logging.basicConfig(level=level.upper(), format="%(message)s", stream=sys.stderr)
 
 
 def _model_error(settings: Settings, command: str) -> int | None:

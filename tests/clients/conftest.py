@@ -54,7 +54,7 @@ class StubServer:
     seen: list[Seen] = field(default_factory=list)
     released: int = 0  # bumped by release(): held replies go out
 
-    def reply(self, *responses) -> "StubServer":
+    def reply(self, *responses) -> StubServer:
         self.release()
         self.script = list(responses)
         self.seen.clear()

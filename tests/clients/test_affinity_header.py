@@ -8,10 +8,10 @@ import hashlib
 import json
 
 import pytest
+
 from endorm_client import AsyncRewardClient, RewardClient
 from endorm_client.affinity import AFFINITY_HEADER, prompt_key
 from endorm_client.integrations.openrlhf import get_rewards
-
 from tests.clients.conftest import API_KEY
 
 CHAT = [{"role": "user", "content": "What is 2+3?"}]

@@ -10,6 +10,7 @@ from endorm_client.alignment import map_rewards, rewards_on_tokens, tokenizer_of
 from endorm_server.models.sources import DEMO_MODEL_DIR
 from tests.conftest import API_KEY, tiny_model
 from tests.models.real import smollm2_path
+
 TEXTS = ["First, 2+3 = 5.\n\nThen 2×5 = 10 — café.\n\nThe answer is 10.", "  spaced   out\ttext  ", "ok"]
 
 

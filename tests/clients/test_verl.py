@@ -15,11 +15,11 @@ import math
 
 import httpx
 import pytest
+from transformers import AutoTokenizer
+
 from endorm_client.client import AsyncRewardClient
 from endorm_client.integrations.verl import make_compute_score
 from endorm_client.loop_clients import PerLoopClients
-from transformers import AutoTokenizer
-
 from tests.conftest import API_KEY, tiny_model
 from tests.http.conftest import assert_error
 

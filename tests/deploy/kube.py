@@ -62,7 +62,7 @@ def _versions(path: str) -> tuple[str, str] | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def renderers() -> tuple[Renderer, ...]:
     candidates = [shutil.which("kubectl"), str(DEBIAN_KUBECTL)]
     candidates += [p for p in os.environ.get("ENDORM_KUBECTL", "").split(":") if p]
@@ -87,7 +87,7 @@ def require_renderer() -> Renderer:
     return found[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_text(kubectl: str, kustomization: str) -> str:
     proc = subprocess.run([kubectl, "kustomize", kustomization], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:

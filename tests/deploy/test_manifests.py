@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from endorm_server.cli import build_parser, settings_from_args
 from endorm_server.config import Settings
-from endorm_server.http.routes.meta import open_router
 from endorm_server.http.metrics import Metrics
+from endorm_server.http.routes.meta import open_router
+from tests.deploy.dockerfiles import dockerfile_user, parse_dockerfile
 from tests.deploy.kube import (
     DOCKERFILES,
     GPU_OVERLAYS,
@@ -41,7 +42,6 @@ from tests.deploy.kube import (
     require_renderer,
     server_container,
 )
-from tests.deploy.dockerfiles import dockerfile_user, parse_dockerfile
 
 SCHEMAS = Path(__file__).parent / "schemas"
 # Kubernetes version to validate against: the newest kubernetes-validate ships.

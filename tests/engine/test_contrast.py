@@ -12,7 +12,7 @@ import pytest
 
 from endorm_server.inputs.tokenization import PairEncoder
 from endorm_server.scoring import contrast, rewards, steps
-from endorm_server.scoring.scorer import Scorer, ScoreOptions
+from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from tests.conftest import tiny_model
 from tests.engine.conftest import reference_engine
 

@@ -13,9 +13,9 @@ import torch
 from pydantic import ValidationError
 
 from endorm_server.config import Settings
+from endorm_server.engine.vllm_engine import VllmEngine
 from endorm_server.engine.vllm_plugin import cpu_gemm
 from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
-from endorm_server.engine.vllm_engine import VllmEngine
 from tests.conftest import engine_settings
 from tests.inprocess_engine import inprocess_engine
 

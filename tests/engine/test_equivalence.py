@@ -7,18 +7,16 @@ arrive over several engine steps (chunked prefill).
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import psutil
 import pytest
 
 from endorm_server.scoring import rewards
-from tests.freeze import processes_frozen
 from tests.conftest import MODEL_VARIANTS
 from tests.engine.conftest import reference_engine
+from tests.freeze import processes_frozen
 
 TOL = 1e-4
 LENGTHS = [2, 3, 17, 127, 128, 129, 300, 600]

@@ -18,10 +18,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from endorm_server.scoring import rewards
 from endorm_server.engine.base import TokenStats
-from endorm_server.scoring.grouping import GroupScheduler, ReuseCounters, fill_from_leader
 from endorm_server.inputs.tokenization import EncodedPair
+from endorm_server.scoring import rewards
+from endorm_server.scoring.grouping import GroupScheduler, ReuseCounters, fill_from_leader
 from tests.engine.conftest import reference_engine
 
 TOL = 1e-4

@@ -15,10 +15,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from endorm_server.scoring import rewards
 from endorm_server.engine.transformers_engine import TransformersEngine
 from endorm_server.engine.vllm_engine import VllmEngine
 from endorm_server.inputs.tokenization import PairEncoder
+from endorm_server.scoring import rewards
 from tests.conftest import engine_settings
 from tests.models.real import smollm2_path
 

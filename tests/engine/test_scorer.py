@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from endorm_server.scoring.scorer import Scorer, ScoreOptions, SequenceTooLongError
 from endorm_server.inputs.tokenization import PairEncoder
+from endorm_server.scoring.scorer import ScoreOptions, Scorer, SequenceTooLongError
 from tests.conftest import MODEL_CACHE, tiny_model
 from tests.engine.conftest import reference_engine
 

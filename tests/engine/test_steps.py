@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from endorm_server.scoring import rewards
-from endorm_server.scoring.scorer import Scorer, ScoreOptions
 from endorm_server.inputs.tokenization import InputError, PairEncoder
+from endorm_server.scoring import rewards
+from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from tests.conftest import tiny_model
 from tests.engine.conftest import reference_engine
 

@@ -12,14 +12,22 @@ import json
 import numpy as np
 import pytest
 
-from endorm_server.scoring import rewards
 from endorm_server.cli import main
 from endorm_server.evaluation.backends import Discount, HttpBackend, InProcessBackend
 from endorm_server.evaluation.cache import ScoreCache
-from endorm_server.evaluation.promptable import (DOMAINS, NO_SYSTEM, RESPONSE_KEYS, build_items, query_major, read_dsp,
-                                           subset, table)
+from endorm_server.evaluation.promptable import (
+    DOMAINS,
+    NO_SYSTEM,
+    RESPONSE_KEYS,
+    build_items,
+    query_major,
+    read_dsp,
+    subset,
+    table,
+)
 from endorm_server.evaluation.runner import score_items
-from endorm_server.scoring.scorer import Scorer, ScoreOptions
+from endorm_server.scoring import rewards
+from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from tests.conftest import API_KEY, engine_settings, tiny_model
 
 ITEMS = [

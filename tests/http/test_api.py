@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from endorm_server.scoring import rewards
-from endorm_server.http.app import create_app
 from endorm_server.config import Settings
+from endorm_server.http.app import create_app
+from endorm_server.scoring import rewards
 from tests.conftest import tiny_model
 from tests.engine.conftest import reference_engine
 from tests.http.conftest import API_KEY, assert_error

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.freeze import processes_frozen, server_engine
 from tests.conftest import tiny_server
+from tests.freeze import processes_frozen, server_engine
 from tests.http.conftest import API_KEY
 from tests.reliability.conftest import metric
 from tests.server import ServerProcess

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from endorm_server.models.sources import DEMO_MODEL, ModelSourceError, resolve_model_path, smollm2_gguf
 from endorm_server.models.gguf import CONVERSION_VERSION
 from endorm_server.models.hashing import file_sha256
+from endorm_server.models.sources import DEMO_MODEL, ModelSourceError, resolve_model_path, smollm2_gguf
 from tests.conftest import tiny_model
 from tests.models.gguf_files import shrink_gguf, tiny_gguf, truncated_copy
 

@@ -5,11 +5,11 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from endorm_server.scoring.rewards import (
-    TOKEN_AGGREGATIONS as AGGREGATIONS,
     TERMINALS,
     RewardInputError,
     aggregate,
@@ -17,6 +17,9 @@ from endorm_server.scoring.rewards import (
     preference_probabilities,
     ranking,
     token_rewards,
+)
+from endorm_server.scoring.rewards import (
+    TOKEN_AGGREGATIONS as AGGREGATIONS,
 )
 
 VOCAB = 13
@@ -46,7 +49,9 @@ def reference(logits, tokens, P, alpha, terminal="zero"):
     """Per-token rewards via r_h = alpha*log pi(a_h|s_h) + V(s_h) - V(s_{h+1}) with an explicit log-softmax."""
     N = len(tokens)
     H = N - P
-    V = lambda i: alpha * _logsumexp([x / alpha for x in logits[i]])  # V of the state predicted at position i
+    def V(i):  # V of the state predicted at position i
+        return alpha * _logsumexp([x / alpha for x in logits[i]])
+
     r, lp = [], []
     for h in range(H):
         row = [x / alpha for x in logits[P + h - 1]]

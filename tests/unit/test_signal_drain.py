@@ -20,8 +20,7 @@ def _server() -> tuple[DrainingServer, ServiceState]:
     settings = Settings(drain_timeout_s=600)
     state = ServiceState(settings=settings, metrics=Metrics(), admission=AdmissionController(100, 1.0), api_keys=[])
     config = uvicorn.Config(app=lambda *a: None)
-    config.loaded_app_state = lambda: state  # type: ignore[attr-defined]
-    return DrainingServer(config, settings), state
+    return DrainingServer(config, settings, state), state
 
 
 def test_signal_is_handed_to_the_loop_and_drains_there():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from endorm_server.scoring import steps as st
-from endorm_server.models.sources import DEMO_MODEL_DIR
 from endorm_server.inputs.offsets import response_offsets
 from endorm_server.inputs.step_inputs import encode_with_steps
 from endorm_server.inputs.tokenization import InputError, PairEncoder
+from endorm_server.models.sources import DEMO_MODEL_DIR
+from endorm_server.scoring import steps as st
 from tests.conftest import tiny_model
 
 ANSWER = "Step 1: 2+3 = 5.\n\nStep 2: é so 5×2=10.\n\nAnswer: 10"

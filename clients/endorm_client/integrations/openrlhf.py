@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from endorm_client.affinity import prompt_key
 from endorm_client.client import RewardClient
@@ -95,7 +95,7 @@ def make_reward_func(client: RewardClient | str | Sequence[str] | None = None, *
                     labels: Sequence[Any] | None = None, **_: Any) -> dict[str, Any]:
         with lock:
             if state["client"] is None:
-                state["client"] = RewardClient(client, **client_kwargs)
+                state["client"] = RewardClient(cast("str | Sequence[str] | None", client), **client_kwargs)
         out = get_rewards(state["client"], queries, prompts, labels, chunk_size=chunk_size,
                           max_concurrency=max_concurrency, **options)
         return _tensors(out) if return_tensors else out

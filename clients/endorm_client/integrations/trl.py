@@ -78,6 +78,7 @@ def to_items(prompts: Sequence[Any], completions: Sequence[Any], completion_ids:
             if system is not None:
                 item["system"] = system
         if use_completion_ids:
+            assert completion_ids is not None  # checked above
             item["response_ids"] = [int(t) for t in completion_ids[i]]
         elif step_separator is not None:
             text = _completion_text(completion)

@@ -17,7 +17,7 @@ when ``chat``, else raw text; or a list of messages), the response is ``solution
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from endorm_client.client import AsyncRewardClient, RewardClient
 from endorm_client.loop_clients import PerLoopClients
@@ -47,7 +47,7 @@ def make_compute_score(client: RewardClient | AsyncRewardClient | str | Sequence
                        **client_kwargs: Any) -> Callable[..., Any]:
     """A verl ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw) -> float``
     (an ``async def`` when ``asynchronous``, which verl's reward loop awaits)."""
-    options = {k: v for k, v in dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
+    options: dict[str, Any] = {k: v for k, v in dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
                                      add_eos=add_eos).items() if v is not None}
     given = client if isinstance(client, (RewardClient, AsyncRewardClient)) else None
     state: dict[str, Any] = {"client": given}
@@ -67,7 +67,7 @@ def make_compute_score(client: RewardClient | AsyncRewardClient | str | Sequence
     def compute_score_sync(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
                            extra_info: dict | None = None, **_: Any) -> float:
         if state["client"] is None:
-            state["client"] = RewardClient(client, **client_kwargs)
+            state["client"] = RewardClient(cast("str | Sequence[str] | None", client), **client_kwargs)
         item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)
         return state["client"].score([item], **options).results[0].score
 

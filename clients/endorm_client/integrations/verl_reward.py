@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 
@@ -57,7 +57,7 @@ class Options:
     chunk_size: int | None = None
 
     @classmethod
-    def of(cls, config: Any = None, **overrides: Any) -> "Options":
+    def of(cls, config: Any = None, **overrides: Any) -> Options:
         """From ``config.reward.endorm`` (a verl/OmegaConf config or a dict), ``ENDORM_*`` env, overrides."""
         given: dict[str, Any] = {}
         for f in fields(cls):
@@ -92,7 +92,7 @@ def _section(config: Any) -> dict:
         from omegaconf import OmegaConf
 
         if OmegaConf.is_config(sec):
-            return dict(OmegaConf.to_container(sec, resolve=True))
+            return dict(cast(dict, OmegaConf.to_container(sec, resolve=True)))
     except ImportError:
         pass
     return dict(sec)
@@ -131,7 +131,7 @@ def reward_tensor(responses: torch.Tensor, rows: Sequence[Row], values: Sequence
                 raise ValueError(f"row {i}: {len(v)} dense rewards for {L} response tokens")
             out[i, :L] = torch.tensor(v, dtype=torch.float32)
         else:
-            out[i, L - 1] = float(v)
+            out[i, L - 1] = float(cast(float, v))
     return out
 
 

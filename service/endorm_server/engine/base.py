@@ -51,14 +51,15 @@ class EngineError(RuntimeError):
 
 
 class TokenStatsEngine(Protocol):
-    info: EngineInfo
-    dtype_choice: "DtypeChoice"  # the resolved compute dtype and why, known before start()
+    info: EngineInfo | None  # set by start()
+    dtype_choice: DtypeChoice  # the resolved compute dtype and why, known before start()
 
     async def start(self) -> None:
         """Load the model and warm up; returns when requests are fast."""
 
     async def token_stats(self, token_ids: Sequence[int]) -> TokenStats:
         """Stats for one sequence. Cancelling the caller aborts the engine work."""
+        ...
 
     def num_unfinished(self) -> int:
         """Sequences submitted and not finished (for metrics and tests)."""
@@ -67,3 +68,11 @@ class TokenStatsEngine(Protocol):
     def healthy(self) -> bool: ...
 
     async def shutdown(self) -> None: ...
+
+
+class PrefixReuseEngine(TokenStatsEngine, Protocol):
+    """An engine with ``supports_prefix_reuse``: positions from ``first`` on, reading the prefix cache, and
+    the logits of extra (position, token) pairs (scoring/grouping.py's group-aware path)."""
+
+    async def token_stats(self, token_ids: Sequence[int], *, first: int = 0, read_cache: bool = False,  # type: ignore[override]
+                          extra_targets: Sequence[tuple[int, int]] = ()) -> TokenStats: ...

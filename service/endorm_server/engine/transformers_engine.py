@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from endorm_server.config import Settings
@@ -35,7 +34,7 @@ class TransformersEngine:
     def __init__(self, settings: Settings, model_path: str) -> None:
         self.settings = settings
         self.model_path = model_path
-        self._model = None
+        self._model: Any = None
         self._lock = threading.Lock()
         self._unfinished = 0
         self.info: EngineInfo | None = None

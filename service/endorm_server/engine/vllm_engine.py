@@ -12,9 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
-from typing import Sequence
-
-import numpy as np
+from typing import Any, Sequence
 
 from endorm_server.config import Settings
 from endorm_server.engine import cpu_threads
@@ -67,7 +65,7 @@ class VllmEngine:
     def __init__(self, settings: Settings, model_path: str) -> None:
         self.settings = settings
         self.model_path = model_path
-        self._engine = None
+        self._engine: Any = None  # vLLM's AsyncLLM, built by start()
         self._ids = itertools.count()
         self.info: EngineInfo | None = None  # set by start()
         # --dtype auto resolved from this device (never vLLM's own auto: float16 on CPU)
@@ -153,10 +151,11 @@ class VllmEngine:
         engine = self._engine
         if engine is None or engine.errored:
             raise EngineError("engine is not running")
+        assert self.info is not None  # set by start(), before the engine takes requests
         check_token_ids(token_ids, self.info.vocab_size)
         if not 0 <= first < len(token_ids):
             raise ValueError(f"first position {first} outside the sequence of {len(token_ids)} tokens")
-        extra_kwargs = {FIRST_KEY: int(first)}
+        extra_kwargs: dict[str, Any] = {FIRST_KEY: int(first)}
         if extra_targets:
             extra_kwargs[EXTRA_KEY] = [[int(p), int(t)] for p, t in extra_targets]
         params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not read_cache, extra_kwargs=extra_kwargs)

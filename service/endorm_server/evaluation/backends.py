@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, cast
 
 import numpy as np
 
 from endorm_server.scoring import rewards, steps
+from endorm_server.scoring.aggregations import Aggregation, Terminal
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class InProcessBackend:
         self.system_fingerprint: str | None = scorer.system_fingerprint
 
     @classmethod
-    async def start(cls, settings, discount: Discount = Discount()) -> "InProcessBackend":
+    async def start(cls, settings, discount: Discount = Discount()) -> InProcessBackend:
         from endorm_server.scoring.scorer import Scorer
 
         return cls(await Scorer.start(settings), discount)
@@ -64,7 +65,8 @@ class InProcessBackend:
         from endorm_server.scoring.scorer import ScoreOptions
 
         d = self.discount
-        options = ScoreOptions(aggregation=aggregations[0], gamma=d.gamma, beta=d.beta, terminal=d.terminal)
+        options = ScoreOptions(aggregation=cast(Aggregation, aggregations[0]), gamma=d.gamma, beta=d.beta,
+                               terminal=cast(Terminal, d.terminal))
         if d.contrast:
             from endorm_server.scoring.contrast import score_contrast
 
@@ -100,7 +102,7 @@ class HttpBackend:
         self.model_name = base_url
         self.system_fingerprint: str | None = None  # from /v1/models at start()
 
-    async def start(self) -> "HttpBackend":
+    async def start(self) -> HttpBackend:
         """Check the server answers and learn the model's name."""
         resp = await self.client.get("/v1/models")
         if resp.status_code != 200:

@@ -76,8 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def discount_of(args: argparse.Namespace):
-    from endorm_server.scoring import rewards
     from endorm_server.evaluation.backends import Discount
+    from endorm_server.scoring import rewards
 
     rewards.discount_weights(0, args.gamma, args.beta)  # RewardInputError (a ValueError) names a bad one
     contrast = bool(getattr(args, "contrast", False))

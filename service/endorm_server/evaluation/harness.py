@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import numpy as np
 
@@ -167,13 +167,13 @@ def parse_rows(raw: Sequence[Any], fmt: str = "auto", source: str = "", first_li
             raise ValueError(f"{where}: 'chosen' is a text but the file is in RM-Bench form (lists of responses)")
         if isinstance(row, dict) and fmt == "rewardbench" and isinstance(row.get("chosen"), list):
             raise ValueError(f"{where}: 'chosen' is a list but the file is in RewardBench form (one response)")
-        rows.append(_parse_row(row, fmt, where))
+        rows.append(_parse_row(row, cast(Format, fmt), where))
     k = len(rows[0].chosen)
     for lineno, r in zip(lines, rows):
         if len(r.chosen) != k:
             raise ValueError(f"{_where(source, lineno)}: {len(r.chosen)} responses per side, but the first row "
                              f"has {k} (the k x k matrix needs the same k on every row)")
-    return Dataset(format=fmt, rows=rows, source=source)
+    return Dataset(format=cast(Format, fmt), rows=rows, source=source)
 
 
 def read_preferences(path: str | Path, fmt: str = "auto") -> Dataset:
@@ -207,7 +207,8 @@ def is_correct(chosen: float, rejected: float) -> bool:
     return bool(chosen > rejected)
 
 
-def accuracy_matrix(chosen: Sequence[Sequence[float]], rejected: Sequence[Sequence[float]]) -> np.ndarray:
+def accuracy_matrix(chosen: Sequence[Sequence[float]] | np.ndarray,
+                    rejected: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """k x k matrix: ``M[i][j]`` = fraction of rows with ``chosen[i] > rejected[j]``."""
     c = np.asarray(chosen, dtype=np.float64)
     r = np.asarray(rejected, dtype=np.float64)

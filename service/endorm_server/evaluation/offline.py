@@ -15,15 +15,15 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tqdm import tqdm
 
-from endorm_server.scoring import rewards
 from endorm_server.config import Settings
+from endorm_server.scoring import rewards
+from endorm_server.scoring.aggregations import STEP_AGGREGATIONS, TOKEN_AGGREGATIONS, Aggregation
 from endorm_server.scoring.contrast import score_contrast
-from endorm_server.scoring.scorer import Scorer, ScoreOptions
-from endorm_server.scoring.aggregations import STEP_AGGREGATIONS, TOKEN_AGGREGATIONS
+from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from endorm_server.scoring.steps import aggregate_steps, split_on_separator
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids", "system")
@@ -101,10 +101,14 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
             prompt = {k: row[k] for k in PROMPT_KEYS if k in row}
             pair = [{**prompt, **_response(row["chosen"], step_separator)},
                     {**prompt, **_response(row["rejected"], step_separator)}]
+            chosen: Any
+            rejected: Any
             if contrast:  # r(x, system, y) - r(x, baseline, y), both contexts in one call (scoring/contrast.py)
                 chosen, rejected = await score_contrast(scorer, pair, options, baseline_system)
             else:
                 chosen, rejected = await scorer.score(pair, options)
+            c: Any
+            r: Any
             c, r = _scores(chosen, options, every_aggregation), _scores(rejected, options, every_aggregation)
             if every_aggregation:
                 out[i] = {**row, "chosen_score": c, "rejected_score": r, "margin": {a: c[a] - r[a] for a in c},
@@ -127,7 +131,7 @@ def score_file(settings: Settings, input_path: str, output_path: str, *, aggrega
                baseline_system: str | None = None) -> Summary:
     """``aggregation="all"``: every aggregation per pair, from one forward pass per response."""
     every = aggregation == "all"
-    options = ScoreOptions(aggregation="sum" if every else aggregation, gamma=gamma, beta=beta)
+    options = ScoreOptions(aggregation="sum" if every else cast(Aggregation, aggregation), gamma=gamma, beta=beta)
     rewards.discount_weights(0, gamma, beta)  # a bad gamma / beta fails before the engine starts
     rows = read_pairs(input_path)
     if baseline_system is not None and not contrast:

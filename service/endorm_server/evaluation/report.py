@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 import math
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,10 +46,10 @@ def markdown(results: Mapping[str, EvalResult], meta: Mapping[str, Any], *, titl
     if first.k >= 2:
         out += [f"RM-Bench summary (%): hard = upper-right triangle of the {first.k} x {first.k} matrix (plainer chosen "
                 "vs fancier rejected), normal = diagonal, easy = lower-left triangle.", ""]
-        srows = [[a, *(pct(results[a].overall.summary[key]) for key in SUMMARY_KEYS)] for a in aggs]
+        srows = [[a, *(pct((results[a].overall.summary or {})[key]) for key in SUMMARY_KEYS)] for a in aggs]
         out += [md_table(["aggregation", *SUMMARY_KEYS], srows), ""]
         for a in aggs:
-            m = results[a].overall.matrix
+            m = results[a].overall.matrix or []  # k >= 2 has a matrix
             out += [f"Accuracy matrix, `{a}` (row i = chosen[i], column j = rejected[j], %):", ""]
             out += [md_table(["chosen \\ rejected", *range(first.k)], [[i, *map(pct, row)] for i, row in enumerate(m)]), ""]
     return "\n".join(out)
@@ -91,7 +91,7 @@ def write_png(results: Mapping[str, EvalResult], path: str | Path, *, title: str
     values.append([results[a].overall.accuracy for a in aggs])
     heatmap(axes[0][0], values, [g.name for g in first.groups] + ["all"], aggs, title="accuracy")
     for p, a in enumerate(aggs if first.k >= 2 else [], start=1):
-        s = results[a].overall.summary
+        s = results[a].overall.summary or {}
         heatmap(axes[0][p], results[a].overall.matrix, [f"chosen {i}" for i in range(first.k)],
                 [f"rejected {j}" for j in range(first.k)],
                 title=f"{a}: easy {pct(s['easy'])} / normal {pct(s['normal'])} / hard {pct(s['hard'])}")

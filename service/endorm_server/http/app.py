@@ -10,14 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from endorm_server.http.admission import AdmissionController
 from endorm_server.config import Settings
+from endorm_server.http.admission import AdmissionController
 from endorm_server.http.errors import install_error_handlers
+from endorm_server.http.metrics import Metrics
 from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware
+from endorm_server.http.reuse_metrics import ReuseCollector
 from endorm_server.http.routes import ROUTERS
 from endorm_server.http.state import ServiceState
-from endorm_server.http.metrics import Metrics
-from endorm_server.http.reuse_metrics import ReuseCollector
 from endorm_server.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)

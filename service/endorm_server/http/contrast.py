@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from endorm_server.http.schemas import ScoreResult, RequestOptions
+from endorm_server.http.schemas import RequestOptions, ScoreResult
 from endorm_server.inputs.tokenization import EncodedPair, InputError
 from endorm_server.scoring import contrast
 from endorm_server.scoring.scorer import ScoredItem, ScoreOptions, Scorer

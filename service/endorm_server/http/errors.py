@@ -9,11 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from endorm_server.http.admission import Draining, Overloaded
 from endorm_server.engine import EngineError
+from endorm_server.http.admission import Draining, Overloaded
+from endorm_server.inputs.tokenization import InputError
 from endorm_server.scoring.rewards import RewardInputError
 from endorm_server.scoring.scorer import SequenceTooLongError
-from endorm_server.inputs.tokenization import InputError
 
 log = logging.getLogger(__name__)
 

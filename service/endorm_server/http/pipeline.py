@@ -20,7 +20,7 @@ from endorm_server.http.errors import APIError
 from endorm_server.http.schemas import ErrorResponse, RequestOptions
 from endorm_server.http.state import ServiceState
 from endorm_server.inputs.tokenization import EncodedPair, InputError
-from endorm_server.scoring.scorer import ScoredItem, Scorer, ScoreOptions
+from endorm_server.scoring.scorer import ScoredItem, ScoreOptions, Scorer
 
 # The error statuses a scoring route documents (all share the ErrorResponse shape).
 ERROR_RESPONSES: dict[int | str, dict] = {

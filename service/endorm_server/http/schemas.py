@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from endorm_server.scoring.aggregations import Aggregation, Terminal
-
 
 _STRICT = ConfigDict(extra="forbid")
 
 TokenId = Annotated[StrictInt, Field(ge=0)]
 
 
-def _exactly_one_of(*fields: str) -> dict:
+def _exactly_one_of(*fields: str) -> dict[str, Any]:
     """JSON-schema form of "exactly one of these fields, not null" (what the validators enforce)."""
     return {"oneOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]}
 
@@ -29,12 +28,12 @@ StepText = Annotated[StrictStr, Field(min_length=1)]
 StepEnd = Annotated[StrictInt, Field(ge=1)]
 
 
-def _not_null(f: str) -> dict:
+def _not_null(f: str) -> dict[str, Any]:
     return {"required": [f], "properties": {f: {"not": {"type": "null"}}}}
 
 
 # the response: response_ids, or text given as response and/or steps (service/endorm_server/scoring/steps.py)
-_RESPONSE_FORMS = {"oneOf": [_not_null("response_ids"), {"anyOf": [_not_null("response"), _not_null("steps")]}]}
+_RESPONSE_FORMS: dict[str, Any] = {"oneOf": [_not_null("response_ids"), {"anyOf": [_not_null("response"), _not_null("steps")]}]}
 
 
 class Message(BaseModel):
@@ -59,8 +58,8 @@ class PromptFields(BaseModel):
             raise ValueError(f"give exactly one of prompt, messages, prompt_ids (got {given or 'none'})")
         return self
 
-    def prompt_kwargs(self) -> dict:
-        out = {}
+    def prompt_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self.messages is not None:
             out["messages"] = [m.model_dump() for m in self.messages]
         if self.prompt is not None:
@@ -168,7 +167,8 @@ class CompareRequest(RequestOptions, PromptFields):
             raise ValueError("give exactly one of responses, responses_ids (at least 2)")
         return self
 
-    def response_kwargs(self) -> list[dict]:
+    def response_kwargs(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]]
         if self.responses is not None:
             out = [{"response": r} for r in self.responses]
         else:

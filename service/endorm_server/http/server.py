@@ -17,6 +17,7 @@ import uvicorn
 
 from endorm_server.config import Settings
 from endorm_server.http.app import create_app
+from endorm_server.http.state import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,10 @@ DRAIN_POLL_S = 0.05
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, settings: Settings, state: ServiceState) -> None:
         super().__init__(config)
         self.settings = settings
+        self.state = state  # the app's: drain turns it to draining and waits on its in-flight count
         self.exit_code = 0
         self._drain_task: asyncio.Task | None = None  # kept so the task is not garbage-collected mid-drain
         self._drain_requested = False
@@ -50,14 +52,14 @@ class DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._on_signal)
 
     def _on_signal(self) -> None:
-        if self.config.loaded_app_state().engine_dead:  # every request already failed with 503
+        if self.state.engine_dead:  # every request already failed with 503
             log.error("signal during the engine-death grace: exiting 1 now")
             self.fail("engine died")
             return
         self._drain_task = asyncio.get_running_loop().create_task(self.drain())
 
     async def drain(self) -> None:
-        state = self.config.loaded_app_state()
+        state = self.state
         state.draining = True
         state.drain_started_at = time.monotonic()
         await state.admission.start_draining()
@@ -83,8 +85,7 @@ def serve(settings: Settings) -> int:
     app = create_app(settings, on_fatal=lambda reason: holder["server"].fail(reason))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5)
-    config.loaded_app_state = lambda: app.state.service  # type: ignore[attr-defined]
-    server = DrainingServer(config, settings)
+    server = DrainingServer(config, settings, app.state.service)
     holder["server"] = server
     server.run()
     return server.exit_code

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from endorm_server.http.admission import AdmissionController
 from endorm_server.config import Settings
+from endorm_server.http.admission import AdmissionController
 from endorm_server.http.metrics import Metrics
 from endorm_server.scoring.scorer import Scorer
 

@@ -29,7 +29,7 @@ class ChatBoundaries:
     suffix_ids: list[int]
 
 
-_TEMPLATES: "weakref.WeakKeyDictionary[PairEncoder, ChatBoundaries | None]" = weakref.WeakKeyDictionary()
+_TEMPLATES: weakref.WeakKeyDictionary[PairEncoder, ChatBoundaries | None] = weakref.WeakKeyDictionary()
 _A, _B = "ENDORMPROBEUSER", "ENDORMPROBEREPLY"
 
 

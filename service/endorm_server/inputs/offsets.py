@@ -17,8 +17,8 @@ back to the response text; otherwise there are no spans (None).
 
 from __future__ import annotations
 
-from endorm_server.scoring.steps import Span
 from endorm_server.inputs.tokenization import EncodedPair, PairEncoder
+from endorm_server.scoring.steps import Span
 
 
 def response_offsets(encoder: PairEncoder, pair: EncodedPair) -> list[Span] | None:
@@ -44,7 +44,7 @@ def _mapped_ends(encoder: PairEncoder, pair: EncodedPair) -> list[int] | None:
     if not getattr(tok, "is_fast", False) or n == 0:
         return None
     try:
-        enc = tok(pair.text_prefix + pair.response_text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tok(pair.text_prefix + (pair.response_text or ""), add_special_tokens=False, return_offsets_mapping=True)
     except (NotImplementedError, ValueError, TypeError):
         return None
     ids, offs = list(enc["input_ids"]), list(enc["offset_mapping"])

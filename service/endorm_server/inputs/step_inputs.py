@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from endorm_server.scoring import steps as st
 from endorm_server.inputs.offsets import response_offsets
 from endorm_server.inputs.tokenization import EncodedPair, InputError, PairEncoder
+from endorm_server.scoring import steps as st
 
 STEP_FIELDS = ("steps", "step_separator", "step_ends")
 

@@ -314,7 +314,7 @@ class PairEncoder:
         elif prompt is not None:
             if not isinstance(prompt, str):
                 raise InputError("prompt must be a string", "prompt")
-            skip_bos = bool(self.bos_token) and prompt.startswith(self.bos_token)
+            skip_bos = bool(self.bos_token) and prompt.startswith(self.bos_token or "")
             p_ids = self._encode_text(prompt, add_special_tokens=not skip_bos)
             p_param = "prompt"
         else:
@@ -328,11 +328,12 @@ class PairEncoder:
         if response_ids is not None:
             r_ids = self._check_ids(response_ids, "response_ids")
         elif msgs is not None:
-            assert prompt_text is not None
+            assert prompt_text is not None and response is not None  # response: checked above
             r_ids, in_context = self._chat_response_ids(msgs, prompt_text, p_ids, response)
             prefix, n_text = (prompt_text if in_context else ""), len(r_ids)
             r_ids = self._finish(r_ids, self.chat_eot_id, add_eos)
         else:
+            assert response is not None  # checked above
             r_ids = self._encode_text(response, add_special_tokens=False)
             n_text = len(r_ids)
             r_ids = self._finish(r_ids, self.eos_id, add_eos)

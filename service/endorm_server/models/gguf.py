@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from endorm_server.models.build_cache import build_into_place
 from endorm_server.models.errors import ModelSourceError
 from endorm_server.models.hashing import cached_file_sha256
-from endorm_server.models.build_cache import build_into_place
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def describe_gguf(path: Path) -> dict[str, str]:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     supported = set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}  # metadata sections, not models
-    if arch not in supported:
+    if arch is None or arch not in supported:
         raise ModelSourceError(
             f"model file {str(path)!r}: GGUF architecture {arch!r} is not supported "
             f"(supported: {', '.join(sorted(supported))})"
@@ -117,7 +117,7 @@ def _convert(path: Path, out: Path, meta: dict[str, str]) -> None:
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise ModelSourceError(f"cannot convert {str(path)!r}: {exc}") from exc
     # The GGUF quantizer only knows how to load; the saved checkpoint is plain float32.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # torch.nn.Module's __setattr__ typing
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 
-from endorm_server.engine.base import TokenStats, TokenStatsEngine
+from endorm_server.engine.base import PrefixReuseEngine, TokenStats, TokenStatsEngine
 from endorm_server.inputs.tokenization import EncodedPair
 
 
@@ -87,7 +87,8 @@ class GroupScheduler:
         return [lead, *rest]
 
     async def _submit(self, seq: list[int], first: int, read_cache: bool, extras=()) -> TokenStats:
-        st = await self.engine.token_stats(seq, first=first, read_cache=read_cache, extra_targets=extras)
+        engine = cast(PrefixReuseEngine, self.engine)  # enabled only where supports_prefix_reuse
+        st = await engine.token_stats(seq, first=first, read_cache=read_cache, extra_targets=extras)
         c = self.counters
         c.cached_prompt_tokens += st.cached_tokens
         c.lm_head_rows_computed += len(st.c) + len(extras)

@@ -78,7 +78,7 @@ def _check_discount(gamma: float, beta: float) -> tuple[float, float]:
     return gamma, beta
 
 
-def _as_scores(scores: Sequence[float]) -> np.ndarray:
+def _as_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     R = np.asarray(scores, dtype=np.float64)
     if R.ndim != 1:
         raise RewardInputError(f"scores must be 1-D, got shape {R.shape}", "scores")
@@ -143,7 +143,7 @@ def discount_weights(H: int, gamma: float, beta: float) -> np.ndarray:
     return np.maximum(np.power(gamma, np.arange(H, dtype=np.float64)), beta)
 
 
-def aggregate(tr: TokenRewards, aggregation: TokenAggregation = "sum", *,
+def aggregate(tr: TokenRewards, aggregation: TokenAggregation | str = "sum", *,
               gamma: float = 1.0, beta: float = 0.0) -> float:
     """Sequence score R from per-token rewards (or log-probs for the loglik baselines)."""
     gamma, beta = _check_discount(gamma, beta)  # validated whatever the aggregation
@@ -165,7 +165,7 @@ def aggregate(tr: TokenRewards, aggregation: TokenAggregation = "sum", *,
 # -----------------------------------------------------------------------------
 # preferences between responses to the same prompt
 
-def preference_probabilities(scores: Sequence[float]) -> np.ndarray:
+def preference_probabilities(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     """Bradley-Terry matrix P[i, j] = P(i > j) = sigmoid(R_i - R_j); diagonal 0.5."""
     R = _as_scores(scores)
     with np.errstate(over="ignore"):       # R_i - R_j may overflow to +-inf: fine below
@@ -176,7 +176,7 @@ def preference_probabilities(scores: Sequence[float]) -> np.ndarray:
     return P
 
 
-def ranking(scores: Sequence[float]) -> list[int]:
+def ranking(scores: Sequence[float] | np.ndarray) -> list[int]:
     """Indices of the scores, best first; ties keep their input order."""
     R = _as_scores(scores)
     return [int(i) for i in np.argsort(-R, kind="stable")]

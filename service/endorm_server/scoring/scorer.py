@@ -18,17 +18,17 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from endorm_server.scoring import rewards, steps
-from endorm_server.scoring.aggregations import Aggregation, Terminal
 from endorm_server.config import Settings
 from endorm_server.engine import EngineInfo, TokenStatsEngine, create_engine
 from endorm_server.engine.dtype import DtypeChoice, engine_dtype
-from endorm_server.scoring.grouping import GroupScheduler
-from endorm_server.models.sources import resolve_model_path
 from endorm_server.inputs.offsets import response_offsets
 from endorm_server.inputs.step_inputs import encode_with_steps
-from endorm_server.models.fingerprint import model_fingerprint
 from endorm_server.inputs.tokenization import EncodedPair, InputError, PairEncoder
+from endorm_server.models.fingerprint import model_fingerprint
+from endorm_server.models.sources import resolve_model_path
+from endorm_server.scoring import rewards, steps
+from endorm_server.scoring.aggregations import Aggregation, Terminal
+from endorm_server.scoring.grouping import GroupScheduler
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Scorer:
         self._pool = ThreadPoolExecutor(max_workers=frontend_workers, thread_name_prefix="endorm-frontend")
 
     @classmethod
-    async def start(cls, settings: Settings) -> "Scorer":
+    async def start(cls, settings: Settings) -> Scorer:
         """Resolve the model, start the engine (with warm-up), load the tokenizer."""
         from transformers import AutoTokenizer
 
@@ -102,6 +102,7 @@ class Scorer:
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
         )
         await engine.start()
+        assert engine.info is not None  # set by start()
         encoder = PairEncoder(tokenizer, vocab_size=engine.info.vocab_size)
         log.info("engine ready: %s, system_fingerprint %s", engine.info, fingerprint)
         return cls(engine, encoder, settings.served_model_name or settings.model_name, fingerprint,
@@ -109,6 +110,7 @@ class Scorer:
 
     @property
     def info(self) -> EngineInfo:
+        assert self.engine.info is not None, "the engine is started before a Scorer is built"
         return self.engine.info
 
     async def off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -50,5 +50,5 @@ def apply(model: torch.nn.Module, choice: str, dtype: torch.dtype) -> Literal["o
     if kernel == "torch":
         for module in model.modules():
             if isinstance(module, LinearBase):
-                module._cpu_skip_gemm_dispatch = True
+                module._cpu_skip_gemm_dispatch = True  # type: ignore[assignment]  # Module.__setattr__ typing
     return kernel

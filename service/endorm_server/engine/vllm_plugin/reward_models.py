@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from endorm_server.engine.vllm_plugin import cpu_gemm
-from endorm_server.engine.vllm_plugin.row_assembly import EXTRA_KEY, FIRST_KEY, RowAssembly
 from endorm_server.engine.vllm_plugin.chunked_stats import DEFAULT_CHUNK_ROWS, chunked_token_stats
+from endorm_server.engine.vllm_plugin.row_assembly import EXTRA_KEY, FIRST_KEY, RowAssembly
 
 # These classes run in vLLM's engine process, where only vLLM's "vllm" logger has a handler.
 log = logging.getLogger("vllm.endorm.reward_models")
@@ -29,6 +29,8 @@ CHUNK_KEY = "endorm_chunk_rows"
 
 class _PoolerMixin:
     """Implements vLLM's Pooler interface (mixed into Pooler at class creation)."""
+
+    _model: Any  # the causal LM (set with object.__setattr__, so it is not a submodule)
 
     def __init__(self, model: torch.nn.Module, *, alpha: float, chunk_rows: int) -> None:
         super().__init__()
@@ -131,7 +133,7 @@ class _VocabParallelLogits:
     logsumexp / chosen logit are all-reduced instead (2 floats per token).
     """
 
-    def __init__(self, model: torch.nn.Module, group: Any) -> None:
+    def __init__(self, model: Any, group: Any) -> None:
         self.model = model
         self.group = group
         self.shard: tuple[int, int] | None = None  # (vocab_start, n_real) of this rank
@@ -147,7 +149,7 @@ class _VocabParallelLogits:
         processor._get_logits = local_logits
 
     @classmethod
-    def maybe(cls, model: torch.nn.Module) -> "_VocabParallelLogits | None":
+    def maybe(cls, model: torch.nn.Module) -> _VocabParallelLogits | None:
         from vllm.distributed import get_tensor_model_parallel_world_size, get_tp_group
 
         if get_tensor_model_parallel_world_size() == 1:

@@ -23,6 +23,7 @@ Output wire format (one float32 tensor, because that is what a pooler returns):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -70,7 +71,7 @@ class RowAssembly:
         return torch.cat([head, *reversed(run), extra])
 
 
-def parse_result(data) -> tuple[int, "object", "object", "object"]:
+def parse_result(data) -> tuple[int, Any, Any, Any]:
     """(offset, c, v, extra_c) as numpy float64 arrays from the wire-format tensor."""
     import numpy as np
 

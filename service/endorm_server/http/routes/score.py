@@ -33,7 +33,8 @@ def _result(index: int, item: ScoredItem, dropped: int) -> ScoreResult:
     tokens = None
     if item.token_texts is not None:
         tr = item.token_rewards
-        offsets = item.token_offsets or [None] * len(item.token_texts)
+        offsets: list[tuple[int, int] | None] = (list(item.token_offsets) if item.token_offsets
+                                                 else [None] * len(item.token_texts))
         tokens = [
             TokenReward(id=int(t), text=text, reward=float(r), logprob=float(lp), offset=off)
             for t, text, r, lp, off in zip(item.pair.response_ids, item.token_texts, tr.rewards, tr.logprobs, offsets)
