@@ -30,7 +30,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     (the CLI's server then exits non-zero so the orchestrator restarts the pod)."""
     state = ServiceState(
         settings=settings,
-        metrics=Metrics(),
+        metrics=Metrics(settings.max_inflight_tokens),
         admission=AdmissionController(settings.max_inflight_tokens, settings.queue_timeout_s),
         api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
     )

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+# Why a request is turned away (http/pipeline.py, admission.Overloaded): created at 0 at start, so the
+# first burst after a restart is a rate in Prometheus, not a series that appears with its first sample.
+REJECTION_REASONS = ("tokens", "queue_full", "wait_timeout", "draining", "deadline", "client_disconnected")
+TOKEN_PARTS = ("prompt", "response")
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, max_inflight_tokens: int | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("endorm_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
         self.latency = Histogram(
@@ -36,4 +41,12 @@ class Metrics:
         self.engine_unfinished = Gauge("endorm_engine_unfinished_sequences", "Sequences in the engine", registry=r)
         self.ready = Gauge("endorm_ready", "1 when warm and not draining", registry=r)
         # endorm_model_info{model=..., system_fingerprint=...} 1, set once the model is loaded
+        self.token_budget = Gauge("endorm_max_inflight_tokens", "The admission budget in tokens (--max-inflight-tokens)",
+                                  registry=r)
+        if max_inflight_tokens is not None:
+            self.token_budget.set(max_inflight_tokens)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason)
+        for part in TOKEN_PARTS:
+            self.tokens.labels(part)
         self.model_info = Info("endorm_model", "The served model and its system_fingerprint", registry=r)
