@@ -149,3 +149,19 @@ def test_one_client_per_event_loop_closed_with_its_loop(server):
     compute_score = make_compute_score(server.url, api_key=API_KEY, prompt_key="question")
     runs = [asyncio.run(compute_score("gsm8k", "5", "5", {"question": "What is 2+3?"})) for _ in range(2)]
     assert runs[0] == pytest.approx(runs[1], abs=1e-6)
+
+
+def test_sdk_compute_score_with_the_criteria_contrast(server, client):
+    """contrast=True: the reward is r(x, criteria, y) - r(x, baseline, y), as /score's contrast returns it."""
+    criteria = "Answer with the number in words only."
+    compute_score = make_compute_score(server.url, api_key=API_KEY, prompt_key="question", system=criteria,
+                                       contrast=True, asynchronous=False)
+    got = compute_score("gsm8k", "five", "5", {"question": "What is 2+3?"})
+    body = {"items": [{"messages": CHAT, "system": criteria, "response": "five"}], "contrast": True}
+    want = client.post("/score", json=body).json()["results"][0]
+    assert got == pytest.approx(want["score"], abs=1e-5)
+    assert want["score"] == pytest.approx(want["criteria_score"] - want["baseline_score"], abs=1e-4)
+    with pytest.raises(ValueError, match="system"):
+        make_compute_score(server.url, contrast=True)
+    with pytest.raises(ValueError, match="baseline_system"):
+        make_compute_score(server.url, system=criteria, baseline_system="Be brief.")

@@ -13,6 +13,9 @@ function with auth, retries and failover (``custom_reward_function.path`` /
 verl passes ``data_source, solution_str, ground_truth, extra_info`` (and more keywords, which
 are ignored); the prompt is taken from ``extra_info[prompt_key]`` (a string -> one user turn
 when ``chat``, else raw text; or a list of messages), the response is ``solution_str``.
+
+With ``system=CRITERIA, contrast=True`` the reward is the criteria contrast (docs/contrast.md):
+r(x, criteria, y) - r(x, baseline, y), the part of the reward the criteria are responsible for.
 """
 
 from __future__ import annotations
@@ -44,11 +47,17 @@ def make_compute_score(client: RewardClient | AsyncRewardClient | str | Sequence
                        asynchronous: bool = True, prompt_key: str = "question", chat: bool = True,
                        system: str | None = None, aggregation: str | None = None, gamma: float | None = None,
                        beta: float | None = None, terminal: str | None = None, add_eos: bool | None = None,
+                       contrast: bool = False, baseline_system: str | None = None,
                        **client_kwargs: Any) -> Callable[..., Any]:
     """A verl ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw) -> float``
     (an ``async def`` when ``asynchronous``, which verl's reward loop awaits)."""
+    if contrast and (system is None or not chat):
+        raise ValueError("contrast=True needs chat prompts and system=<the criteria> (scored against the baseline)")
+    if baseline_system is not None and not contrast:
+        raise ValueError("baseline_system is only used with contrast=True")
     options: dict[str, Any] = {k: v for k, v in dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
-                                     add_eos=add_eos).items() if v is not None}
+                                     add_eos=add_eos, contrast=contrast or None,
+                                     baseline_system=baseline_system).items() if v is not None}
     given = client if isinstance(client, (RewardClient, AsyncRewardClient)) else None
     state: dict[str, Any] = {"client": given}
 
