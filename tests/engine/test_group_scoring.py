@@ -18,7 +18,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from endorm_server.engine.base import TokenStats
+from endorm_server.engine.base import SequenceStats
 from endorm_server.inputs.tokenization import EncodedPair
 from endorm_server.scoring import rewards
 from endorm_server.scoring.grouping import GroupScheduler, ReuseCounters, fill_from_leader
@@ -36,7 +36,7 @@ def _ids(rng: np.random.Generator, n: int, vocab: int = 512) -> list[int]:
     return rng.integers(0, vocab, n).tolist()
 
 
-def _rewards(st: TokenStats, P: int, alpha: float) -> rewards.TokenRewards:
+def _rewards(st: SequenceStats, P: int, alpha: float) -> rewards.TokenRewards:
     return rewards.token_rewards(st.c, st.v, P - st.offset, alpha=alpha)
 
 
@@ -132,17 +132,17 @@ async def test_scorer_scores_a_group_like_the_reference(vllm_engines):
     assert scorer.groups.counters.rows_from_leader == 3
 
 
-def _cv(st: TokenStats) -> tuple[np.ndarray, np.ndarray]:
+def _cv(st: SequenceStats) -> tuple[np.ndarray, np.ndarray]:
     return st.c, st.v
 
 
 def test_fill_refuses_rows_the_leader_does_not_have():
     """A hit past the point where the sibling leaves the leader cannot be filled (-> resubmission)."""
     leader, seq = [1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 9]
-    lead = TokenStats(c=np.arange(5.0), v=np.arange(5.0), offset=1)
-    short = TokenStats(c=np.zeros(1), v=np.zeros(1), offset=5)  # hit of 5 > divergence 3
+    lead = SequenceStats(c=np.arange(5.0), v=np.arange(5.0), offset=1)
+    short = SequenceStats(c=np.zeros(1), v=np.zeros(1), offset=5)  # hit of 5 > divergence 3
     assert fill_from_leader(seq, short, 1, leader, lead, {}) is None
-    at_d = TokenStats(c=np.zeros(3), v=np.zeros(3), offset=3)  # hit ends at the divergence: needs c_2 for token 9
+    at_d = SequenceStats(c=np.zeros(3), v=np.zeros(3), offset=3)  # hit ends at the divergence: needs c_2 for token 9
     assert fill_from_leader(seq, at_d, 1, leader, lead, {}) is None
     filled = fill_from_leader(seq, at_d, 1, leader, lead, {(2, 9): 7.5})
     assert filled is not None and filled.offset == 1

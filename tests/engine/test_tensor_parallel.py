@@ -158,14 +158,14 @@ class _LlmEngine:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        from endorm_server.engine.base import TokenStats
+        from endorm_server.engine.base import SequenceStats
         from endorm_server.engine.vllm_plugin.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
 
         params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not read_cache,
                                extra_kwargs={FIRST_KEY: first, EXTRA_KEY: [list(e) for e in extra_targets]})
         [o] = self.llm.encode([TokensPrompt(prompt_token_ids=list(ids))], pooling_params=params, pooling_task="token_classify", use_tqdm=False)
         offset, c, v, extra = parse_result(o.outputs.data)
-        return TokenStats(c=c, v=v, offset=offset, extra_c=extra, cached_tokens=int(o.num_cached_tokens or 0))
+        return SequenceStats(c=c, v=v, offset=offset, extra_c=extra, cached_tokens=int(o.num_cached_tokens or 0))
 
 
 async def _group_stats(llm) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from endorm_server.config import Settings
-from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
+from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, check_token_ids
 from endorm_server.engine.dtype import DtypeChoice
 from endorm_server.http.app import create_app
 from endorm_server.http.state import ServiceState
@@ -66,7 +66,7 @@ class StubEngine:
             await self._entered.wait_for(lambda: self.calls >= n)
 
     async def token_stats(self, token_ids: Sequence[int], *, first: int = 0, read_cache: bool = False,
-                          extra_targets: Sequence[tuple[int, int]] = ()) -> TokenStats:
+                          extra_targets: Sequence[tuple[int, int]] = ()) -> SequenceStats:
         check_token_ids(token_ids, self.info.vocab_size)
         async with self._entered:
             self.calls += 1
@@ -82,7 +82,7 @@ class StubEngine:
             c = np.append((ids[1:] % 7) / 10.0, np.nan)
             v = 1.0 + np.arange(len(ids)) / 100.0
             extra = np.array([c[p] if p < len(ids) - 1 else np.nan for p, _ in extra_targets]) if extra_targets else None
-            return TokenStats(c=c[first:], v=v[first:], offset=first, extra_c=extra)
+            return SequenceStats(c=c[first:], v=v[first:], offset=first, extra_c=extra)
         finally:
             self.unfinished -= 1
 

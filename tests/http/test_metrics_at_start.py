@@ -10,8 +10,8 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from endorm_server.http.metrics import REJECTION_REASONS, TOKEN_PARTS
-from tests.http.stub_engine import asgi_client, stub_app, stub_settings
 from tests.conftest import tiny_model
+from tests.http.stub_engine import asgi_client, stub_app, stub_settings
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:

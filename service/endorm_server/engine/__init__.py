@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from endorm_server.config import Settings
-from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, TokenStatsEngine
+from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, TokenStatsEngine
 
 
 def create_engine(settings: Settings, model_path: str) -> TokenStatsEngine:
@@ -16,4 +16,4 @@ def create_engine(settings: Settings, model_path: str) -> TokenStatsEngine:
     return VllmEngine(settings, model_path)
 
 
-__all__ = ["EngineError", "EngineInfo", "TokenStats", "TokenStatsEngine", "create_engine"]
+__all__ = ["EngineError", "EngineInfo", "SequenceStats", "TokenStatsEngine", "create_engine"]

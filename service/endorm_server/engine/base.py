@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class TokenStats:
+class SequenceStats:
     """c[i] = raw logit at position offset+i of x_{offset+i+1} (NaN at N-1); v[i] = alpha*logsumexp(logits/alpha) there.
 
     ``offset`` > 0 when only positions offset .. N-1 were asked for (scoring reads from P - 1)
@@ -57,7 +57,7 @@ class TokenStatsEngine(Protocol):
     async def start(self) -> None:
         """Load the model and warm up; returns when requests are fast."""
 
-    async def token_stats(self, token_ids: Sequence[int]) -> TokenStats:
+    async def token_stats(self, token_ids: Sequence[int]) -> SequenceStats:
         """Stats for one sequence. Cancelling the caller aborts the engine work."""
         ...
 
@@ -75,4 +75,4 @@ class PrefixReuseEngine(TokenStatsEngine, Protocol):
     the logits of extra (position, token) pairs (scoring/grouping.py's group-aware path)."""
 
     async def token_stats(self, token_ids: Sequence[int], *, first: int = 0, read_cache: bool = False,  # type: ignore[override]
-                          extra_targets: Sequence[tuple[int, int]] = ()) -> TokenStats: ...
+                          extra_targets: Sequence[tuple[int, int]] = ()) -> SequenceStats: ...

@@ -14,20 +14,20 @@ from typing import Any, Sequence
 import torch
 
 from endorm_server.config import Settings
-from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
+from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, check_token_ids
 from endorm_server.engine.dtype import engine_dtype
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def reference_token_stats(logits: torch.Tensor, token_ids: Sequence[int], alpha: float) -> TokenStats:
+def reference_token_stats(logits: torch.Tensor, token_ids: Sequence[int], alpha: float) -> SequenceStats:
     """c_i = logits_i[x_{i+1}], v_i = alpha * logsumexp(logits_i / alpha), from full [N, V] logits."""
     logits = logits.double()
     ids = torch.as_tensor(list(token_ids), dtype=torch.long)
     c = torch.full((len(ids),), float("nan"), dtype=torch.float64)
     c[:-1] = logits[:-1].gather(-1, ids[1:, None])[:, 0]
     v = alpha * torch.logsumexp(logits / alpha, dim=-1)
-    return TokenStats(c=c.numpy(), v=v.numpy())
+    return SequenceStats(c=c.numpy(), v=v.numpy())
 
 
 class TransformersEngine:
@@ -63,7 +63,7 @@ class TransformersEngine:
             dtype=self.dtype_choice.dtype,
         )
 
-    def forward_stats(self, token_ids: Sequence[int]) -> TokenStats:
+    def forward_stats(self, token_ids: Sequence[int]) -> SequenceStats:
         # The model is read under the lock that shutdown takes: checked outside it, a shutdown between
         # the check and the call left None to call (a 500 instead of the engine-down 503).
         with self._lock:
@@ -75,7 +75,7 @@ class TransformersEngine:
                 logits = model(torch.as_tensor([list(token_ids)])).logits[0]
         return reference_token_stats(logits, token_ids, self.settings.alpha)
 
-    async def token_stats(self, token_ids: Sequence[int]) -> TokenStats:
+    async def token_stats(self, token_ids: Sequence[int]) -> SequenceStats:
         self._unfinished += 1
         try:
             return await asyncio.to_thread(self.forward_stats, token_ids)

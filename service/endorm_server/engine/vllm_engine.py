@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from endorm_server.config import Settings
 from endorm_server.engine import cpu_threads
-from endorm_server.engine.base import EngineError, EngineInfo, TokenStats, check_token_ids
+from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, check_token_ids
 from endorm_server.engine.dtype import DtypeChoice, engine_dtype
 from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
 from endorm_server.engine.vllm_plugin.plugin import reward_architecture
@@ -138,7 +138,7 @@ class VllmEngine:
         first: int = 0,
         read_cache: bool = False,
         extra_targets: Sequence[tuple[int, int]] = (),
-    ) -> TokenStats:
+    ) -> SequenceStats:
         """Rows for positions first .. N-1 (the LM head runs on no earlier row).
 
         With ``read_cache`` the request reads vLLM's prefix cache: a hit of k
@@ -175,7 +175,7 @@ class VllmEngine:
         offset, c, v, extra_c = parse_result(final.outputs.data)
         if offset != first and not read_cache:
             raise EngineError(f"engine computed positions from {offset}, not {first}, without reading the cache")
-        return TokenStats(c=c, v=v, offset=offset, extra_c=extra_c, cached_tokens=int(final.num_cached_tokens or 0))
+        return SequenceStats(c=c, v=v, offset=offset, extra_c=extra_c, cached_tokens=int(final.num_cached_tokens or 0))
 
     def num_unfinished(self) -> int:
         if self._engine is None:

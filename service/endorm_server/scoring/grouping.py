@@ -27,7 +27,7 @@ from typing import Sequence, cast
 
 import numpy as np
 
-from endorm_server.engine.base import PrefixReuseEngine, TokenStats, TokenStatsEngine
+from endorm_server.engine.base import PrefixReuseEngine, SequenceStats, TokenStatsEngine
 from endorm_server.inputs.tokenization import EncodedPair
 
 
@@ -59,15 +59,15 @@ class GroupScheduler:
     def enabled(self) -> bool:
         return bool(getattr(self.engine, "supports_prefix_reuse", False))
 
-    async def stats(self, pairs: Sequence[EncodedPair]) -> list[TokenStats]:
-        """TokenStats per pair, each covering positions P-1 .. N-1 (offset P-1), in input order."""
+    async def stats(self, pairs: Sequence[EncodedPair]) -> list[SequenceStats]:
+        """SequenceStats per pair, each covering positions P-1 .. N-1 (offset P-1), in input order."""
         if not self.enabled:  # e.g. the transformers reference engine: nothing to share
             return list(await asyncio.gather(*(self.engine.token_stats(p.prompt_ids + p.response_ids) for p in pairs)))
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(pairs):
             groups.setdefault(tuple(p.prompt_ids), []).append(i)
         seqs = [list(p.prompt_ids) + list(p.response_ids) for p in pairs]
-        out: list[TokenStats | None] = [None] * len(pairs)
+        out: list[SequenceStats | None] = [None] * len(pairs)
 
         async def run(members: list[int]) -> None:
             first = max(0, len(pairs[members[0]].prompt_ids) - 1)  # an empty prompt is refused by the reward math
@@ -78,7 +78,7 @@ class GroupScheduler:
         await asyncio.gather(*(run(m) for m in groups.values()))
         return out  # type: ignore[return-value]
 
-    async def _group(self, seqs: list[list[int]], first: int) -> list[TokenStats]:
+    async def _group(self, seqs: list[list[int]], first: int) -> list[SequenceStats]:
         leader, siblings = seqs[0], seqs[1:]
         extras = sorted({(d - 1, s[d]) for s in siblings if first < (d := divergence(leader, s)) < min(len(leader), len(s))})
         lead = await self._complete(leader, first, extras)
@@ -86,7 +86,7 @@ class GroupScheduler:
         rest = await asyncio.gather(*(self._sibling(s, first, leader, lead, extra_c) for s in siblings))
         return [lead, *rest]
 
-    async def _submit(self, seq: list[int], first: int, read_cache: bool, extras=()) -> TokenStats:
+    async def _submit(self, seq: list[int], first: int, read_cache: bool, extras=()) -> SequenceStats:
         engine = cast(PrefixReuseEngine, self.engine)  # enabled only where supports_prefix_reuse
         st = await engine.token_stats(seq, first=first, read_cache=read_cache, extra_targets=extras)
         c = self.counters
@@ -95,15 +95,15 @@ class GroupScheduler:
         c.lm_head_rows_skipped += st.offset
         return st
 
-    async def _complete(self, seq: list[int], first: int, extras=()) -> TokenStats:
+    async def _complete(self, seq: list[int], first: int, extras=()) -> SequenceStats:
         st = await self._submit(seq, first, True, extras)
         if st.offset == first:
             return st
         self.counters.resubmissions += 1
         return await self._submit(seq, first, False, extras)
 
-    async def _sibling(self, seq: list[int], first: int, leader: list[int], lead: TokenStats,
-                       extra_c: dict[tuple[int, int], float]) -> TokenStats:
+    async def _sibling(self, seq: list[int], first: int, leader: list[int], lead: SequenceStats,
+                       extra_c: dict[tuple[int, int], float]) -> SequenceStats:
         st = await self._submit(seq, first, True)
         if st.offset == first:
             return st
@@ -115,8 +115,8 @@ class GroupScheduler:
         return await self._submit(seq, first, False)
 
 
-def fill_from_leader(seq: Sequence[int], st: TokenStats, first: int, leader: Sequence[int], lead: TokenStats,
-                     extra_c: dict[tuple[int, int], float]) -> TokenStats | None:
+def fill_from_leader(seq: Sequence[int], st: SequenceStats, first: int, leader: Sequence[int], lead: SequenceStats,
+                     extra_c: dict[tuple[int, int], float]) -> SequenceStats | None:
     """Rows first .. st.offset-1 of seq from the leader's rows (see the module docstring), or None."""
     d = divergence(leader, seq)
     k = st.offset
@@ -133,5 +133,5 @@ def fill_from_leader(seq: Sequence[int], st: TokenStats, first: int, leader: Seq
             if got is None or not np.isfinite(got):
                 return None
             c[-1] = got
-    return TokenStats(c=np.concatenate([c, st.c]), v=np.concatenate([v, st.v]), offset=first,
+    return SequenceStats(c=np.concatenate([c, st.c]), v=np.concatenate([v, st.v]), offset=first,
                       extra_c=st.extra_c, cached_tokens=st.cached_tokens)
