@@ -1,0 +1,262 @@
+// EndoRM reward inspector: builds a /score or /compare request, renders per-token rewards.
+// Static, no dependencies. The API key lives only in the variable below (never stored).
+"use strict";
+(function () {
+  let apiKey = null;
+  let lastResult = null;
+  let controller = null;
+  const $ = (id) => document.getElementById(id);
+
+  // Diverging, colour-blind-safe (blue - white - orange, ColorBrewer PuOr/RdBu ends).
+  const NEG = [179, 88, 6];    // #b35806 (orange): negative reward
+  const POS = [33, 102, 172];  // #2166ac (blue): positive reward
+  function mix(c, t) {  // t in [0, 1]: white -> c
+    const m = (i) => Math.round(255 + (c[i] - 255) * t);
+    return `rgb(${m(0)}, ${m(1)}, ${m(2)})`;
+  }
+  function rewardColour(s) { return s < 0 ? mix(NEG, -s) : mix(POS, s); }
+  function logprobColour(s) { return mix(NEG, s); }  // s in [0, 1]: 0 = certain, 1 = least likely
+  function textColour(s) { return Math.abs(s) > 0.6 ? "#fff" : "#1a1a1a"; }
+
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    if (apiKey !== null) h["Authorization"] = "Bearer " + apiKey;
+    return h;
+  }
+
+  async function api(method, path, body, signal) {
+    const r = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined, signal });
+    let data = null;
+    const text = await r.text();
+    try { data = JSON.parse(text); } catch (e) { data = null; }
+    if (!r.ok) {
+      const err = data && data.error ? data.error : null;
+      const msg = err ? err.message + (err.param ? ` (param: ${err.param})` : "") : `HTTP ${r.status}: ${text.slice(0, 500)}`;
+      const e = new Error(msg); e.status = r.status; throw e;
+    }
+    return data;
+  }
+
+  function askKey(message) {
+    $("key-form").hidden = false;
+    $("key-message").textContent = message || "This server needs an API key.";
+    $("api-key").focus();
+  }
+
+  async function loadModel() {
+    try {
+      const m = await api("GET", "/v1/models");
+      const c = m.data[0];
+      $("model-info").textContent = `Model: ${c.id} · alpha ${c.alpha} · engine ${c.engine} · fingerprint ${c.system_fingerprint}`;
+      $("model-info").dataset.model = c.id;
+      $("model-info").dataset.alpha = String(c.alpha);
+      $("model-info").dataset.fingerprint = c.system_fingerprint || "";
+      $("key-form").hidden = true;
+    } catch (e) {
+      if (e.status === 401) askKey(e.message); else $("model-info").textContent = "Model: unavailable (" + e.message + ")";
+    }
+  }
+
+  function addResponse(value) {
+    const n = $("responses").children.length + 1;
+    const div = document.createElement("div");
+    div.className = "response-in";
+    const id = "response-" + n;
+    div.innerHTML = `<label for="${id}">Response ${n}</label><textarea id="${id}" class="response" rows="3"></textarea>` +
+      `<button type="button" class="remove">Remove response ${n}</button>`;
+    div.querySelector("textarea").value = value || "";
+    div.querySelector(".remove").addEventListener("click", () => { div.remove(); });
+    $("responses").appendChild(div);
+  }
+
+  function unescape(s) { return s.replace(/\\n/g, "\n").replace(/\\t/g, "\t"); }
+
+  // The request exactly as sent: /score for one response (or explicit steps), /compare for several.
+  function buildRequest() {
+    const responses = Array.from(document.querySelectorAll("textarea.response")).map((t) => t.value);
+    if (responses.length === 0) throw new Error("add at least one response");
+    const mode = document.querySelector("input[name=prompt-mode]:checked").value;
+    const prompt = {};
+    if (mode === "user") prompt.messages = [{ role: "user", content: $("prompt").value }];
+    else {
+      try { prompt.messages = JSON.parse($("prompt").value); } catch (e) { throw new Error("messages: not valid JSON: " + e.message); }
+    }
+    if ($("system").value !== "") prompt.system = $("system").value;
+    const opts = { aggregation: $("aggregation").value, return_tokens: true };
+    const gamma = parseFloat($("gamma").value), beta = parseFloat($("beta").value);
+    if (gamma !== 1) opts.gamma = gamma;
+    if (beta !== 0) opts.beta = beta;
+    if ($("contrast").checked) {
+      opts.contrast = true;
+      if ($("baseline").value !== "") opts.baseline_system = $("baseline").value;
+    }
+    const steps = $("steps-mode").value;
+    const sep = unescape($("separator").value);
+    if (responses.length >= 2 && steps !== "explicit") {
+      const body = { ...prompt, responses, ...opts };
+      if (steps === "separator") body.step_separator = sep;
+      return { path: "/compare", body };
+    }
+    const items = responses.map((r) => {
+      const it = { ...prompt };
+      if (steps === "explicit") it.steps = r.split(/\n---\n/);
+      else it.response = r;
+      if (steps === "separator") it.step_separator = sep;
+      return it;
+    });
+    return { path: "/score", body: { items, ...opts } };
+  }
+
+  function curl(req) {
+    const json = JSON.stringify(req.body);
+    const auth = apiKey !== null ? ` \\\n  -H "Authorization: Bearer $ENDORM_API_KEY"` : "";
+    return `curl -sS ${location.origin}${req.path} \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d '${json.replace(/'/g, "'\\''")}'`;
+  }
+
+  const fmt = (x) => (x === null || x === undefined ? "–" : Number(x).toPrecision(4));
+
+  function showDetails(el) {
+    const t = lastResult.results[+el.dataset.result].tokens[+el.dataset.index];
+    let s = `response ${+el.dataset.result + 1}, token ${el.dataset.index}: ${JSON.stringify(t.text)}\n` +
+      `id ${t.id} · reward ${t.reward} · log-prob ${t.logprob} · offset ${t.offset ? "[" + t.offset[0] + ", " + t.offset[1] + ")" : "none"}`;
+    if (t.criteria_reward !== null && t.criteria_reward !== undefined)
+      s += `\ncriteria reward ${t.criteria_reward} · baseline reward ${t.baseline_reward}`;
+    $("details").textContent = s;
+  }
+
+  function legend(maxAbs, minLp) {
+    const view = document.querySelector("input[name=view]:checked").value;
+    const bar = view === "reward"
+      ? `linear-gradient(to right, ${rewardColour(-1)}, #fff, ${rewardColour(1)})`
+      : `linear-gradient(to right, #fff, ${logprobColour(1)})`;
+    const lo = view === "reward" ? `−${fmt(maxAbs)} (orange)` : "0 (certain)";
+    const hi = view === "reward" ? `+${fmt(maxAbs)} (blue)` : `${fmt(minLp)} (least likely, orange)`;
+    $("legend").innerHTML = `<span>${view === "reward" ? "reward" : "log-prob"}: ${lo}</span>` +
+      `<span class="legend-bar" style="background:${bar}"></span><span>${hi}</span>`;
+  }
+
+  function applyView() {
+    if (!lastResult) return;
+    const view = document.querySelector("input[name=view]:checked").value;
+    document.querySelectorAll(".tok").forEach((el) => {
+      const s = parseFloat(view === "reward" ? el.dataset.shade : el.dataset.shadeLogprob);
+      el.style.background = view === "reward" ? rewardColour(s) : logprobColour(s);
+      el.style.color = textColour(s);
+    });
+    legend(lastResult._maxAbs, lastResult._minLp);
+  }
+
+  function esc(s) { const d = document.createElement("div"); d.textContent = s; return d.innerHTML; }
+
+  function render(req, data) {
+    lastResult = data;
+    const all = data.results.flatMap((r) => r.tokens || []);
+    // One scale for all responses, so colours compare across them.
+    const maxAbs = Math.max(...all.map((t) => Math.abs(t.reward)), 0) || 1;
+    const minLp = Math.min(...all.map((t) => t.logprob), 0) || -1;
+    data._maxAbs = maxAbs; data._minLp = minLp;
+    const fp = data.system_fingerprint || "";
+    let html = `<p id="result-meta" data-model="${esc(data.model)}" data-alpha="${data.alpha}" data-fingerprint="${esc(fp)}">` +
+      `model ${esc(data.model)} · alpha ${data.alpha} · aggregation ${esc(data.aggregation)} · fingerprint ${esc(fp)}</p>`;
+    if (data.ranking) {
+      html += `<h2>Ranking</h2><p id="ranking" data-ranking="${data.ranking.join(",")}">best first: ` +
+        data.ranking.map((i) => "response " + (i + 1)).join(" › ") + "</p>";
+      html += `<table id="bt"><caption>Bradley-Terry: P(row beats column)</caption><tr><th scope="col"></th>` +
+        data.scores.map((_, j) => `<th scope="col">${j + 1}</th>`).join("") + "</tr>" +
+        data.probabilities.map((row, i) => `<tr><th scope="row">${i + 1}</th>` +
+          row.map((p, j) => `<td data-i="${i}" data-j="${j}" data-p="${p}">${i === j ? "–" : p.toFixed(3)}</td>`).join("") + "</tr>").join("") +
+        "</table>";
+    }
+    $("summary").innerHTML = html;
+    const out = $("responses-out");
+    out.innerHTML = "";
+    data.results.forEach((r, ri) => {
+      const sec = document.createElement("section");
+      sec.className = "response-out";
+      sec.dataset.result = String(ri);
+      sec.dataset.score = String(r.score);
+      const best = data.best === ri ? " best" : "";
+      let h = `<h2 class="${best}">Response ${ri + 1}: score <span class="score">${fmt(r.score)}</span>` +
+        (data.ranking ? ` · rank ${data.ranking.indexOf(ri) + 1}` : "") + `</h2>` +
+        `<p>${r.num_tokens} tokens · prompt ${r.prompt_tokens} tokens` +
+        (r.truncated_tokens ? ` · ${r.truncated_tokens} prompt tokens truncated` : "") +
+        (r.criteria_score !== null && r.criteria_score !== undefined ? ` · criteria ${fmt(r.criteria_score)} · baseline ${fmt(r.baseline_score)}` : "") + "</p>";
+      const starts = new Set((r.steps || []).map((s) => s.start));
+      h += `<div class="tokens" aria-label="Tokens of response ${ri + 1}">` + (r.tokens || []).map((t, ti) => {
+        const shade = t.reward / maxAbs;
+        const shadeLp = t.logprob / minLp;
+        const cls = "tok" + (t.offset && t.offset[0] === t.offset[1] ? " special" : "") + (ri >= 0 && starts.has(ti) && ti > 0 ? " step-start" : "");
+        return `<span class="${cls}" tabindex="0" data-result="${ri}" data-index="${ti}" data-id="${t.id}" ` +
+          `data-reward="${t.reward}" data-logprob="${t.logprob}" data-shade="${shade}" data-shade-logprob="${shadeLp}" ` +
+          `aria-label="${esc(JSON.stringify(t.text))} reward ${fmt(t.reward)}">${esc(t.text)}</span>`;
+      }).join("") + "</div>";
+      if (r.steps) {
+        h += `<table class="steps"><caption>Steps of response ${ri + 1}</caption><tr><th scope="col">step</th>` +
+          `<th scope="col">tokens</th><th scope="col">reward</th><th scope="col">log-prob</th><th scope="col">text</th></tr>`;
+        const minStep = Math.min(...r.steps.map((s) => s.reward));
+        r.steps.forEach((s, si) => {
+          h += `<tr data-step="${si}" data-reward="${s.reward}"${s.reward === minStep ? ' class="best"' : ""}><td>${si + 1}${s.reward === minStep ? " (weakest)" : ""}</td>` +
+            `<td>${s.start}–${s.end}</td><td>${fmt(s.reward)}</td><td>${fmt(s.logprob)}</td><td class="text">${esc(s.text || "")}</td></tr>`;
+        });
+        h += "</table>";
+      }
+      sec.innerHTML = h;
+      out.appendChild(sec);
+    });
+    out.querySelectorAll(".tok").forEach((el) => {
+      el.addEventListener("focus", () => showDetails(el));
+      el.addEventListener("mouseenter", () => showDetails(el));
+    });
+    $("curl").textContent = curl(req);
+    $("results").hidden = false;
+    applyView();
+  }
+
+  function showError(msg) {
+    $("error").textContent = "Error: " + msg;
+    $("error").hidden = false;
+  }
+
+  async function run(ev) {
+    ev.preventDefault();
+    $("error").hidden = true;
+    let req;
+    try { req = buildRequest(); } catch (e) { showError(e.message); return; }
+    $("curl").textContent = curl(req);
+    controller = new AbortController();
+    $("run").disabled = true; $("cancel").disabled = false;
+    document.body.setAttribute("aria-busy", "true");
+    const t0 = Date.now();
+    $("progress").textContent = "Scoring…";
+    const timer = setInterval(() => { $("progress").textContent = `Scoring… ${((Date.now() - t0) / 1000).toFixed(0)} s`; }, 500);
+    try {
+      const data = await api("POST", req.path, req.body, controller.signal);
+      render(req, data);
+      $("progress").textContent = "Done.";
+    } catch (e) {
+      $("progress").textContent = "";
+      if (e.name === "AbortError") showError("cancelled");
+      else { showError(e.message); if (e.status === 401) askKey(e.message); }
+    } finally {
+      clearInterval(timer);
+      $("run").disabled = false; $("cancel").disabled = true;
+      document.body.removeAttribute("aria-busy");
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    addResponse(""); addResponse("");
+    $("add-response").addEventListener("click", () => addResponse(""));
+    $("inputs").addEventListener("submit", run);
+    $("cancel").addEventListener("click", () => controller && controller.abort());
+    document.querySelectorAll("input[name=view]").forEach((r) => r.addEventListener("change", applyView));
+    $("key-form").addEventListener("submit", (ev) => {
+      ev.preventDefault(); apiKey = $("api-key").value; $("api-key").value = ""; loadModel();
+    });
+    $("copy-curl").addEventListener("click", async () => {
+      try { await navigator.clipboard.writeText($("curl").textContent); $("copy-curl").textContent = "Copied"; }
+      catch (e) { const r = document.createRange(); r.selectNodeContents($("curl")); getSelection().removeAllRanges(); getSelection().addRange(r); }
+    });
+    loadModel();
+  });
+})();
