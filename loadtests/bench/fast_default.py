@@ -360,7 +360,8 @@ async def main_async(args) -> dict:
             await stock.start()
             routes.append(Stock(stock, seqs))
         plain, compiled, hf = torch_routes(model, served, cpus)
-        routes += [Sequential("torch-eager", plain, seqs), Sequential("torch-compile", compiled, seqs)]
+        routes += [Sequential(f"torch-{k}", {"eager": plain, "compile": compiled}[k], seqs)
+                   for k in args.torch.split(",") if k]
         if "transformers" in args.peers:
             routes.append(Sequential("hf", hf, seqs))
         if "llama.cpp" in args.peers and args.llama_python and args.gguf:
@@ -504,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dtypes", default="auto,float32,bfloat16,float16")
     ap.add_argument("--peers", default="stock,transformers,llama.cpp")
+    ap.add_argument("--torch", default="eager,compile", help="plain torch forwards to time: eager, compile")
     ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python")
     ap.add_argument("--kv-cache-gb", type=float, default=1.0)
     ap.add_argument("--enforce-eager", action="store_true", help="every engine eager (a quick check of the harness)")
