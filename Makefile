@@ -18,9 +18,10 @@ PY_DIRS := service clients tests loadtests scripts examples
 test: install lint
 	.venv/bin/python -m pytest -q -rs $(ARGS)
 
-# ruff (pyproject's [tool.ruff]) on all Python; mypy on the two packages users import.
+# ruff lint and format check (pyproject's [tool.ruff]) on all Python; mypy on the two packages users import.
 lint: install
 	.venv/bin/ruff check $(PY_DIRS)
+	.venv/bin/ruff format --check $(PY_DIRS)
 	.venv/bin/mypy service/endorm_server clients/endorm_client
 
 test-slow: install

@@ -185,7 +185,9 @@ class LoadConfig:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[PREFIX + f.name.upper()] = "none" if value is None else str(int(value) if isinstance(value, bool) else value)
+            out[PREFIX + f.name.upper()] = (
+                "none" if value is None else str(int(value) if isinstance(value, bool) else value)
+            )
         return out
 
 

@@ -103,8 +103,17 @@ def _on_test_start(environment, **_kw):
 
 
 @events.request.add_listener
-def _on_request(request_type, name, response_time, response_length, response=None, context=None,
-                exception=None, start_time=None, **_kw):
+def _on_request(
+    request_type,
+    name,
+    response_time,
+    response_length,
+    response=None,
+    context=None,
+    exception=None,
+    start_time=None,
+    **_kw,
+):
     context = context or {}
     ok = exception is None
     if request_type == REJECTED:
@@ -115,12 +124,24 @@ def _on_request(request_type, name, response_time, response_length, response=Non
         _counters["items"] += context.get("items", 0)
     if _log_file is not None:
         runner = _environment.runner if _environment is not None else None
-        _log_file.write(json.dumps({
-            "event": "request", "t": start_time, "ms": round(response_time, 3), "type": request_type, "name": name,
-            "status": getattr(response, "status_code", None), "ok": ok and request_type != REJECTED,
-            "rejected": request_type == REJECTED, "tokens": context.get("tokens", 0),
-            "items": context.get("items", 0), "users": runner.user_count if runner else None,
-        }) + "\n")
+        _log_file.write(
+            json.dumps(
+                {
+                    "event": "request",
+                    "t": start_time,
+                    "ms": round(response_time, 3),
+                    "type": request_type,
+                    "name": name,
+                    "status": getattr(response, "status_code", None),
+                    "ok": ok and request_type != REJECTED,
+                    "rejected": request_type == REJECTED,
+                    "tokens": context.get("tokens", 0),
+                    "items": context.get("items", 0),
+                    "users": runner.user_count if runner else None,
+                }
+            )
+            + "\n"
+        )
 
 
 # ------------------------------------------------------------------------- user
@@ -136,8 +157,9 @@ class EndoRMUser(FastHttpUser):
     def on_start(self) -> None:
         info = server_info(self.host)
         number = next(_seeds)
-        self.factory = PayloadFactory(CFG, vocab_size=info["vocab_size"], max_model_len=info["max_model_len"],
-                                      seed=CFG.seed * 1_000_003 + number)
+        self.factory = PayloadFactory(
+            CFG, vocab_size=info["vocab_size"], max_model_len=info["max_model_len"], seed=CFG.seed * 1_000_003 + number
+        )
         self.mix = request_mix(CFG.score_weight, CFG.compare_weight, start=number)
         self.sent = 0
         kind, nums = parse_wait(CFG.wait)
@@ -164,8 +186,14 @@ class EndoRMUser(FastHttpUser):
 
     def _post(self, payload) -> None:
         retry_after = 0.0
-        with self.client.post(payload.path, json=payload.body, headers=_headers(), name=payload.path,
-                              catch_response=True, context={"tokens": payload.tokens, "items": payload.items}) as resp:
+        with self.client.post(
+            payload.path,
+            json=payload.body,
+            headers=_headers(),
+            name=payload.path,
+            catch_response=True,
+            context={"tokens": payload.tokens, "items": payload.items},
+        ) as resp:
             code = resp.status_code
             if code in (429, 503):
                 resp.request_meta["request_type"] = REJECTED
@@ -227,7 +255,9 @@ def summarize(environment) -> Summary:
         duration_s=duration,
         rps=(accepted.num_requests - accepted.num_failures) / duration,
         tokens_per_s=_counters["tokens"] / duration,
-        p50_ms=pct(0.5), p95_ms=pct(0.95), p99_ms=pct(0.99),
+        p50_ms=pct(0.5),
+        p95_ms=pct(0.95),
+        p99_ms=pct(0.99),
         max_ms=float(accepted.max_response_time) if have else None,
     )
 
@@ -245,9 +275,7 @@ def _on_quitting(environment, **_kw):
     print("result    " + ("FAIL" if problems else "PASS"), file=sys.stderr)
     if CFG.summary_json:
         Path(CFG.summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(CFG.summary_json).write_text(
-            json.dumps({**summary.as_dict(), "violations": problems}, indent=2) + "\n"
-        )
+        Path(CFG.summary_json).write_text(json.dumps({**summary.as_dict(), "violations": problems}, indent=2) + "\n")
     if _log_file is not None:
         _log_file.flush()
     _write_final_csv(environment)

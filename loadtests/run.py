@@ -29,8 +29,10 @@ from loadtests.server import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-DEFAULT_SERVER_ARGS = ("--dtype float32 --enforce-eager --kv-cache-gb 1 --gpu-memory-utilization 0.1 "
-                       "--max-num-batched-tokens 2048 --max-inflight-tokens 32768 --queue-timeout-s 2")
+DEFAULT_SERVER_ARGS = (
+    "--dtype float32 --enforce-eager --kv-cache-gb 1 --gpu-memory-utilization 0.1 "
+    "--max-num-batched-tokens 2048 --max-inflight-tokens 32768 --queue-timeout-s 2"
+)
 
 
 def parse_duration(text: str) -> float:
@@ -53,13 +55,24 @@ def parse_duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
-    p.add_argument("--model", default="tiny",
-                   help="preset (tiny, small, bench: generated, no download) or a model directory [tiny]")
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.run",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    p.add_argument(
+        "--model",
+        default="tiny",
+        help="preset (tiny, small, bench: generated, no download) or a model directory [tiny]",
+    )
     p.add_argument("--url", help="test this running server instead of starting one")
-    p.add_argument("--api-key", default=os.environ.get(PREFIX + "API_KEY", ""), help="Bearer key (also sets the server's)")
-    p.add_argument("--server-args", default=DEFAULT_SERVER_ARGS, help=f"extra `endorm serve` flags [{DEFAULT_SERVER_ARGS}]")
+    p.add_argument(
+        "--api-key", default=os.environ.get(PREFIX + "API_KEY", ""), help="Bearer key (also sets the server's)"
+    )
+    p.add_argument(
+        "--server-args", default=DEFAULT_SERVER_ARGS, help=f"extra `endorm serve` flags [{DEFAULT_SERVER_ARGS}]"
+    )
     p.add_argument("-u", "--users", type=int, default=8, help="concurrent users (shape none) [8]")
     p.add_argument("-r", "--spawn-rate", type=float, default=4, help="users started per second [4]")
     p.add_argument("-t", "--run-time", type=parse_duration, default=30.0, help="duration, e.g. 60s, 2m [30s]")
@@ -89,9 +102,25 @@ def lt_env(args: argparse.Namespace, out: Path) -> dict[str, str]:
 
 
 def locust_command(args: argparse.Namespace, host: str, out: Path, cfg: LoadConfig) -> list[str]:
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless",
-           "--csv", str(out / "run"), "--html", str(out / "run.html"), "--stop-timeout", "30",
-           "--only-summary", "--loglevel", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--host",
+        host,
+        "--headless",
+        "--csv",
+        str(out / "run"),
+        "--html",
+        str(out / "run.html"),
+        "--stop-timeout",
+        "30",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
     if cfg.shape == "none":
         cmd += ["-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{max(1, round(args.run_time))}s"]
     return cmd + shlex.split(args.locust_args)
@@ -107,7 +136,11 @@ def expected_duration(args: argparse.Namespace, cfg: LoadConfig) -> float:
 def run(args: argparse.Namespace) -> int:
     out = args.out or ROOT / "loadtests" / "out" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **lt_env(args, out), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **lt_env(args, out),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     cfg = LoadConfig.from_env(env)  # validates the configuration before a server starts
 
     server = None
@@ -141,8 +174,25 @@ def run(args: argparse.Namespace) -> int:
     summary = out / "summary.json"
     if summary.is_file():
         data = json.loads(summary.read_text())
-        print(json.dumps({k: data[k] for k in ("requests", "failures", "rejected", "rps", "tokens_per_s", "p50_ms",
-                                              "p95_ms", "p99_ms", "violations")}, indent=None))
+        print(
+            json.dumps(
+                {
+                    k: data[k]
+                    for k in (
+                        "requests",
+                        "failures",
+                        "rejected",
+                        "rps",
+                        "tokens_per_s",
+                        "p50_ms",
+                        "p95_ms",
+                        "p99_ms",
+                        "violations",
+                    )
+                },
+                indent=None,
+            )
+        )
     print(f"reports: {out}", file=sys.stderr)
     return rc
 

@@ -35,8 +35,16 @@ def free_port() -> int:
 class LocalServer:
     """``with LocalServer([...flags]) as srv: srv.url`` — a real server process, logs in ``log_path``."""
 
-    def __init__(self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None,
-                 ready_timeout_s: float = 600, port: int | None = None, new_session: bool = True) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 600,
+        port: int | None = None,
+        new_session: bool = True,
+    ) -> None:
         """``new_session=False`` keeps the server in the caller's session: on Linux the scheduler shares CPU
         fairly between sessions (autogroups), so a benchmark comparing the server with engines run in-process
         must keep them all in one session."""
@@ -53,15 +61,31 @@ class LocalServer:
     def _use_port(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.cmd = [sys.executable, "-m", "endorm_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *self.args]
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "endorm_server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *self.args,
+        ]
 
     def start(self) -> LocalServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is not None:  # a restart on another port
             self._log.close()
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=self.new_session, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=self.new_session,
+            preexec_fn=_die_with_parent,
+        )
         return self
 
     def wait_ready(self) -> LocalServer:

@@ -1,6 +1,7 @@
 """Cell-by-cell comparison of two result tables written by endorm eval / evaluation.promptable (markdown):
     python scripts/bf16_compare.py results/real/rm-bench-chat.md results/real/bf16/rm-bench-chat.md
 Prints every numeric cell that differs (float32 -> bf16) and the largest difference, per section."""
+
 import re
 import sys
 

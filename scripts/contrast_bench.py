@@ -24,8 +24,9 @@ async def main(args) -> dict:
 
     rows = json.loads(Path(args.dsp).read_text())
     rows = [r for r in rows if all(r["responses"][k].strip() for k in RESPONSE_KEYS)]
-    settings = Settings(model=args.model, dtype="float32", kv_cache_gb=1, max_model_len=2048,
-                        max_num_batched_tokens=1024)
+    settings = Settings(
+        model=args.model, dtype="float32", kv_cache_gb=1, max_model_len=2048, max_num_batched_tokens=1024
+    )
     scorer = await Scorer.start(settings)
     counters = scorer.groups.counters
 
@@ -52,8 +53,14 @@ async def main(args) -> dict:
     await scorer.shutdown()
     t_ratio = statistics.median(out["contrast"]) / statistics.median(out["plain"])
     tok_ratio = sum(out["contrast_tokens"]) / sum(out["plain_tokens"])
-    return {**out, "G": args.G, "reps": args.reps, "time_ratio_of_medians": t_ratio, "computed_token_ratio": tok_ratio,
-            "resubmissions": counters.resubmissions}
+    return {
+        **out,
+        "G": args.G,
+        "reps": args.reps,
+        "time_ratio_of_medians": t_ratio,
+        "computed_token_ratio": tok_ratio,
+        "resubmissions": counters.resubmissions,
+    }
 
 
 if __name__ == "__main__":

@@ -70,18 +70,28 @@ async def score_all(args, correctness, style):
     from endorm_server.evaluation.backends import InProcessBackend
     from endorm_server.evaluation.runner import evaluate_dataset
 
-    settings = Settings(model=args.model, engine=args.engine, dtype="float32", max_model_len=256,
-                        max_num_batched_tokens=4096, kv_cache_gb=1, gpu_memory_utilization=0.05,
-                        enforce_eager=True, log_level="warning")
+    settings = Settings(
+        model=args.model,
+        engine=args.engine,
+        dtype="float32",
+        max_model_len=256,
+        max_num_batched_tokens=4096,
+        kv_cache_gb=1,
+        gpu_memory_utilization=0.05,
+        enforce_eager=True,
+        log_level="warning",
+    )
     backend = await InProcessBackend.start(settings)
     try:
-        corr, corr_scores = await evaluate_dataset(backend, correctness, AGGREGATIONS, batch_size=64,
-                                                   desc="correctness set")
+        corr, corr_scores = await evaluate_dataset(
+            backend, correctness, AGGREGATIONS, batch_size=64, desc="correctness set"
+        )
         prompt_table = {}
         for row in ROWS:
             system = SYSTEM_PROMPTS[row] if row else None
-            res, _ = await evaluate_dataset(backend, style, AGGREGATIONS, system=system, batch_size=64,
-                                            desc=f"style set, system: {row or 'none'}")
+            res, _ = await evaluate_dataset(
+                backend, style, AGGREGATIONS, system=system, batch_size=64, desc=f"style set, system: {row or 'none'}"
+            )
             prompt_table[row or "none"] = res
         return corr, corr_scores, prompt_table
     finally:
@@ -98,9 +108,15 @@ def promptable_png(table, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, agg in zip(axes, ("sum", "loglik_mean")):
         values = [[{g.name: g.accuracy for g in table[r][agg].groups}[c] for c in STYLES] for r in rows]
-        heatmap(ax, values, [f"system: {r}" for r in rows], [f"set: {c}" for c in STYLES],
-                title=f"promptable reward, {agg}: accuracy", xlabel="preference set (chosen follows)",
-                ylabel="system prompt (criteria)")
+        heatmap(
+            ax,
+            values,
+            [f"system: {r}" for r in rows],
+            [f"set: {c}" for c in STYLES],
+            title=f"promptable reward, {agg}: accuracy",
+            xlabel="preference set (chosen follows)",
+            ylabel="system prompt (criteria)",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -108,39 +124,47 @@ def promptable_png(table, path: Path) -> None:
 
 def reading_notes(corr, table, rows) -> str:
     """What the tables say, computed from them (so the note stays true when they change)."""
-    gap = max(abs(x.accuracy - y.accuracy) for x, y in zip(corr["sum"].groups + [corr["sum"].overall],
-                                                           corr["loglik_sum"].groups + [corr["loglik_sum"].overall]))
+    gap = max(
+        abs(x.accuracy - y.accuracy)
+        for x, y in zip(
+            corr["sum"].groups + [corr["sum"].overall], corr["loglik_sum"].groups + [corr["loglik_sum"].overall]
+        )
+    )
     for r in rows:
-        gap = max(gap, max(abs(x.accuracy - y.accuracy) for x, y in zip(table[r]["sum"].groups,
-                                                                         table[r]["loglik_sum"].groups)))
+        gap = max(
+            gap,
+            max(abs(x.accuracy - y.accuracy) for x, y in zip(table[r]["sum"].groups, table[r]["loglik_sum"].groups)),
+        )
     same = "identical in every cell here" if gap == 0 else f"within {100 * gap:.1f} points here (near-ties)"
     by_acc = sorted(corr["sum"].groups, key=lambda g: g.accuracy)
     s_sum, s_llm = corr["sum"].overall.summary, corr["loglik_mean"].overall.summary
     none = {g.name: g.accuracy for g in table["none"]["sum"].groups}
     diag_sum = [{g.name: g.accuracy for g in table[c]["sum"].groups}[c] for c in STYLES]
     diag_llm = [{g.name: g.accuracy for g in table[c]["loglik_mean"].groups}[c] for c in STYLES]
-    return "\n".join([
-        "- **Endogenous `sum` = `loglik_sum` here, by construction.** With terminal value 0 and no discount, "
-        "`sum_h r_h = alpha * sum_h log pi(a_h|s_h) + V(s_0)` and `V(s_0)` is the same for every response to one "
-        f"prompt, so the two rank every pair alike: {same}. They part ways only with a discount, "
-        "`terminal: bootstrap`, or when responses to different prompts are compared.",
-        f"- **Right vs wrong.** The reward separates right from wrong answers far above chance: "
-        f"{pct(corr['sum'].overall.accuracy)}% over all comparisons, from {pct(by_acc[-1].accuracy)}% "
-        f"({by_acc[-1].name}) down to {pct(by_acc[0].accuracy)}% ({by_acc[0].name}). It is best where the model "
-        "itself computes well (see the greedy accuracy in the model card): a wrong final number after correct "
-        "working is very unlikely under the model; a bare 2-digit answer is a guess it is less sure of.",
-        f"- **Style bias (RM-Bench easy / normal / hard).** `sum`: {pct(s_sum['easy'])} / {pct(s_sum['normal'])} / "
-        f"{pct(s_sum['hard'])}; `loglik_mean`: {pct(s_llm['easy'])} / {pct(s_llm['normal'])} / {pct(s_llm['hard'])}. "
-        "The per-token average rewards long answers full of near-certain working tokens, so a bare right answer "
-        "loses to a wrong answer with working (the hard triangle); the summed reward does not have that bias.",
-        f"- **Promptable.** With `sum` the diagonal is {', '.join(pct(d) for d in diag_sum)} "
-        f"(`loglik_mean`: {', '.join(pct(d) for d in diag_llm)}): the system prompt decides which style wins. "
-        f"With no system prompt the model prefers answers with working ({pct(none['digits_working'])} and "
-        f"{pct(none['words_working'])} on those sets vs {pct(none['digits'])} and {pct(none['words'])} on the bare "
-        "ones): it was trained on the four styles equally often, but is surer of the content of a worked answer.",
-        "- Scale: a 1.3M-parameter model on its own narrow task, so these numbers show the mechanism working, "
-        "not what a real model scores on RM-Bench (the paper: 70.2% for Qwen2.5-7B-Instruct).",
-    ])
+    return "\n".join(
+        [
+            "- **Endogenous `sum` = `loglik_sum` here, by construction.** With terminal value 0 and no discount, "
+            "`sum_h r_h = alpha * sum_h log pi(a_h|s_h) + V(s_0)` and `V(s_0)` is the same for every response to one "
+            f"prompt, so the two rank every pair alike: {same}. They part ways only with a discount, "
+            "`terminal: bootstrap`, or when responses to different prompts are compared.",
+            f"- **Right vs wrong.** The reward separates right from wrong answers far above chance: "
+            f"{pct(corr['sum'].overall.accuracy)}% over all comparisons, from {pct(by_acc[-1].accuracy)}% "
+            f"({by_acc[-1].name}) down to {pct(by_acc[0].accuracy)}% ({by_acc[0].name}). It is best where the model "
+            "itself computes well (see the greedy accuracy in the model card): a wrong final number after correct "
+            "working is very unlikely under the model; a bare 2-digit answer is a guess it is less sure of.",
+            f"- **Style bias (RM-Bench easy / normal / hard).** `sum`: {pct(s_sum['easy'])} / {pct(s_sum['normal'])} / "
+            f"{pct(s_sum['hard'])}; `loglik_mean`: {pct(s_llm['easy'])} / {pct(s_llm['normal'])} / {pct(s_llm['hard'])}. "
+            "The per-token average rewards long answers full of near-certain working tokens, so a bare right answer "
+            "loses to a wrong answer with working (the hard triangle); the summed reward does not have that bias.",
+            f"- **Promptable.** With `sum` the diagonal is {', '.join(pct(d) for d in diag_sum)} "
+            f"(`loglik_mean`: {', '.join(pct(d) for d in diag_llm)}): the system prompt decides which style wins. "
+            f"With no system prompt the model prefers answers with working ({pct(none['digits_working'])} and "
+            f"{pct(none['words_working'])} on those sets vs {pct(none['digits'])} and {pct(none['words'])} on the bare "
+            "ones): it was trained on the four styles equally often, but is surer of the content of a worked answer.",
+            "- Scale: a 1.3M-parameter model on its own narrow task, so these numbers show the mechanism working, "
+            "not what a real model scores on RM-Bench (the paper: 70.2% for Qwen2.5-7B-Instruct).",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -155,15 +179,24 @@ def main(argv=None) -> int:
 
     corr, corr_scores, table = asyncio.run(score_all(args, correctness, style))
     model_name = Path(args.model).name
-    meta = {"model": model_name, "input": "results/demo/data/correctness.jsonl", "format": "rm-bench", "k": 3,
-            "rows": len(corr_rows), "prompt_mode": "chat", "backend": f"in-process ({args.engine}, float32)"}
+    meta = {
+        "model": model_name,
+        "input": "results/demo/data/correctness.jsonl",
+        "format": "rm-bench",
+        "k": 3,
+        "rows": len(corr_rows),
+        "prompt_mode": "chat",
+        "backend": f"in-process ({args.engine}, float32)",
+    }
     write_reports(corr, meta, args.out, "correctness", corr_scores)
     promptable_png(table, args.out / "promptable.png")
 
     # ---- table 1: correct vs wrong
     aggs = list(AGGREGATIONS)
     first = corr["sum"]
-    t1 = [[g.name, g.rows, *(pct(corr[a].groups[i].accuracy) for a in aggs), "50.0"] for i, g in enumerate(first.groups)]
+    t1 = [
+        [g.name, g.rows, *(pct(corr[a].groups[i].accuracy) for a in aggs), "50.0"] for i, g in enumerate(first.groups)
+    ]
     t1.append(["**all**", first.overall.rows, *(f"**{pct(corr[a].overall.accuracy)}**" for a in aggs), "50.0"])
     t1s = [[key, *(pct(corr[a].overall.summary[key]) for a in aggs), "50.0"] for key in ("easy", "normal", "hard")]
     # ---- table 2: promptable
@@ -174,7 +207,7 @@ def main(argv=None) -> int:
         for r in rows:
             acc = {g.name: g.accuracy for g in table[r][agg].groups}
             cells = [f"**{pct(acc[c])}**" if c == r else pct(acc[c]) for c in STYLES]
-            label = f"`{r}`: \"{SYSTEM_PROMPTS[r]}\"" if r != "none" else "none (no system turn)"
+            label = f'`{r}`: "{SYSTEM_PROMPTS[r]}"' if r != "none" else "none (no system turn)"
             out.append([label, *cells, pct(table[r][agg].overall.accuracy)])
         return out
 

@@ -9,6 +9,7 @@ transformers reference. Reported per dtype: |dr| per response token (median, p99
 |d score| of the sequence sum, and, per prompt, how many of the 9 chosen-vs-rejected orders (sum and mean)
 differ from float64's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def pairs_from(path: str, model: str, rows: int):
 
 
 async def vllm_rewards(model: str, dtype: str, pairs) -> list[np.ndarray]:
-    s = Settings(model=model, dtype=dtype, max_model_len=2048, max_num_batched_tokens=1024, kv_cache_gb=1,
-                 enforce_eager=True)
+    s = Settings(
+        model=model, dtype=dtype, max_model_len=2048, max_num_batched_tokens=1024, kv_cache_gb=1, enforce_eager=True
+    )
     eng = VllmEngine(s, model)
     await eng.start()
     try:
@@ -74,9 +76,12 @@ async def main() -> None:
         st = ref.forward_stats(p.prompt_ids + p.response_ids)
         r64.append(rewards.token_rewards(st.c, st.v, len(p.prompt_ids)).rewards)
     allr = np.concatenate(r64)
-    report = {"sequences": len(pairs), "response_tokens": int(allr.size),
-              "tokens_per_sequence": [int(min(len(p) for p in pairs)), int(max(len(p) for p in pairs))],
-              "abs_r_float64": {"median": float(np.median(np.abs(allr))), "max": float(np.abs(allr).max())}}
+    report = {
+        "sequences": len(pairs),
+        "response_tokens": int(allr.size),
+        "tokens_per_sequence": [int(min(len(p) for p in pairs)), int(max(len(p) for p in pairs))],
+        "abs_r_float64": {"median": float(np.median(np.abs(allr))), "max": float(np.abs(allr).max())},
+    }
     for dt, rs in got.items():
         d = np.concatenate([np.abs(x - y) for x, y in zip(rs, r64)])
         ds = np.array([abs(x.sum() - y.sum()) for x, y in zip(rs, r64)])
@@ -85,9 +90,11 @@ async def main() -> None:
             sl = slice(6 * g, 6 * g + 6)
             flips_sum += order_flips([x.sum() for x in rs[sl]], [y.sum() for y in r64[sl]])
             flips_mean += order_flips([x.mean() for x in rs[sl]], [y.mean() for y in r64[sl]])
-        report[dt] = {"abs_dr": {"median": float(np.median(d)), "p99": float(np.quantile(d, 0.99)), "max": float(d.max())},
-                      "abs_dscore_sum": {"median": float(np.median(ds)), "max": float(ds.max())},
-                      "order_flips_vs_float64": {"sum": flips_sum, "mean": flips_mean, "of": 9 * len(groups)}}
+        report[dt] = {
+            "abs_dr": {"median": float(np.median(d)), "p99": float(np.quantile(d, 0.99)), "max": float(d.max())},
+            "abs_dscore_sum": {"median": float(np.median(ds)), "max": float(ds.max())},
+            "order_flips_vs_float64": {"sum": flips_sum, "mean": flips_mean, "of": 9 * len(groups)},
+        }
     print(json.dumps(report, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1) + "\n")

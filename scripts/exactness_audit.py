@@ -14,6 +14,7 @@ kernel worse than float32. Results and their reading: docs/exactness.md.
 Notation (paper): c_t = logit of the chosen token, v_t = logsumexp of the logits (alpha = 1),
 r_t = c_t - v_{t+1}.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ class Llama:
         inv_freq = 1.0 / self.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D)
         f = pos.float()[:, None] * inv_freq[None]
         cos, sin = torch.cat([f, f], -1).cos().to(t.dtype), torch.cat([f, f], -1).sin().to(t.dtype)
-        return t * cos[:, None] + torch.cat([-t[..., D // 2:], t[..., :D // 2]], -1) * sin[:, None]
+        return t * cos[:, None] + torch.cat([-t[..., D // 2 :], t[..., : D // 2]], -1) * sin[:, None]
 
     def attention(self, l: int, h: torch.Tensor, pos: torch.Tensor, mm=F32, attn=F32) -> torch.Tensor:
         """Causal grouped-query attention of the normed input h, with its output projection."""
@@ -118,15 +119,23 @@ def sources(model_dir: str) -> None:
 
     m, tok = Llama(model_dir), AutoTokenizer.from_pretrained(model_dir)
     chat = lambda q, a: tok.apply_chat_template(
-        [{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False)
-    seqs = {"chat, long answer": tok(chat("Tell me about Paris.", LONG_ANSWER))["input_ids"],
-            "chat, haiku": tok(chat(*INSTRUCTIONS[0]))["input_ids"]}
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=False
+    )
+    seqs = {
+        "chat, long answer": tok(chat("Tell me about Paris.", LONG_ANSWER))["input_ids"],
+        "chat, haiku": tok(chat(*INSTRUCTIONS[0]))["input_ids"],
+    }
     for n, seed in ((512, 0), (1152, 1)):
         seqs[f"random n={n} seed={seed}"] = np.random.default_rng(seed).integers(0, m.head.shape[0], n).tolist()
-    variants = {"all float32": {}, "LM head float64": dict(head=F64), "norms float64": dict(norm=F64),
-                "attention float64": dict(attn=F64), "residual stream float64": dict(resid=F64),
-                "all but matmuls float64": dict(resid=F64, norm=F64, attn=F64, head=F64),
-                "matmuls float64 only": dict(mm=F64)}
+    variants = {
+        "all float32": {},
+        "LM head float64": dict(head=F64),
+        "norms float64": dict(norm=F64),
+        "attention float64": dict(attn=F64),
+        "residual stream float64": dict(resid=F64),
+        "all but matmuls float64": dict(resid=F64, norm=F64, attn=F64, head=F64),
+        "matmuls float64 only": dict(mm=F64),
+    }
     print("| sequence | tokens | " + " | ".join(variants) + " |")
     print("|---|---|" + "---|" * len(variants))
     for name, ids in seqs.items():
@@ -153,8 +162,13 @@ def layers(model_dir: str, n: int = 512, seed: int = 1, step: int | None = None)
     def keep(name: str):
         def hook(mod, args, kwargs, out):  # the inputs (attention gets them as keywords) and the output
             given = {str(i): a for i, a in enumerate(args)} | kwargs
-            calls.setdefault(name, []).append(({k: v.clone() for k, v in given.items() if isinstance(v, torch.Tensor)},
-                                               out[0].clone() if isinstance(out, tuple) else out.clone()))
+            calls.setdefault(name, []).append(
+                (
+                    {k: v.clone() for k, v in given.items() if isinstance(v, torch.Tensor)},
+                    out[0].clone() if isinstance(out, tuple) else out.clone(),
+                )
+            )
+
         return hook
 
     for l, layer in enumerate(decoder.layers):
@@ -163,11 +177,18 @@ def layers(model_dir: str, n: int = 512, seed: int = 1, step: int | None = None)
     ids = np.random.default_rng(seed).integers(0, 49152, n).tolist()
     c, v = engine.stats(ids)
     engine.shutdown()
-    seen = {name: ({k: torch.cat([g[k] for g, _ in steps])[:n] for k in steps[0][0]},  # the whole sequence
-                   torch.cat([o for _, o in steps])[:n]) for name, steps in calls.items()}
+    seen = {
+        name: (
+            {k: torch.cat([g[k] for g, _ in steps])[:n] for k in steps[0][0]},  # the whole sequence
+            torch.cat([o for _, o in steps])[:n],
+        )
+        for name, steps in calls.items()
+    }
 
     m = Llama(model_dir)
-    print(f"{n} random tokens (seed {seed}), engine steps of {settings.max_num_batched_tokens} tokens. Each part of each layer recomputed from the engine's")
+    print(
+        f"{n} random tokens (seed {seed}), engine steps of {settings.max_num_batched_tokens} tokens. Each part of each layer recomputed from the engine's"
+    )
     print("own input to it, in float64 and in plain float32; cells: the largest error of a row of the output,")
     print("relative to that row's largest value (vLLM / plain float32)\n")
     print("| layer | " + " | ".join(PARTS) + " |\n|---|" + "---|" * len(PARTS))
@@ -176,7 +197,9 @@ def layers(model_dir: str, n: int = 512, seed: int = 1, step: int | None = None)
         for part in PARTS:
             given, out = seen[f"{l}.{part}"]
             if part == "self_attn":
-                ref, f32 = (m.attention(l, given["hidden_states"].to(dt), given["positions"], dt, dt) for dt in (F64, F32))
+                ref, f32 = (
+                    m.attention(l, given["hidden_states"].to(dt), given["positions"], dt, dt) for dt in (F64, F32)
+                )
             elif part == "mlp":
                 ref, f32 = (m.mlp(l, given["0"].to(dt), dt) for dt in (F64, F32))
             else:  # RMSNorm(x + residual): vLLM fuses the residual add into the norm (no residual in layer 0)
@@ -191,7 +214,9 @@ def layers(model_dir: str, n: int = 512, seed: int = 1, step: int | None = None)
     cv, vv = torch.tensor(c[: n - 1], dtype=F64), torch.tensor(v, dtype=F64)
     for name, (cc, vvv) in {"vLLM plugin": (cv, vv), "plain float32": (c32, v32)}.items():
         dr = (r_of(cc, vvv) - r_of(c64, v64)).abs().max().item()
-        print(f"\n{name}: max |dc| {(cc - c64).abs().max().item():.1e}, |dv| {(vvv - v64).abs().max().item():.1e}, |dr| {dr:.1e}")
+        print(
+            f"\n{name}: max |dc| {(cc - c64).abs().max().item():.1e}, |dv| {(vvv - v64).abs().max().item():.1e}, |dr| {dr:.1e}"
+        )
 
 
 if __name__ == "__main__":

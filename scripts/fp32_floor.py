@@ -10,6 +10,7 @@ plain float32 forward is itself beyond 1e-4, and with --rm-bench ../shared/data/
 8 longest RM-Bench chat conversations (prompt + the detailed markdown chosen answer): real long text.
 Results in docs/exactness.md.
 """
+
 import sys
 from pathlib import Path
 
@@ -28,7 +29,9 @@ pairs = FACTS + INSTRUCTIONS + [("Tell me about Paris.", LONG_ANSWER)]
 
 
 def chat_ids(q: str, a: str) -> list[int]:
-    ids = tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=True, return_dict=False)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}], tokenize=True, return_dict=False
+    )
     return ids["input_ids"] if hasattr(ids, "input_ids") else ids
 
 
@@ -62,9 +65,11 @@ if "--random" in sys.argv:
         groups[f"random tokens, n={n}, seeds 0-3"] = [random_ids(n, s) for s in range(4)]
 if "--rm-bench" in sys.argv:
     import json
+
     rows = [json.loads(line) for line in open(sys.argv[sys.argv.index("--rm-bench") + 1])]
     groups["RM-Bench chat, 8 longest (prompt + chosen[2])"] = sorted(
-        (chat_ids(r["prompt"], r["chosen"][2]) for r in rows), key=len)[-8:]
+        (chat_ids(r["prompt"], r["chosen"][2]) for r in rows), key=len
+    )[-8:]
 for group, sequences in groups.items():
     worst: dict[str, float] = {}
     for ids in sequences:

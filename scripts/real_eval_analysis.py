@@ -74,8 +74,9 @@ def dsp(res: dict, data: Path, n_tokens) -> dict:
             per[name] = pair_stats(np.concatenate(margins), np.concatenate(dl))
         # which response each system ranks first, and how long it is
         best = s.argmax(axis=2)  # [system, query]
-        per["top_choice_share"] = {name: {k: float(np.mean(best[si] == ki)) for ki, k in enumerate(keys)}
-                                   for si, name in enumerate(systems)}
+        per["top_choice_share"] = {
+            name: {k: float(np.mean(best[si] == ki)) for ki, k in enumerate(keys)} for si, name in enumerate(systems)
+        }
         out[agg] = per
     return out
 
@@ -85,45 +86,69 @@ def fmt(x) -> str:
 
 
 def markdown(a: dict) -> str:
-    out = ["# Length and the aggregations (real-data results)", "",
-           "Margin = score(chosen) - score(rejected) per pair; length difference in response tokens "
-           "(chosen - rejected). A positive correlation means the aggregation prefers longer responses "
-           "whatever their content.", ""]
+    out = [
+        "# Length and the aggregations (real-data results)",
+        "",
+        "Margin = score(chosen) - score(rejected) per pair; length difference in response tokens "
+        "(chosen - rejected). A positive correlation means the aggregation prefers longer responses "
+        "whatever their content.",
+        "",
+    ]
     if "rm_bench" in a:
         rb = a["rm_bench"]
-        out += ["## RM-Bench chat", "",
-                f"Mean response tokens by style (concise, detailed, detailed+markdown): chosen "
-                f"{', '.join(f'{x:.0f}' for x in rb['mean_tokens']['chosen_by_style'])}; rejected "
-                f"{', '.join(f'{x:.0f}' for x in rb['mean_tokens']['rejected_by_style'])}.", "",
-                "| aggregation | pairs | accuracy | Pearson(margin, dlen) | Spearman | acc. chosen longer (n) | "
-                "acc. chosen shorter (n) |", "|---|---|---|---|---|---|---|"]
+        out += [
+            "## RM-Bench chat",
+            "",
+            f"Mean response tokens by style (concise, detailed, detailed+markdown): chosen "
+            f"{', '.join(f'{x:.0f}' for x in rb['mean_tokens']['chosen_by_style'])}; rejected "
+            f"{', '.join(f'{x:.0f}' for x in rb['mean_tokens']['rejected_by_style'])}.",
+            "",
+            "| aggregation | pairs | accuracy | Pearson(margin, dlen) | Spearman | acc. chosen longer (n) | "
+            "acc. chosen shorter (n) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for agg, s in rb.items():
             if agg == "mean_tokens":
                 continue
-            out.append(f"| {agg} | {s['pairs']} | {100 * s['accuracy']:.1f} | {fmt(s['pearson_margin_vs_length_diff'])} | "
-                       f"{fmt(s['spearman_margin_vs_length_diff'])} | {100 * s['accuracy_chosen_longer']:.1f} "
-                       f"({s['pairs_chosen_longer']}) | {100 * s['accuracy_chosen_shorter']:.1f} "
-                       f"({s['pairs_chosen_shorter']}) |")
+            out.append(
+                f"| {agg} | {s['pairs']} | {100 * s['accuracy']:.1f} | {fmt(s['pearson_margin_vs_length_diff'])} | "
+                f"{fmt(s['spearman_margin_vs_length_diff'])} | {100 * s['accuracy_chosen_longer']:.1f} "
+                f"({s['pairs_chosen_longer']}) | {100 * s['accuracy_chosen_shorter']:.1f} "
+                f"({s['pairs_chosen_shorter']}) |"
+            )
         out.append("")
     if "dsp" in a:
         d = a["dsp"]
-        out += ["## DSP", "", "Mean response tokens: " + ", ".join(
-            f"{k} {v:.0f}" for k, v in d["mean_tokens_by_response"].items()) + ".", "",
-                "Pearson correlation of margin and length difference over each row's 4 x 4 x queries pairs, and "
-                "the share of queries where each response is ranked first:", ""]
+        out += [
+            "## DSP",
+            "",
+            "Mean response tokens: " + ", ".join(f"{k} {v:.0f}" for k, v in d["mean_tokens_by_response"].items()) + ".",
+            "",
+            "Pearson correlation of margin and length difference over each row's 4 x 4 x queries pairs, and "
+            "the share of queries where each response is ranked first:",
+            "",
+        ]
         for agg, per in d.items():
             if agg == "mean_tokens_by_response":
                 continue
-            out += [f"### `{agg}`", "", "| system | Pearson(margin, dlen) | Spearman | ranked first: "
-                    + " / ".join(per["top_choice_share"][next(iter(per["top_choice_share"]))]) + " |",
-                    "|---|---|---|---|"]
+            out += [
+                f"### `{agg}`",
+                "",
+                "| system | Pearson(margin, dlen) | Spearman | ranked first: "
+                + " / ".join(per["top_choice_share"][next(iter(per["top_choice_share"]))])
+                + " |",
+                "|---|---|---|---|",
+            ]
             for name, s in per.items():
                 if name == "top_choice_share":
                     continue
                 share = per["top_choice_share"][name]
-                out.append(f"| {name} | {fmt(s['pearson_margin_vs_length_diff'])} | "
-                           f"{fmt(s['spearman_margin_vs_length_diff'])} | "
-                           + " / ".join(f"{100 * v:.0f}%" for v in share.values()) + " |")
+                out.append(
+                    f"| {name} | {fmt(s['pearson_margin_vs_length_diff'])} | "
+                    f"{fmt(s['spearman_margin_vs_length_diff'])} | "
+                    + " / ".join(f"{100 * v:.0f}%" for v in share.values())
+                    + " |"
+                )
             out.append("")
     return "\n".join(out) + "\n"
 
@@ -143,8 +168,9 @@ def main(argv: list[str]) -> int:
 
     a = {}
     if (results / f"{rmb_stem}.json").exists():
-        a["rm_bench"] = rm_bench(json.loads((results / f"{rmb_stem}.json").read_text()),
-                                 data / "rm-bench-chat.jsonl", n_tokens)
+        a["rm_bench"] = rm_bench(
+            json.loads((results / f"{rmb_stem}.json").read_text()), data / "rm-bench-chat.jsonl", n_tokens
+        )
     if (results / f"{dsp_stem}.json").exists():
         a["dsp"] = dsp(json.loads((results / f"{dsp_stem}.json").read_text()), data / "dsp-test.json", n_tokens)
     (results / "analysis.json").write_text(json.dumps(a, indent=1) + "\n")

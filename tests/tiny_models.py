@@ -57,18 +57,14 @@ FORMAT_VERSION = 2
 HEAD_DIM = 64
 MAX_POSITIONS = 2048
 
-PAD, BOS, EOT_DOC, IM_START, IM_END = (
-    "<|pad|>", "<|bos|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-)
+PAD, BOS, EOT_DOC, IM_START, IM_END = ("<|pad|>", "<|bos|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>")
 SPECIAL_TOKENS = (PAD, BOS, EOT_DOC, IM_START, IM_END)  # ids 0..4, in this order
 # Families that get the Qwen2 pre-tokenizer (digits split one by one, NFC). transformers 5
 # loads a "qwen2" model's tokenizer as Qwen2Tokenizer whatever tokenizer_config.json says,
 # and that class rebuilds this exact pipeline around the saved vocab/merges, so the saved
 # tokenizer must already be it (it also needs "<|endoftext|>" to exist, else it adds it).
 QWEN_ARCHS = frozenset({"qwen2", "qwen3"})
-_QWEN_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+_QWEN_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 _ARCH_CLASS = {
     "llama": "LlamaForCausalLM",
@@ -100,44 +96,102 @@ def _corpus() -> list[str]:
     """A small deterministic English / arithmetic / chat corpus (a few hundred KB)."""
     rng = random.Random(20240611)
     subjects = [
-        "The cat", "A dog", "The teacher", "My friend", "The model", "A student",
-        "The assistant", "The user", "Our team", "The robot", "A child", "The writer",
-        "The scientist", "Every player", "The old man", "The small bird",
+        "The cat",
+        "A dog",
+        "The teacher",
+        "My friend",
+        "The model",
+        "A student",
+        "The assistant",
+        "The user",
+        "Our team",
+        "The robot",
+        "A child",
+        "The writer",
+        "The scientist",
+        "Every player",
+        "The old man",
+        "The small bird",
     ]
     verbs = [
-        "reads", "writes", "sees", "likes", "finds", "answers", "explains", "solves",
-        "builds", "helps", "counts", "checks", "makes", "takes", "gives", "asks about",
+        "reads",
+        "writes",
+        "sees",
+        "likes",
+        "finds",
+        "answers",
+        "explains",
+        "solves",
+        "builds",
+        "helps",
+        "counts",
+        "checks",
+        "makes",
+        "takes",
+        "gives",
+        "asks about",
     ]
     objects = [
-        "the book", "a long letter", "the answer", "a simple question", "the problem",
-        "the red ball", "a short story", "the numbers", "an essay", "the garden",
-        "the paper", "a new idea", "the results", "the table", "a good reason",
+        "the book",
+        "a long letter",
+        "the answer",
+        "a simple question",
+        "the problem",
+        "the red ball",
+        "a short story",
+        "the numbers",
+        "an essay",
+        "the garden",
+        "the paper",
+        "a new idea",
+        "the results",
+        "the table",
+        "a good reason",
         "the final score",
     ]
     tails = [
-        ".", " today.", " again.", " in the morning.", " with great care.",
-        " because it is useful.", " and then goes home.", ", but not quickly.",
-        " for the class.", " every day.", "!", "?",
+        ".",
+        " today.",
+        " again.",
+        " in the morning.",
+        " with great care.",
+        " because it is useful.",
+        " and then goes home.",
+        ", but not quickly.",
+        " for the class.",
+        " every day.",
+        "!",
+        "?",
     ]
     questions = [
-        "What is the capital of France?", "Can you explain how rain forms?",
-        "Write a short poem about the sea.", "Summarize the story in one sentence.",
-        "Is this answer correct?", "Which response is more helpful?",
-        "Please be concise and accurate.", "Explain the idea to a child.",
-        "Give an academic summary of the paper.", "Tell me a funny story.",
+        "What is the capital of France?",
+        "Can you explain how rain forms?",
+        "Write a short poem about the sea.",
+        "Summarize the story in one sentence.",
+        "Is this answer correct?",
+        "Which response is more helpful?",
+        "Please be concise and accurate.",
+        "Explain the idea to a child.",
+        "Give an academic summary of the paper.",
+        "Tell me a funny story.",
     ]
     answers = [
-        "The capital of France is Paris.", "Rain forms when water vapor cools.",
+        "The capital of France is Paris.",
+        "Rain forms when water vapor cools.",
         "The sea is wide and blue, the waves are calm and new.",
-        "A small bird finds its way home.", "Yes, the answer is correct.",
-        "The first response is more helpful.", "Sure, here is a clear answer.",
+        "A small bird finds its way home.",
+        "Yes, the answer is correct.",
+        "The first response is more helpful.",
+        "Sure, here is a clear answer.",
         "Think of it like a game with simple rules.",
         "The paper studies reward models for language.",
         "Once upon a time, a robot learned to laugh.",
     ]
     systems = [
-        "You are a helpful assistant.", "You are a careful and honest assistant.",
-        "Prefer academic writing.", "Prefer entertaining writing.",
+        "You are a helpful assistant.",
+        "You are a careful and honest assistant.",
+        "Prefer academic writing.",
+        "Prefer entertaining writing.",
         "Judge the response for correctness and clarity.",
     ]
     words = (
@@ -149,9 +203,7 @@ def _corpus() -> list[str]:
     ).split()
     lines: list[str] = []
     for _ in range(1500):
-        lines.append(
-            f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(tails)}"
-        )
+        lines.append(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(tails)}")
     for _ in range(1500):
         a, b = rng.randint(0, 99), rng.randint(0, 99)
         op = rng.choice("+-*")
@@ -167,8 +219,7 @@ def _corpus() -> list[str]:
             lines.append(f"The answer to {a} {op} {b} is {val}.")
     for _ in range(600):
         lines.append(
-            f"system\n{rng.choice(systems)}\nuser\n{rng.choice(questions)}\n"
-            f"assistant\n{rng.choice(answers)}\n"
+            f"system\n{rng.choice(systems)}\nuser\n{rng.choice(questions)}\nassistant\n{rng.choice(answers)}\n"
         )
     headings = ["Answer", "Summary", "Note", "Example", "Result", "Question", "Steps"]
     for _ in range(800):  # paragraphs: blank lines, indentation
@@ -203,9 +254,7 @@ def _train_tokenizer(vocab_size: int, add_bos: bool, qwen_style: bool = False, c
         tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(
-                    Regex(_QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False
-                ),
+                pre_tokenizers.Split(Regex(_QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -318,15 +367,13 @@ def _reinit_weights(model, *, seed: int, tie: bool, arch: str) -> None:
     with torch.no_grad():
         for name, mod in sorted(model.named_modules(), key=lambda kv: kv[0]):
             if isinstance(mod, torch.nn.Linear) and mod is not head:
-                std = mod.in_features ** -0.5
+                std = mod.in_features**-0.5
                 if name.endswith(("o_proj", "down_proj")):
                     std *= 3.0
                 mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * std)
                 if mod.bias is not None:
                     mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.1)
-            elif arch == "gemma2" and name.endswith(
-                ("post_attention_layernorm", "post_feedforward_layernorm")
-            ):
+            elif arch == "gemma2" and name.endswith(("post_attention_layernorm", "post_feedforward_layernorm")):
                 mod.weight.fill_(8.0)  # Gemma RMSNorm scales by (1 + weight)
         # logit = <normalised hidden (unit rms), row of W>: std ~ sqrt(hidden) * std(W)
         head_std = 0.3
@@ -381,9 +428,7 @@ def build_tiny_model(
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    tie, softcap = _check_args(
-        arch, vocab_size, hidden_size, num_layers, tie_word_embeddings, final_logit_softcapping
-    )
+    tie, softcap = _check_args(arch, vocab_size, hidden_size, num_layers, tie_word_embeddings, final_logit_softcapping)
     out = Path(out_dir)
     if out.exists():
         if not out.is_dir():
@@ -394,9 +439,7 @@ def build_tiny_model(
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _make_hf_tokenizer(
-        vocab_size, add_bos=arch in BOS_ARCHS, qwen_style=arch in QWEN_ARCHS
-    )
+    tokenizer = _make_hf_tokenizer(vocab_size, add_bos=arch in BOS_ARCHS, qwen_style=arch in QWEN_ARCHS)
     # Equal up to ~900-1200 tokens (what the built-in corpus supports); beyond that the
     # model's vocabulary is padded past the tokenizer's, as in real models (Qwen2.5:
     # 151936 embedding rows for 151665 tokens).
@@ -452,14 +495,9 @@ def tiny_model_dirname(
     final_logit_softcapping: float | None = None,
 ) -> str:
     """Deterministic, human-readable directory name for these build arguments."""
-    tie, softcap = _check_args(
-        arch, vocab_size, hidden_size, num_layers, tie_word_embeddings, final_logit_softcapping
-    )
+    tie, softcap = _check_args(arch, vocab_size, hidden_size, num_layers, tie_word_embeddings, final_logit_softcapping)
     cap = "none" if softcap is None else f"{softcap:g}"
-    name = (
-        f"{arch}-v{vocab_size}-h{hidden_size}-l{num_layers}-s{seed}"
-        f"-tie{int(tie)}-cap{cap}-f{FORMAT_VERSION}"
-    )
+    name = f"{arch}-v{vocab_size}-h{hidden_size}-l{num_layers}-s{seed}-tie{int(tie)}-cap{cap}-f{FORMAT_VERSION}"
     # A short hash of the environment's transformers version: files depend on it.
     import transformers
 

@@ -56,7 +56,7 @@ class RetryPolicy:
     retry_read_timeouts: bool = False
 
     def backoff(self, retry: int) -> float:
-        d = min(self.backoff_max, self.backoff_base * (2 ** retry))
+        d = min(self.backoff_max, self.backoff_base * (2**retry))
         return random.uniform(d / 2, d)
 
     def honour(self, retry_after: float) -> float:
@@ -93,8 +93,9 @@ def normalize_base_urls(base_url: str | Sequence[str] | None) -> list[str]:
     return urls
 
 
-def make_timeout(timeout: float | httpx.Timeout | None, connect_timeout: float | None,
-                 read_timeout: float | None) -> httpx.Timeout:
+def make_timeout(
+    timeout: float | httpx.Timeout | None, connect_timeout: float | None, read_timeout: float | None
+) -> httpx.Timeout:
     if isinstance(timeout, httpx.Timeout):
         return timeout
     read = read_timeout if read_timeout is not None else (timeout if timeout is not None else DEFAULT_READ_TIMEOUT)
@@ -212,7 +213,9 @@ class _Call:
 
     def transport_failed(self, ep: Endpoint, exc: httpx.TransportError) -> float:
         """Delay before the next attempt, or raise."""
-        timeout = isinstance(exc, httpx.TimeoutException) and not isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout))
+        timeout = isinstance(exc, httpx.TimeoutException) and not isinstance(
+            exc, (httpx.ConnectTimeout, httpx.PoolTimeout)
+        )
         if _connect_failure(exc):
             self.balancer.bench(ep)
         err_cls = APITimeoutError if timeout else APIConnectionError
@@ -241,9 +244,14 @@ def api_error(resp: httpx.Response, request_id: str | None, url: str | None = No
     err: dict[str, Any] = body["error"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
     message = err.get("message") or (resp.text[:500] if not body else str(body)[:500]) or resp.reason_phrase
     return error_class(resp.status_code)(
-        resp.status_code, message, type=err.get("type"), param=err.get("param"),
+        resp.status_code,
+        message,
+        type=err.get("type"),
+        param=err.get("param"),
         request_id=resp.headers.get("x-request-id") or request_id,
-        retry_after=parse_retry_after(resp.headers.get("retry-after")), body=body, url=url,
+        retry_after=parse_retry_after(resp.headers.get("retry-after")),
+        body=body,
+        url=url,
     )
 
 

@@ -100,9 +100,14 @@ class _Base:
         self.base_urls = normalize_base_urls(base_url)
         self.api_key = resolve_api_key(api_key)
         self.timeout = make_timeout(timeout, connect_timeout, read_timeout)
-        self.retry = RetryPolicy(max_retries=max_retries, backoff_base=backoff_base, backoff_max=backoff_max,
-                                 max_retry_after=max_retry_after, retry_statuses=frozenset(retry_statuses),
-                                 retry_read_timeouts=retry_read_timeouts)
+        self.retry = RetryPolicy(
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            max_retry_after=max_retry_after,
+            retry_statuses=frozenset(retry_statuses),
+            retry_read_timeouts=retry_read_timeouts,
+        )
         self._balancer = Balancer.of(self.base_urls, cooldown_base, cooldown_max)
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
@@ -143,15 +148,34 @@ class _Base:
         return -(-n // 2)
 
     @staticmethod
-    def _options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast=None,
-                 baseline_system=None) -> dict:
-        return {"aggregation": aggregation, "gamma": gamma, "beta": beta, "terminal": terminal,
-                "return_tokens": return_tokens, "truncate": truncate, "add_eos": add_eos, "model": model,
-                "contrast": contrast, "baseline_system": baseline_system}
+    def _options(
+        aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast=None, baseline_system=None
+    ) -> dict:
+        return {
+            "aggregation": aggregation,
+            "gamma": gamma,
+            "beta": beta,
+            "terminal": terminal,
+            "return_tokens": return_tokens,
+            "truncate": truncate,
+            "add_eos": add_eos,
+            "model": model,
+            "contrast": contrast,
+            "baseline_system": baseline_system,
+        }
 
     @staticmethod
-    def _compare_body(prompt, messages, prompt_ids, system, responses, responses_ids, options,
-                      step_separator=None, responses_step_ends=None) -> dict:
+    def _compare_body(
+        prompt,
+        messages,
+        prompt_ids,
+        system,
+        responses,
+        responses_ids,
+        options,
+        step_separator=None,
+        responses_step_ends=None,
+    ) -> dict:
         body: dict[str, Any] = {}
         if step_separator is not None:
             body["step_separator"] = step_separator
@@ -171,42 +195,70 @@ class _Base:
         for i, r in enumerate(results):
             r.index = i
         if not parts:
-            return ScoreResponse(model="", alpha=float("nan"), aggregation=aggregation or "sum", results=[],
-                                 usage=Usage(prompt_tokens=0, total_tokens=0))
+            return ScoreResponse(
+                model="",
+                alpha=float("nan"),
+                aggregation=aggregation or "sum",
+                results=[],
+                usage=Usage(prompt_tokens=0, total_tokens=0),
+            )
         first = parts[0]
-        usage = Usage(prompt_tokens=sum(p.usage.prompt_tokens for p in parts),
-                      total_tokens=sum(p.usage.total_tokens for p in parts))
+        usage = Usage(
+            prompt_tokens=sum(p.usage.prompt_tokens for p in parts),
+            total_tokens=sum(p.usage.total_tokens for p in parts),
+        )
         # chunks answered by replicas serving different rewards (another dtype, other weights) share none
         fingerprints = {p.system_fingerprint for p in parts}
         fingerprint = fingerprints.pop() if len(fingerprints) == 1 else None
         if fingerprint is None and len(parts) > 1 and any(p.system_fingerprint for p in parts):
-            warnings.warn(f"score_batch: replicas answered with different system_fingerprints {sorted(map(str, fingerprints))}; "
-                          "their rewards are not comparable", RuntimeWarning, stacklevel=3)
-        return ScoreResponse(model=first.model, alpha=first.alpha, system_fingerprint=fingerprint,
-                             aggregation=first.aggregation, results=results,
-                             usage=usage, request_id=",".join(p.request_id or "" for p in parts))
+            warnings.warn(
+                f"score_batch: replicas answered with different system_fingerprints {sorted(map(str, fingerprints))}; "
+                "their rewards are not comparable",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return ScoreResponse(
+            model=first.model,
+            alpha=first.alpha,
+            system_fingerprint=fingerprint,
+            aggregation=first.aggregation,
+            results=results,
+            usage=usage,
+            request_id=",".join(p.request_id or "" for p in parts),
+        )
 
 
 def _json(resp: httpx.Response) -> Any:
     try:
         return resp.json()
     except ValueError as exc:
-        raise EndoRMError(f"{resp.request.url}: the server answered {resp.status_code} with a body that is not JSON") from exc
+        raise EndoRMError(
+            f"{resp.request.url}: the server answered {resp.status_code} with a body that is not JSON"
+        ) from exc
 
 
 class RewardClient(_Base):
     """Synchronous client (thread-safe: one instance can serve many threads)."""
 
-    def __init__(self, base_url: str | Sequence[str] | None = None, *, http_client: httpx.Client | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, base_url: str | Sequence[str] | None = None, *, http_client: httpx.Client | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(base_url, **kwargs)
         self._http = http_client or httpx.Client(timeout=self.timeout)
         self._own_http = http_client is None
 
     # ---------------------------------------------------------------- plumbing
 
-    def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                request_id: str | None = None, affinity: str | None = None) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        request_id: str | None = None,
+        affinity: str | None = None,
+    ) -> httpx.Response:
         """One logical call with retries and failover; returns the 2xx response or raises.
         ``affinity`` (a prompt hash) prefers the replica that has that prompt cached."""
         rid = request_id or new_request_id()
@@ -227,8 +279,15 @@ class RewardClient(_Base):
             if delay > 0:
                 time.sleep(delay)
 
-    def map_chunks(self, items: Sequence[T], send: Callable[[list[T]], list[R]], *, chunk_size: int | None = None,
-                   max_concurrency: int | None = None, keys: Sequence[str] | None = None) -> list[R]:
+    def map_chunks(
+        self,
+        items: Sequence[T],
+        send: Callable[[list[T]], list[R]],
+        *,
+        chunk_size: int | None = None,
+        max_concurrency: int | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> list[R]:
         """Split ``items`` into chunks within the server's limits, ``send`` each (at most
         ``max_concurrency`` at once), and concatenate the results in order. A chunk refused
         with 413 (too many items or too many bytes) is split again (the item limit the server
@@ -268,27 +327,52 @@ class RewardClient(_Base):
 
     # ---------------------------------------------------------------- API
 
-    def score(self, items: Sequence[ItemLike], *, aggregation: Aggregation | None = None, gamma: float | None = None,
-              beta: float | None = None, terminal: Terminal | None = None, return_tokens: bool | None = None,
-              truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
-              request_id: str | None = None,
-              contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
+    def score(
+        self,
+        items: Sequence[ItemLike],
+        *,
+        aggregation: Aggregation | None = None,
+        gamma: float | None = None,
+        beta: float | None = None,
+        terminal: Terminal | None = None,
+        return_tokens: bool | None = None,
+        truncate: bool | None = None,
+        add_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        contrast: bool | None = None,
+        baseline_system: str | None = None,
+    ) -> ScoreResponse:
         """One ``POST /score`` (at most the server's ``max_items_per_request`` items; see
         :meth:`score_batch` for more). Options left None take the server's defaults."""
-        body = score_body([item_json(i) for i in items],
-                          self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
-                                        contrast, baseline_system))
+        body = score_body(
+            [item_json(i) for i in items],
+            self._options(
+                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+            ),
+        )
         resp = self.request("POST", "/score", json=body, request_id=request_id, affinity=self._affinity(body["items"]))
         out = ScoreResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out
 
-    def score_batch(self, items: Sequence[ItemLike], *, chunk_size: int | None = None,
-                    max_concurrency: int | None = None, aggregation: Aggregation | None = None,
-                    gamma: float | None = None, beta: float | None = None, terminal: Terminal | None = None,
-                    return_tokens: bool | None = None, truncate: bool | None = None, add_eos: bool | None = None,
-                    model: str | None = None,
-                    contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
+    def score_batch(
+        self,
+        items: Sequence[ItemLike],
+        *,
+        chunk_size: int | None = None,
+        max_concurrency: int | None = None,
+        aggregation: Aggregation | None = None,
+        gamma: float | None = None,
+        beta: float | None = None,
+        terminal: Terminal | None = None,
+        return_tokens: bool | None = None,
+        truncate: bool | None = None,
+        add_eos: bool | None = None,
+        model: str | None = None,
+        contrast: bool | None = None,
+        baseline_system: str | None = None,
+    ) -> ScoreResponse:
         """Score any number of items: split to the server's limits, chunks in parallel
         (bounded), one merged response with results in input order (``index`` is global)."""
         payload = [item_json(i) for i in items]
@@ -296,31 +380,65 @@ class RewardClient(_Base):
         lock = threading.Lock()
 
         def send(part: list[dict]) -> list[ScoreResult]:
-            res = self.score(part, aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
-                             return_tokens=return_tokens, truncate=truncate, add_eos=add_eos, model=model,
-                             contrast=contrast, baseline_system=baseline_system)
+            res = self.score(
+                part,
+                aggregation=aggregation,
+                gamma=gamma,
+                beta=beta,
+                terminal=terminal,
+                return_tokens=return_tokens,
+                truncate=truncate,
+                add_eos=add_eos,
+                model=model,
+                contrast=contrast,
+                baseline_system=baseline_system,
+            )
             with lock:
                 parts.append(res)
             return res.results
 
-        results = self.map_chunks(payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency,
-                                  keys=[prompt_key(p) for p in payload])
+        results = self.map_chunks(
+            payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency, keys=[prompt_key(p) for p in payload]
+        )
         return self._merge(parts, results, aggregation)
 
-    def compare(self, *, prompt: str | None = None, messages: Sequence[Any] | None = None,
-                prompt_ids: Sequence[int] | None = None, system: str | None = None,
-                responses: Sequence[str] | None = None, responses_ids: Sequence[Sequence[int]] | None = None,
-                aggregation: Aggregation | None = None, gamma: float | None = None, beta: float | None = None,
-                terminal: Terminal | None = None, return_tokens: bool | None = None, truncate: bool | None = None,
-                add_eos: bool | None = None, model: str | None = None, request_id: str | None = None,
-                step_separator: str | None = None,
-                responses_step_ends: Sequence[Sequence[int]] | None = None,
-                contrast: bool | None = None, baseline_system: str | None = None) -> CompareResponse:
+    def compare(
+        self,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[Any] | None = None,
+        prompt_ids: Sequence[int] | None = None,
+        system: str | None = None,
+        responses: Sequence[str] | None = None,
+        responses_ids: Sequence[Sequence[int]] | None = None,
+        aggregation: Aggregation | None = None,
+        gamma: float | None = None,
+        beta: float | None = None,
+        terminal: Terminal | None = None,
+        return_tokens: bool | None = None,
+        truncate: bool | None = None,
+        add_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        step_separator: str | None = None,
+        responses_step_ends: Sequence[Sequence[int]] | None = None,
+        contrast: bool | None = None,
+        baseline_system: str | None = None,
+    ) -> CompareResponse:
         """``POST /compare``: rank N >= 2 responses to one prompt (scores, ranking, best, P[i][j])."""
-        body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
-                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
-                                        contrast, baseline_system),
-                                  step_separator, responses_step_ends)
+        body = self._compare_body(
+            prompt,
+            messages,
+            prompt_ids,
+            system,
+            responses,
+            responses_ids,
+            self._options(
+                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+            ),
+            step_separator,
+            responses_step_ends,
+        )
         resp = self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
@@ -334,7 +452,9 @@ class RewardClient(_Base):
         """True when at least one replica answers ``GET /ready`` with 200 (no retries)."""
         for url in self.base_urls:
             try:
-                r = self._http.get(url + "/ready", headers={"X-Request-ID": new_request_id()}, timeout=self._probe_timeout)
+                r = self._http.get(
+                    url + "/ready", headers={"X-Request-ID": new_request_id()}, timeout=self._probe_timeout
+                )
                 if r.status_code == 200:
                     return True
             except httpx.TransportError:
@@ -363,14 +483,27 @@ class RewardClient(_Base):
 class AsyncRewardClient(_Base):
     """asyncio client. Use it from one event loop (httpx's connection pool is bound to it)."""
 
-    def __init__(self, base_url: str | Sequence[str] | None = None, *, http_client: httpx.AsyncClient | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        base_url: str | Sequence[str] | None = None,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(base_url, **kwargs)
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
         self._own_http = http_client is None
 
-    async def request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                      request_id: str | None = None, affinity: str | None = None) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        request_id: str | None = None,
+        affinity: str | None = None,
+    ) -> httpx.Response:
         rid = request_id or new_request_id()
         call = _Call(self._balancer, self.retry, rid, affinity)
         headers = {**self._headers, "X-Request-ID": rid, **({AFFINITY_HEADER: affinity} if affinity else {})}
@@ -389,9 +522,15 @@ class AsyncRewardClient(_Base):
             if delay > 0:
                 await asyncio.sleep(delay)
 
-    async def map_chunks(self, items: Sequence[T], send: Callable[[list[T]], Awaitable[list[R]]], *,
-                         chunk_size: int | None = None, max_concurrency: int | None = None,
-                         keys: Sequence[str] | None = None) -> list[R]:
+    async def map_chunks(
+        self,
+        items: Sequence[T],
+        send: Callable[[list[T]], Awaitable[list[R]]],
+        *,
+        chunk_size: int | None = None,
+        max_concurrency: int | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> list[R]:
         items = list(items)
         ranges = self._ranges(len(items), chunk_size, keys)
         sem = asyncio.Semaphore(max_concurrency or self.max_concurrency)
@@ -422,53 +561,113 @@ class AsyncRewardClient(_Base):
             raise
         return [r for part in parts for r in part]
 
-    async def score(self, items: Sequence[ItemLike], *, aggregation: Aggregation | None = None,
-                    gamma: float | None = None, beta: float | None = None, terminal: Terminal | None = None,
-                    return_tokens: bool | None = None, truncate: bool | None = None, add_eos: bool | None = None,
-                    model: str | None = None, request_id: str | None = None,
-                    contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
-        body = score_body([item_json(i) for i in items],
-                          self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
-                                        contrast, baseline_system))
-        resp = await self.request("POST", "/score", json=body, request_id=request_id,
-                                  affinity=self._affinity(body["items"]))
+    async def score(
+        self,
+        items: Sequence[ItemLike],
+        *,
+        aggregation: Aggregation | None = None,
+        gamma: float | None = None,
+        beta: float | None = None,
+        terminal: Terminal | None = None,
+        return_tokens: bool | None = None,
+        truncate: bool | None = None,
+        add_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        contrast: bool | None = None,
+        baseline_system: str | None = None,
+    ) -> ScoreResponse:
+        body = score_body(
+            [item_json(i) for i in items],
+            self._options(
+                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+            ),
+        )
+        resp = await self.request(
+            "POST", "/score", json=body, request_id=request_id, affinity=self._affinity(body["items"])
+        )
         out = ScoreResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out
 
-    async def score_batch(self, items: Sequence[ItemLike], *, chunk_size: int | None = None,
-                          max_concurrency: int | None = None, aggregation: Aggregation | None = None,
-                          gamma: float | None = None, beta: float | None = None, terminal: Terminal | None = None,
-                          return_tokens: bool | None = None, truncate: bool | None = None,
-                          add_eos: bool | None = None, model: str | None = None,
-                          contrast: bool | None = None, baseline_system: str | None = None) -> ScoreResponse:
+    async def score_batch(
+        self,
+        items: Sequence[ItemLike],
+        *,
+        chunk_size: int | None = None,
+        max_concurrency: int | None = None,
+        aggregation: Aggregation | None = None,
+        gamma: float | None = None,
+        beta: float | None = None,
+        terminal: Terminal | None = None,
+        return_tokens: bool | None = None,
+        truncate: bool | None = None,
+        add_eos: bool | None = None,
+        model: str | None = None,
+        contrast: bool | None = None,
+        baseline_system: str | None = None,
+    ) -> ScoreResponse:
         payload = [item_json(i) for i in items]
         parts: list[ScoreResponse] = []
 
         async def send(part: list[dict]) -> list[ScoreResult]:
-            res = await self.score(part, aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
-                                   return_tokens=return_tokens, truncate=truncate, add_eos=add_eos, model=model,
-                             contrast=contrast, baseline_system=baseline_system)
+            res = await self.score(
+                part,
+                aggregation=aggregation,
+                gamma=gamma,
+                beta=beta,
+                terminal=terminal,
+                return_tokens=return_tokens,
+                truncate=truncate,
+                add_eos=add_eos,
+                model=model,
+                contrast=contrast,
+                baseline_system=baseline_system,
+            )
             parts.append(res)
             return res.results
 
-        results = await self.map_chunks(payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency,
-                                        keys=[prompt_key(p) for p in payload])
+        results = await self.map_chunks(
+            payload, send, chunk_size=chunk_size, max_concurrency=max_concurrency, keys=[prompt_key(p) for p in payload]
+        )
         return self._merge(parts, results, aggregation)
 
-    async def compare(self, *, prompt: str | None = None, messages: Sequence[Any] | None = None,
-                      prompt_ids: Sequence[int] | None = None, system: str | None = None,
-                      responses: Sequence[str] | None = None, responses_ids: Sequence[Sequence[int]] | None = None,
-                      aggregation: Aggregation | None = None, gamma: float | None = None, beta: float | None = None,
-                      terminal: Terminal | None = None, return_tokens: bool | None = None,
-                      truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
-                      request_id: str | None = None, step_separator: str | None = None,
-                      responses_step_ends: Sequence[Sequence[int]] | None = None,
-                      contrast: bool | None = None, baseline_system: str | None = None) -> CompareResponse:
-        body = self._compare_body(prompt, messages, prompt_ids, system, responses, responses_ids,
-                                  self._options(aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model,
-                                        contrast, baseline_system),
-                                  step_separator, responses_step_ends)
+    async def compare(
+        self,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[Any] | None = None,
+        prompt_ids: Sequence[int] | None = None,
+        system: str | None = None,
+        responses: Sequence[str] | None = None,
+        responses_ids: Sequence[Sequence[int]] | None = None,
+        aggregation: Aggregation | None = None,
+        gamma: float | None = None,
+        beta: float | None = None,
+        terminal: Terminal | None = None,
+        return_tokens: bool | None = None,
+        truncate: bool | None = None,
+        add_eos: bool | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        step_separator: str | None = None,
+        responses_step_ends: Sequence[Sequence[int]] | None = None,
+        contrast: bool | None = None,
+        baseline_system: str | None = None,
+    ) -> CompareResponse:
+        body = self._compare_body(
+            prompt,
+            messages,
+            prompt_ids,
+            system,
+            responses,
+            responses_ids,
+            self._options(
+                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+            ),
+            step_separator,
+            responses_step_ends,
+        )
         resp = await self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
@@ -480,8 +679,9 @@ class AsyncRewardClient(_Base):
     async def ready(self) -> bool:
         for url in self.base_urls:
             try:
-                r = await self._http.get(url + "/ready", headers={"X-Request-ID": new_request_id()},
-                                         timeout=self._probe_timeout)
+                r = await self._http.get(
+                    url + "/ready", headers={"X-Request-ID": new_request_id()}, timeout=self._probe_timeout
+                )
                 if r.status_code == 200:
                     return True
             except httpx.TransportError:

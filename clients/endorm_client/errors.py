@@ -28,9 +28,18 @@ class APITimeoutError(APIConnectionError):
 class APIStatusError(EndoRMError):
     """The server answered with an error status."""
 
-    def __init__(self, status_code: int, message: str, *, type: str | None = None, param: str | None = None,
-                 request_id: str | None = None, retry_after: float | None = None, body: Any = None,
-                 url: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        body: Any = None,
+        url: str | None = None,
+    ) -> None:
         super().__init__(f"{status_code} {type or 'error'}: {message}" + (f" (param: {param})" if param else ""))
         self.status_code = status_code
         self.message = message

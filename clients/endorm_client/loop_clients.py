@@ -27,7 +27,9 @@ class PerLoopClients:
 
     def __init__(self, factory: Callable[[], AsyncRewardClient]) -> None:
         self._factory = factory
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[AsyncRewardClient, AsyncIterator[None]]]
+        self._by_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AsyncRewardClient, AsyncIterator[None]]
+        ]
         self._by_loop = weakref.WeakKeyDictionary()
 
     async def get(self) -> AsyncRewardClient:

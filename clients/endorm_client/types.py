@@ -67,7 +67,9 @@ class TokenReward(BaseModel):
     reward: float
     logprob: float
     offset: tuple[int, int] | None = Field(None, description="[start, end) in the response text (text responses)")
-    criteria_reward: float | None = Field(None, description="contrast: r_h under the criteria (reward = this - baseline)")
+    criteria_reward: float | None = Field(
+        None, description="contrast: r_h under the criteria (reward = this - baseline)"
+    )
     baseline_reward: float | None = Field(None, description="contrast: r_h under the baseline context")
 
 
@@ -104,8 +106,11 @@ class ScoreResponse(BaseModel):
     model_config = _RESULT
     model: str
     alpha: float
-    system_fingerprint: str | None = Field(None, description="The served model's weights, alpha, compute dtype and engine: "
-                                            "equal fingerprints give equal rewards")
+    system_fingerprint: str | None = Field(
+        None,
+        description="The served model's weights, alpha, compute dtype and engine: "
+        "equal fingerprints give equal rewards",
+    )
     aggregation: Aggregation
     results: list[ScoreResult]
     usage: Usage
@@ -120,8 +125,11 @@ class CompareResponse(BaseModel):
     model_config = _RESULT
     model: str
     alpha: float
-    system_fingerprint: str | None = Field(None, description="The served model's weights, alpha, compute dtype and engine: "
-                                            "equal fingerprints give equal rewards")
+    system_fingerprint: str | None = Field(
+        None,
+        description="The served model's weights, alpha, compute dtype and engine: "
+        "equal fingerprints give equal rewards",
+    )
     aggregation: Aggregation
     scores: list[float]
     ranking: list[int]
@@ -140,5 +148,8 @@ class ModelCard(BaseModel):
     engine: str
     vocab_size: int | None = None
     dtype: str | None = Field(None, description="The dtype the engine computes in")
-    system_fingerprint: str | None = Field(None, description="The served model's weights, alpha, compute dtype and engine: "
-                                            "equal fingerprints give equal rewards")
+    system_fingerprint: str | None = Field(
+        None,
+        description="The served model's weights, alpha, compute dtype and engine: "
+        "equal fingerprints give equal rewards",
+    )

@@ -63,11 +63,14 @@ def _random(seed: int) -> RewardFn:
 
 
 def _endorm(arm: str, server_url: str, api_key: str | None) -> RewardFn:
-    return make_reward_function(server_url, api_key=api_key, name=arm.replace("-", "_"), use_completion_ids=True,
-                                **ENDORM_ARMS[arm])
+    return make_reward_function(
+        server_url, api_key=api_key, name=arm.replace("-", "_"), use_completion_ids=True, **ENDORM_ARMS[arm]
+    )
 
 
-def reward_functions(arm: str, *, server_url: str, api_key: str | None, seed: int) -> tuple[list[RewardFn], list[float]]:
+def reward_functions(
+    arm: str, *, server_url: str, api_key: str | None, seed: int
+) -> tuple[list[RewardFn], list[float]]:
     """(reward functions, TRL reward weights): the arm's reward with weight 1, then the
     monitors ``endorm-sum`` and ``exact-match`` with weight 0 (when not the arm)."""
     if arm not in ARMS:
@@ -77,8 +80,9 @@ def reward_functions(arm: str, *, server_url: str, api_key: str | None, seed: in
     if arm in ENDORM_ARMS:
         trained = _endorm(arm, server_url, api_key)
     elif arm in CRITERIA_ARMS:
-        trained = make_reward_function(server_url, api_key=api_key, name=arm.replace("-", "_"),
-                                       use_completion_ids=True, **CRITERIA_ARMS[arm])
+        trained = make_reward_function(
+            server_url, api_key=api_key, name=arm.replace("-", "_"), use_completion_ids=True, **CRITERIA_ARMS[arm]
+        )
     elif arm == "random":
         trained = _random(seed)
     else:

@@ -30,8 +30,9 @@ class Accuracy:
         return asdict(self)
 
 
-def _generate(model, tokenizer, questions: list[Question], *, samples: int, max_new_tokens: int,
-              batch_size: int) -> list[tuple[str, int]]:
+def _generate(
+    model, tokenizer, questions: list[Question], *, samples: int, max_new_tokens: int, batch_size: int
+) -> list[tuple[str, int]]:
     """(text, length in tokens) of ``samples`` responses per question, in question order."""
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
     prompts = [tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=False) for q in questions]
@@ -40,11 +41,18 @@ def _generate(model, tokenizer, questions: list[Question], *, samples: int, max_
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=samples > 1 or None,
-                                 temperature=1.0 if samples > 1 else None, top_p=None, top_k=None,
-                                 eos_token_id=eot, pad_token_id=tokenizer.pad_token_id)
-            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=samples > 1 or None,
+                temperature=1.0 if samples > 1 else None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=eot,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
                 n = row.index(eot) + 1 if eot in row else len(row)
                 out.append((tokenizer.decode(row[:n], skip_special_tokens=True), n))
     finally:
@@ -53,8 +61,10 @@ def _generate(model, tokenizer, questions: list[Question], *, samples: int, max_
 
 
 def _score(questions: list[Question], gens: list[tuple[str, int]], samples: int) -> tuple[float, dict, float]:
-    right = [is_correct(text, questions[i // samples].problem.value, questions[i // samples].style)
-             for i, (text, _) in enumerate(gens)]
+    right = [
+        is_correct(text, questions[i // samples].problem.value, questions[i // samples].style)
+        for i, (text, _) in enumerate(gens)
+    ]
     by_style = {}
     for style in PROMPT_STYLES:
         rows = [r for i, r in enumerate(right) if questions[i // samples].style == style]
@@ -64,16 +74,25 @@ def _score(questions: list[Question], gens: list[tuple[str, int]], samples: int)
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, questions: list[Question], *, samples: int = 4, seed: int = 1234,
-             max_new_tokens: int = 56, batch_size: int = 64) -> Accuracy:
+def evaluate(
+    model,
+    tokenizer,
+    questions: list[Question],
+    *,
+    samples: int = 4,
+    seed: int = 1234,
+    max_new_tokens: int = 56,
+    batch_size: int = 64,
+) -> Accuracy:
     was_training = model.training
     model.eval()
     try:
         greedy = _generate(model, tokenizer, questions, samples=1, max_new_tokens=max_new_tokens, batch_size=batch_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            sampled = _generate(model, tokenizer, questions, samples=samples, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size)
+            sampled = _generate(
+                model, tokenizer, questions, samples=samples, max_new_tokens=max_new_tokens, batch_size=batch_size
+            )
     finally:
         model.train(was_training)
     g, g_style, g_len = _score(questions, greedy, 1)

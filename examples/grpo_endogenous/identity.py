@@ -56,8 +56,9 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return num / den if den else float("nan")
 
 
-def check_identity(server_url: str, api_key: str | None, model: Path, *, groups: int = 2, group_size: int = 8,
-                   seed: int = 7) -> dict:
+def check_identity(
+    server_url: str, api_key: str | None, model: Path, *, groups: int = 2, group_size: int = 8, seed: int = 7
+) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,28 +74,46 @@ def check_identity(server_url: str, api_key: str | None, model: Path, *, groups:
             text = tokenizer.apply_chat_template(q.messages, add_generation_prompt=True, tokenize=False)
             enc = tokenizer([text] * group_size, return_tensors="pt", add_special_tokens=False)
             with torch.no_grad():
-                gen = policy.generate(**enc, max_new_tokens=56, do_sample=True, temperature=1.0, top_k=None,
-                                      top_p=None, eos_token_id=eot, pad_token_id=tokenizer.pad_token_id)
-            ids = [r[: r.index(eot) + 1] if eot in r else r for r in gen[:, enc["input_ids"].shape[1]:].tolist()]
+                gen = policy.generate(
+                    **enc,
+                    max_new_tokens=56,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=None,
+                    top_p=None,
+                    eos_token_id=eot,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            ids = [r[: r.index(eot) + 1] if eot in r else r for r in gen[:, enc["input_ids"].shape[1] :].tolist()]
             items = [{"messages": q.messages, "response_ids": r} for r in ids]
-            s = {agg: [x.score for x in rm.score(items, aggregation=agg).results]
-                 for agg in ("sum", "loglik_sum", "mean")}
+            s = {
+                agg: [x.score for x in rm.score(items, aggregation=agg).results]
+                for agg in ("sum", "loglik_sum", "mean")
+            }
             v0 = [a - b for a, b in zip(s["sum"], s["loglik_sum"])]
             adv_sum, adv_ll, adv_mean = (_standardise(s[k]) for k in ("sum", "loglik_sum", "mean"))
             lengths = [len(r) for r in ids]
-            rows.append({
-                "style": q.style, "question": q.problem.question, "lengths": lengths,
-                "responses": [tokenizer.decode(r, skip_special_tokens=True) for r in ids], **s,
-                "sum_minus_loglik_range": max(v0) - min(v0), "V_s0": statistics.fmean(v0),
-                "max_abs_advantage_diff_sum_vs_loglik": max(abs(a - b) for a, b in zip(adv_sum, adv_ll)),
-                "spearman_mean_vs_loglik": _spearman(s["mean"], s["loglik_sum"]),
-                "spearman_mean_vs_minus_length": _spearman(s["mean"], [-n for n in lengths]),
-                "spearman_sum_vs_minus_length": _spearman(s["sum"], [-n for n in lengths]),
-                "advantage_mean": adv_mean,
-            })
-    return {"groups": rows,
-            "max_sum_minus_loglik_range": max(r["sum_minus_loglik_range"] for r in rows),
-            "max_abs_advantage_diff_sum_vs_loglik": max(r["max_abs_advantage_diff_sum_vs_loglik"] for r in rows)}
+            rows.append(
+                {
+                    "style": q.style,
+                    "question": q.problem.question,
+                    "lengths": lengths,
+                    "responses": [tokenizer.decode(r, skip_special_tokens=True) for r in ids],
+                    **s,
+                    "sum_minus_loglik_range": max(v0) - min(v0),
+                    "V_s0": statistics.fmean(v0),
+                    "max_abs_advantage_diff_sum_vs_loglik": max(abs(a - b) for a, b in zip(adv_sum, adv_ll)),
+                    "spearman_mean_vs_loglik": _spearman(s["mean"], s["loglik_sum"]),
+                    "spearman_mean_vs_minus_length": _spearman(s["mean"], [-n for n in lengths]),
+                    "spearman_sum_vs_minus_length": _spearman(s["sum"], [-n for n in lengths]),
+                    "advantage_mean": adv_mean,
+                }
+            )
+    return {
+        "groups": rows,
+        "max_sum_minus_loglik_range": max(r["sum_minus_loglik_range"] for r in rows),
+        "max_abs_advantage_diff_sum_vs_loglik": max(r["max_abs_advantage_diff_sum_vs_loglik"] for r in rows),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "identity.json").write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "groups"}))
     for g in res["groups"]:
-        print(g["style"], "V(s0) %.3f" % g["V_s0"], "range %.2g" % g["sum_minus_loglik_range"],
-              "rho(mean, loglik) %.2f rho(mean, -len) %.2f rho(sum, -len) %.2f" % (
-                  g["spearman_mean_vs_loglik"], g["spearman_mean_vs_minus_length"], g["spearman_sum_vs_minus_length"]))
+        print(
+            g["style"],
+            "V(s0) %.3f" % g["V_s0"],
+            "range %.2g" % g["sum_minus_loglik_range"],
+            "rho(mean, loglik) %.2f rho(mean, -len) %.2f rho(sum, -len) %.2f"
+            % (g["spearman_mean_vs_loglik"], g["spearman_mean_vs_minus_length"], g["spearman_sum_vs_minus_length"]),
+        )
     return 0
 
 

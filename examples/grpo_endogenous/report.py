@@ -57,15 +57,27 @@ def summarise(out: Path) -> dict:
         for k in ("greedy", "sampled", "greedy_length", "sampled_length"):
             vals = [f[k] for f in final]
             m, sd = _mean_sd(vals)
-            row[k] = {"before": before[k], "after_mean": m, "after_sd": sd, "after_per_seed": vals,
-                      "delta_mean": m - before[k]}
-        row["sampled_by_style_after"] = {s: statistics.fmean(f["sampled_by_style"][s] for f in final)
-                                         for s in before["sampled_by_style"]}
-        row["greedy_by_style_after"] = {s: statistics.fmean(f["greedy_by_style"][s] for f in final)
-                                        for s in before["greedy_by_style"]}
-        row["training"] = {key: {"first": statistics.fmean(_edge(r["log"], key, False) for r in rs),
-                                 "last": statistics.fmean(_edge(r["log"], key, True) for r in rs)}
-                           for key in (TRAINED_KEY, *MONITORS) if all(_edge(r["log"], key, False) is not None for r in rs)}
+            row[k] = {
+                "before": before[k],
+                "after_mean": m,
+                "after_sd": sd,
+                "after_per_seed": vals,
+                "delta_mean": m - before[k],
+            }
+        row["sampled_by_style_after"] = {
+            s: statistics.fmean(f["sampled_by_style"][s] for f in final) for s in before["sampled_by_style"]
+        }
+        row["greedy_by_style_after"] = {
+            s: statistics.fmean(f["greedy_by_style"][s] for f in final) for s in before["greedy_by_style"]
+        }
+        row["training"] = {
+            key: {
+                "first": statistics.fmean(_edge(r["log"], key, False) for r in rs),
+                "last": statistics.fmean(_edge(r["log"], key, True) for r in rs),
+            }
+            for key in (TRAINED_KEY, *MONITORS)
+            if all(_edge(r["log"], key, False) is not None for r in rs)
+        }
         row["wall_s_mean"] = statistics.fmean(r["wall_s"] for r in rs)
         arms[arm] = row
     return {"before": before, "meta": meta, "arms": arms}
@@ -80,56 +92,83 @@ def _markdown(s: dict) -> str:
     lines = ["# GRPO with the endogenous reward: results", ""]
     if meta:
         a = meta["args"]
-        lines += [f"Command: `{meta['command']}`  ",
-                  f"Machine: {meta['machine']} (shared with other jobs); total wall time "
-                  f"{meta['total_wall_s'] / 60:.1f} min.  ",
-                  f"Per run: {a['steps']} GRPO steps of {a['prompts_per_step']} prompts x {a['num_generations']} "
-                  f"completions, lr {a['lr']}, beta 0, temperature 1, training styles {', '.join(a['train_styles'])}.  ",
-                  f"Held-out evaluation: {meta['eval_questions']} questions ({a['eval_per_style']} per prompt style, "
-                  f"all five), greedy and {a['eval_samples']} samples per question at temperature 1.", ""]
+        lines += [
+            f"Command: `{meta['command']}`  ",
+            f"Machine: {meta['machine']} (shared with other jobs); total wall time "
+            f"{meta['total_wall_s'] / 60:.1f} min.  ",
+            f"Per run: {a['steps']} GRPO steps of {a['prompts_per_step']} prompts x {a['num_generations']} "
+            f"completions, lr {a['lr']}, beta 0, temperature 1, training styles {', '.join(a['train_styles'])}.  ",
+            f"Held-out evaluation: {meta['eval_questions']} questions ({a['eval_per_style']} per prompt style, "
+            f"all five), greedy and {a['eval_samples']} samples per question at temperature 1.",
+            "",
+        ]
         if meta.get("note"):
             lines += [meta["note"], ""]
-    lines += ["## Held-out accuracy (exact match of the answer), before -> after, mean over seeds (sd)", "",
-              "| arm | seeds | greedy before | greedy after | Δ greedy | sampled before | sampled after | Δ sampled | "
-              "sampled length before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Held-out accuracy (exact match of the answer), before -> after, mean over seeds (sd)",
+        "",
+        "| arm | seeds | greedy before | greedy after | Δ greedy | sampled before | sampled after | Δ sampled | "
+        "sampled length before -> after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for arm, r in arms.items():
         g, sm, ln = r["greedy"], r["sampled"], r["sampled_length"]
         lines.append(
             f"| `{arm}` | {len(r['seeds'])} | {_pct(g['before'])} | {_pct(g['after_mean'])} ({_pct(g['after_sd'])}) | "
             f"{100 * g['delta_mean']:+.1f} | {_pct(sm['before'])} | {_pct(sm['after_mean'])} ({_pct(sm['after_sd'])}) | "
-            f"{100 * sm['delta_mean']:+.1f} | {ln['before']:.1f} -> {ln['after_mean']:.1f} |")
+            f"{100 * sm['delta_mean']:+.1f} | {ln['before']:.1f} -> {ln['after_mean']:.1f} |"
+        )
     lines += ["", "Per seed (greedy / sampled after training):", ""]
     for arm, r in arms.items():
-        per = ", ".join(f"seed {sd}: {_pct(g)} / {_pct(x)}" for sd, g, x in
-                        zip(r["seeds"], r["greedy"]["after_per_seed"], r["sampled"]["after_per_seed"]))
+        per = ", ".join(
+            f"seed {sd}: {_pct(g)} / {_pct(x)}"
+            for sd, g, x in zip(r["seeds"], r["greedy"]["after_per_seed"], r["sampled"]["after_per_seed"])
+        )
         lines.append(f"- `{arm}`: {per}")
     styles = list(b["sampled_by_style"])
-    lines += ["", "## Sampled accuracy by prompt style after training (mean over seeds)", "",
-              "| arm | " + " | ".join(styles) + " |", "|---|" + "---|" * len(styles),
-              "| before | " + " | ".join(_pct(b["sampled_by_style"][st]) for st in styles) + " |"]
+    lines += [
+        "",
+        "## Sampled accuracy by prompt style after training (mean over seeds)",
+        "",
+        "| arm | " + " | ".join(styles) + " |",
+        "|---|" + "---|" * len(styles),
+        "| before | " + " | ".join(_pct(b["sampled_by_style"][st]) for st in styles) + " |",
+    ]
     for arm, r in arms.items():
         lines.append(f"| `{arm}` | " + " | ".join(_pct(r["sampled_by_style_after"][st]) for st in styles) + " |")
-    lines += ["", f"## Training samples: first {EDGE} steps -> last {EDGE} steps (mean over seeds)", "",
-              "| arm | trained reward | " + " | ".join(MONITORS.values()) + " |", "|---|---|" + "---|" * len(MONITORS)]
+    lines += [
+        "",
+        f"## Training samples: first {EDGE} steps -> last {EDGE} steps (mean over seeds)",
+        "",
+        "| arm | trained reward | " + " | ".join(MONITORS.values()) + " |",
+        "|---|---|" + "---|" * len(MONITORS),
+    ]
     for arm, r in arms.items():
-        cells = [f"{r['training'][k]['first']:.3g} -> {r['training'][k]['last']:.3g}" if k in r["training"] else "-"
-                 for k in (TRAINED_KEY, *MONITORS)]
+        cells = [
+            f"{r['training'][k]['first']:.3g} -> {r['training'][k]['last']:.3g}" if k in r["training"] else "-"
+            for k in (TRAINED_KEY, *MONITORS)
+        ]
         lines.append(f"| `{arm}` | " + " | ".join(cells) + " |")
-    lines += ["", "Plots: `training_curve.png` (the trained reward per step, per arm), `monitors.png` (the endogenous "
-              "reward, accuracy and length of the training samples in every arm), `accuracy_curve.png` (held-out "
-              "accuracy per evaluation). Data: `summary.json`, `runs/*.json`. Discussion: `docs/rl.md`.", ""]
+    lines += [
+        "",
+        "Plots: `training_curve.png` (the trained reward per step, per arm), `monitors.png` (the endogenous "
+        "reward, accuracy and length of the training samples in every arm), `accuracy_curve.png` (held-out "
+        "accuracy per evaluation). Data: `summary.json`, `runs/*.json`. Discussion: `docs/rl.md`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _series(runs: list[dict], key: str) -> tuple[list[int], list[list[float]]]:
     steps = sorted({e["step"] for r in runs for e in r["log"] if key in e})
-    per_seed = [[next((e[key] for e in r["log"] if e["step"] == st and key in e), float("nan")) for st in steps]
-                for r in runs]
+    per_seed = [
+        [next((e[key] for e in r["log"] if e["step"] == st and key in e), float("nan")) for st in steps] for r in runs
+    ]
     return steps, per_seed
 
 
 def _smooth(xs: list[float], k: int = 5) -> list[float]:
-    return [statistics.fmean(xs[max(0, i - k + 1): i + 1]) for i in range(len(xs))]
+    return [statistics.fmean(xs[max(0, i - k + 1) : i + 1]) for i in range(len(xs))]
 
 
 def _plots(out: Path, runs: list[dict], before: dict) -> None:
@@ -147,8 +186,13 @@ def _plots(out: Path, runs: list[dict], before: dict) -> None:
         steps, per_seed = _series(rs, TRAINED_KEY)
         for r, ys in zip(rs, per_seed):
             ax.plot(steps, ys, color=colors[arm], alpha=0.3, lw=0.8, label=f"seed {r['seed']}")
-        ax.plot(steps, _smooth([statistics.fmean(v) for v in zip(*per_seed)]), color=colors[arm], lw=2,
-                label="mean over seeds (5-step moving average)")
+        ax.plot(
+            steps,
+            _smooth([statistics.fmean(v) for v in zip(*per_seed)]),
+            color=colors[arm],
+            lw=2,
+            label="mean over seeds (5-step moving average)",
+        )
         ax.set_title(f"{arm}: trained reward")
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)

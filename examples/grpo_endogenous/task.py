@@ -19,7 +19,6 @@ __all__ = ["PROMPT_STYLES", "Question", "questions", "extract_answer", "in_words
 PROMPT_STYLES = (*STYLES, "none")
 
 
-
 @dataclass(frozen=True)
 class Question:
     problem: Problem

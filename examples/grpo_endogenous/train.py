@@ -40,21 +40,41 @@ from arms import ARMS, reward_functions  # noqa: E402
 from task import PROMPT_STYLES, questions  # noqa: E402
 
 DEMO_MODEL = ROOT / "service" / "endorm_server" / "models" / "demo"
-SERVER_FLAGS = ["--dtype", "float32", "--max-model-len", "512", "--max-num-batched-tokens", "512",
-                "--kv-cache-gb", "1", "--gpu-memory-utilization", "0.05", "--enforce-eager"]
+SERVER_FLAGS = [
+    "--dtype",
+    "float32",
+    "--max-model-len",
+    "512",
+    "--max-num-batched-tokens",
+    "512",
+    "--kv-cache-gb",
+    "1",
+    "--gpu-memory-utilization",
+    "0.05",
+    "--enforce-eager",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "results" / "rl")
-    p.add_argument("--server-url", default=None, help="a running endorm server (default: start one with the demo model)")
+    p.add_argument(
+        "--server-url", default=None, help="a running endorm server (default: start one with the demo model)"
+    )
     p.add_argument("--api-key", default=os.environ.get("ENDORM_API_KEY"), help="default: ENDORM_API_KEY")
-    p.add_argument("--model", type=Path, default=DEMO_MODEL, help="the policy's starting point (and the served reward model)")
+    p.add_argument(
+        "--model", type=Path, default=DEMO_MODEL, help="the policy's starting point (and the served reward model)"
+    )
     p.add_argument("--arms", nargs="+", default=["endorm-sum", "endorm-mean", "random", "exact-match"], choices=ARMS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--train-styles", nargs="+", default=["digits", "words", "none"], choices=PROMPT_STYLES,
-                   help="prompt styles trained on (the working styles are near 100%% already and 4x longer)")
+    p.add_argument(
+        "--train-styles",
+        nargs="+",
+        default=["digits", "words", "none"],
+        choices=PROMPT_STYLES,
+        help="prompt styles trained on (the working styles are near 100%% already and 4x longer)",
+    )
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--num-generations", type=int, default=8, help="GRPO group size (completions per prompt)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -64,13 +84,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, default=2, help="sampled responses per question (temperature 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a busy 2-core machine)")
     p.add_argument("--no-report", action="store_true", help="write the runs only")
-    p.add_argument("--before", type=Path, default=None,
-                   help="a before.json of the same starting model and evaluation settings (skips that evaluation)")
+    p.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a before.json of the same starting model and evaluation settings (skips that evaluation)",
+    )
     return p.parse_args(argv)
 
 
-def train_one(args: argparse.Namespace, arm: str, seed: int, server_url: str, eval_set: list, before: dict,
-              out_dir: Path, work_dir: Path) -> dict:
+def train_one(
+    args: argparse.Namespace,
+    arm: str,
+    seed: int,
+    server_url: str,
+    eval_set: list,
+    before: dict,
+    out_dir: Path,
+    work_dir: Path,
+) -> dict:
     """One GRPO run from a fresh copy of the policy; returns (and writes) its record."""
     import torch
     from datasets import Dataset
@@ -80,14 +112,20 @@ def train_one(args: argparse.Namespace, arm: str, seed: int, server_url: str, ev
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    train = questions(args.steps * args.prompts_per_step // len(args.train_styles) + 1, seed=10_000 + seed,
-                      heldout=False, styles=tuple(args.train_styles))
+    train = questions(
+        args.steps * args.prompts_per_step // len(args.train_styles) + 1,
+        seed=10_000 + seed,
+        heldout=False,
+        styles=tuple(args.train_styles),
+    )
     random.Random(seed).shuffle(train)
-    dataset = Dataset.from_dict({
-        "prompt": [q.messages for q in train],
-        "answer": [q.problem.value for q in train],
-        "style": [q.style for q in train],
-    })
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [q.messages for q in train],
+            "answer": [q.problem.value for q in train],
+            "style": [q.style for q in train],
+        }
+    )
     funcs, weights = reward_functions(arm, server_url=server_url, api_key=args.api_key, seed=seed)
     log: list[dict] = []
     evals: list[dict] = [{"step": 0, **before}]
@@ -95,31 +133,67 @@ def train_one(args: argparse.Namespace, arm: str, seed: int, server_url: str, ev
     class Record(TrainerCallback):
         def on_log(self, _args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
-                log.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+                log.append(
+                    {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+                )
 
         def on_step_end(self, _args, state, control, **kwargs):
             if state.global_step % args.eval_every == 0 or state.global_step == args.steps:
-                acc = evaluate(model, tokenizer, eval_set, samples=args.eval_samples,
-                               max_new_tokens=args.max_completion_length)
+                acc = evaluate(
+                    model, tokenizer, eval_set, samples=args.eval_samples, max_new_tokens=args.max_completion_length
+                )
                 evals.append({"step": state.global_step, **acc.to_dict()})
-                print(f"[{arm} seed {seed}] step {state.global_step}: greedy {acc.greedy:.3f} "
-                      f"sampled {acc.sampled:.3f} length {acc.sampled_length:.1f}", flush=True)
+                print(
+                    f"[{arm} seed {seed}] step {state.global_step}: greedy {acc.greedy:.3f} "
+                    f"sampled {acc.sampled:.3f} length {acc.sampled_length:.1f}",
+                    flush=True,
+                )
 
     n = args.prompts_per_step * args.num_generations
     config = GRPOConfig(
-        output_dir=str(work_dir / f"{arm}-s{seed}"), max_steps=args.steps, per_device_train_batch_size=n,
-        num_generations=args.num_generations, steps_per_generation=1, gradient_accumulation_steps=1,
-        max_completion_length=args.max_completion_length, temperature=1.0, learning_rate=args.lr,
-        lr_scheduler_type="constant", warmup_steps=0, beta=0.0, reward_weights=weights, use_vllm=False, use_cpu=True,
-        bf16=False, report_to="none", logging_steps=1, save_strategy="no", seed=seed, data_seed=seed,
-        dataloader_num_workers=0, disable_tqdm=True, shuffle_dataset=False,
+        output_dir=str(work_dir / f"{arm}-s{seed}"),
+        max_steps=args.steps,
+        per_device_train_batch_size=n,
+        num_generations=args.num_generations,
+        steps_per_generation=1,
+        gradient_accumulation_steps=1,
+        max_completion_length=args.max_completion_length,
+        temperature=1.0,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=0.0,
+        reward_weights=weights,
+        use_vllm=False,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        shuffle_dataset=False,
     )
     t0 = time.monotonic()
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[Record()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Record()],
+    )
     trainer.train()
-    record = {"arm": arm, "seed": seed, "steps": args.steps, "wall_s": round(time.monotonic() - t0, 1),
-              "log": log, "evals": evals}
+    record = {
+        "arm": arm,
+        "seed": seed,
+        "steps": args.steps,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "log": log,
+        "evals": evals,
+    }
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     (out_dir / "runs" / f"{arm}-s{seed}.json").write_text(json.dumps(record, indent=1))
     return record
@@ -151,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.before is not None:
             before = json.loads(args.before.read_text())
         else:
-            before = evaluate(AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32), tokenizer,
-                              eval_set, samples=args.eval_samples, max_new_tokens=args.max_completion_length).to_dict()
+            before = evaluate(
+                AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32),
+                tokenizer,
+                eval_set,
+                samples=args.eval_samples,
+                max_new_tokens=args.max_completion_length,
+            ).to_dict()
         (args.out / "before.json").write_text(json.dumps(before, indent=1))
         print(f"before training: greedy {before['greedy']:.3f} sampled {before['sampled']:.3f}", flush=True)
         for seed in args.seeds:
@@ -163,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     meta = {
         "command": "python examples/grpo_endogenous/train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("api_key", "server_url")},
-        "total_wall_s": round(time.monotonic() - t0, 1), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "args": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("api_key", "server_url")
+        },
+        "total_wall_s": round(time.monotonic() - t0, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "eval_questions": len(eval_set),
     }
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1))

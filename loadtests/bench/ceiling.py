@@ -46,16 +46,26 @@ def bindings(cpus: Sequence[int]) -> dict[str, Binding]:
 
     every = cpu_list(cpus)
     return {
-        "vllm-auto": Binding("vllm-auto", {BIND_ENV: "auto", RESERVED_ENV: ""},
-                             "vLLM's automatic binding: one NUMA node, one reserved core for the front end"),
-        "all": Binding("all", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: ""}, f"the worker on every allowed CPU ({every})"),
-        "all-onednn": Binding("all-onednn", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: "onednn"},
-                              "as all, with vLLM's oneDNN for the model body's matrix products (--cpu-gemm onednn; "
-                              "the default for float32 is torch's, service/endorm_server/engine/vllm_plugin/cpu_gemm.py)"),
-        "nobind": Binding("nobind", {BIND_ENV: "nobind", RESERVED_ENV: ""},
-                          "no pinning: OpenMP and the OS place the worker's threads"),
-        "endorm-default": Binding("endorm-default", {BIND_ENV: "", RESERVED_ENV: ""},
-                                  "nothing set: endorm_server.engine.cpu_threads chooses"),
+        "vllm-auto": Binding(
+            "vllm-auto",
+            {BIND_ENV: "auto", RESERVED_ENV: ""},
+            "vLLM's automatic binding: one NUMA node, one reserved core for the front end",
+        ),
+        "all": Binding(
+            "all", {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: ""}, f"the worker on every allowed CPU ({every})"
+        ),
+        "all-onednn": Binding(
+            "all-onednn",
+            {BIND_ENV: every, RESERVED_ENV: "", GEMM_ENV: "onednn"},
+            "as all, with vLLM's oneDNN for the model body's matrix products (--cpu-gemm onednn; "
+            "the default for float32 is torch's, service/endorm_server/engine/vllm_plugin/cpu_gemm.py)",
+        ),
+        "nobind": Binding(
+            "nobind", {BIND_ENV: "nobind", RESERVED_ENV: ""}, "no pinning: OpenMP and the OS place the worker's threads"
+        ),
+        "endorm-default": Binding(
+            "endorm-default", {BIND_ENV: "", RESERVED_ENV: ""}, "nothing set: endorm_server.engine.cpu_threads chooses"
+        ),
     }
 
 
@@ -122,6 +132,7 @@ class CeilingDriver(Driver):
         old = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
+
             async def send(req):
                 self.logits(req)
 
@@ -142,8 +153,10 @@ async def agreement(engine: InprocDriver, ceiling: CeilingDriver, seq: Sequence[
     ids = torch.tensor(list(seq))
     c = logits[:-1].gather(-1, ids[1:].unsqueeze(-1)).squeeze(-1).numpy()
     v = torch.logsumexp(logits, dim=-1).numpy()
-    return {"plugin_vs_ceiling_logits_c": float(np.max(np.abs(s.c[:-1] - c))),
-            "plugin_vs_ceiling_logits_v": float(np.max(np.abs(s.v - v)))}
+    return {
+        "plugin_vs_ceiling_logits_c": float(np.max(np.abs(s.c[:-1] - c))),
+        "plugin_vs_ceiling_logits_v": float(np.max(np.abs(s.v - v))),
+    }
 
 
 async def ceiling_phase(args, model_path, settings: dict, vocab: int, res: dict, log) -> None:
@@ -152,11 +165,22 @@ async def ceiling_phase(args, model_path, settings: dict, vocab: int, res: dict,
     known = bindings(cpus)
     if unknown := set(chosen) - set(known):
         raise SystemExit(f"--bindings: unknown {sorted(unknown)}; choose from {', '.join(known)}")
-    work = Workload.random(n=args.seqs, prompt_len=args.prompt_len, response_len=args.response_len, vocab_size=vocab,
-                           items=args.items, concurrency=args.concurrency, seed=5)
+    work = Workload.random(
+        n=args.seqs,
+        prompt_len=args.prompt_len,
+        response_len=args.response_len,
+        vocab_size=vocab,
+        items=args.items,
+        concurrency=args.concurrency,
+        seed=5,
+    )
     warm = Workload.random(n=2, prompt_len=48, response_len=16, vocab_size=vocab, items=1, concurrency=2, seed=6)
-    res["ceiling_workload"] = {"describe": work.describe(), "tokens": work.tokens, "cpus": cpus,
-                               "bindings": {n: {"env": known[n].env, "what": known[n].what} for n in chosen}}
+    res["ceiling_workload"] = {
+        "describe": work.describe(),
+        "tokens": work.tokens,
+        "cpus": cpus,
+        "bindings": {n: {"env": known[n].env, "what": known[n].what} for n in chosen},
+    }
     ceiling = CeilingDriver(str(model_path), threads=len(cpus))
     await ceiling.start()
     engines = []
@@ -167,7 +191,7 @@ async def ceiling_phase(args, model_path, settings: dict, vocab: int, res: dict,
             await d.start()
             engines.append(d)
         drivers: list[Driver] = [ceiling, *engines]
-        one = Workload(work.seqs[:work.items], work.prompt_len, work.items, 1)
+        one = Workload(work.seqs[: work.items], work.prompt_len, work.items, 1)
         for d in drivers:  # first requests compile kernels and size buffers: keep them out of the timings
             await d.run(warm)
             await d.run(one)
@@ -175,15 +199,19 @@ async def ceiling_phase(args, model_path, settings: dict, vocab: int, res: dict,
         log(f"agreement: {res['ceiling_checks']}")
         rounds = []
         for r in range(args.rounds):
-            order = drivers[r % len(drivers):] + drivers[:r % len(drivers)]
+            order = drivers[r % len(drivers) :] + drivers[: r % len(drivers)]
             times = {}
             for d in order:
                 times[d.name] = await d.run(work)
                 log(f"round {r + 1}/{args.rounds} {d.name:24s} {work.tokens / times[d.name]:8.0f} tokens/s")
                 await asyncio.sleep(0)
             rounds.append(times)
-        res["ceiling"] = {"rounds": rounds, "tokens": work.tokens, "threads": len(cpus),
-                          "measured_at": time.strftime("%H:%M:%S")}
+        res["ceiling"] = {
+            "rounds": rounds,
+            "tokens": work.tokens,
+            "threads": len(cpus),
+            "measured_at": time.strftime("%H:%M:%S"),
+        }
     finally:
         for d in engines:
             await d.close()
@@ -198,16 +226,26 @@ def ratios(res: dict, add) -> None:
     rounds = ce["rounds"]
     names = [n for n in rounds[0] if n.startswith("plugin[")]
     for n in names:
-        add(f"ceiling_{n[7:-1]}", f"{n} / ceiling throughput",
-            [r["ceiling"] / r[n] for r in rounds if n in r], 0.8, ">=",
+        add(
+            f"ceiling_{n[7:-1]}",
+            f"{n} / ceiling throughput",
+            [r["ceiling"] / r[n] for r in rounds if n in r],
+            0.8,
+            ">=",
             f"ceiling: float32 torch body + LM head forward of the same sequences on {ce['threads']} threads, "
-            "no post-processing")
+            "no post-processing",
+        )
     if "plugin[vllm-auto]" in names:
         for n in names:
             if n != "plugin[vllm-auto]":
-                add(f"binding_{n[7:-1]}_vs_auto", f"{n} / plugin[vllm-auto] throughput",
-                    [r["plugin[vllm-auto]"] / r[n] for r in rounds if n in r], None, ">=",
-                    "thread binding against vLLM's automatic one, same rounds")
+                add(
+                    f"binding_{n[7:-1]}_vs_auto",
+                    f"{n} / plugin[vllm-auto] throughput",
+                    [r["plugin[vllm-auto]"] / r[n] for r in rounds if n in r],
+                    None,
+                    ">=",
+                    "thread binding against vLLM's automatic one, same rounds",
+                )
 
 
 def markdown(res: dict) -> list[str]:
@@ -215,11 +253,17 @@ def markdown(res: dict) -> list[str]:
     if not ce:
         return []
     w = res["ceiling_workload"]
-    lines = ["", "## Plugin vs the machine's ceiling, and CPU thread bindings", "",
-             f"Workload: {w['describe']} ({ce['tokens']} tokens per round, {len(ce['rounds'])} rounds, order "
-             f"rotated each round). Ceiling: a float32 torch forward of the model body and LM head over the same "
-             f"sequences on {ce['threads']} threads, no post-processing.", "",
-             "| route | binding | tokens/s median | min | max |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Plugin vs the machine's ceiling, and CPU thread bindings",
+        "",
+        f"Workload: {w['describe']} ({ce['tokens']} tokens per round, {len(ce['rounds'])} rounds, order "
+        f"rotated each round). Ceiling: a float32 torch forward of the model body and LM head over the same "
+        f"sequences on {ce['threads']} threads, no post-processing.",
+        "",
+        "| route | binding | tokens/s median | min | max |",
+        "|---|---|---|---|---|",
+    ]
     names = list(ce["rounds"][0])
     for n in names:
         tps = [ce["tokens"] / r[n] for r in ce["rounds"] if n in r]
@@ -227,6 +271,9 @@ def markdown(res: dict) -> list[str]:
         lines.append(f"| {n} | {what} | {np.median(tps):.0f} | {min(tps):.0f} | {max(tps):.0f} |")
     if res.get("ceiling_checks"):
         c = res["ceiling_checks"]
-        lines += ["", f"Agreement (max abs difference, one sequence): plugin c vs the ceiling's logits "
-                  f"{c['plugin_vs_ceiling_logits_c']:.2e}, v vs their logsumexp {c['plugin_vs_ceiling_logits_v']:.2e}."]
+        lines += [
+            "",
+            f"Agreement (max abs difference, one sequence): plugin c vs the ceiling's logits "
+            f"{c['plugin_vs_ceiling_logits_c']:.2e}, v vs their logsumexp {c['plugin_vs_ceiling_logits_v']:.2e}.",
+        ]
     return lines

@@ -55,17 +55,27 @@ DEFAULT_PHASES = ("throughput", "latency", "memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 2)[2])
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
     p.add_argument("--model", default="bench", help=f"preset ({', '.join(PRESETS)}) or a model directory [bench]")
     p.add_argument("--quick", action="store_true", help="a fast check of the harness: small model, short phases")
-    p.add_argument("--only", default=",".join(DEFAULT_PHASES),
-                   help=f"phases to run, from {','.join(PHASES)} [{','.join(DEFAULT_PHASES)}]")
+    p.add_argument(
+        "--only",
+        default=",".join(DEFAULT_PHASES),
+        help=f"phases to run, from {','.join(PHASES)} [{','.join(DEFAULT_PHASES)}]",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results", help="results folder")
     p.add_argument("--machine", help="machine name in the file names [derived: GPU name, or cpuN-isa]")
-    p.add_argument("--report-from", type=Path, metavar="JSON",
-                   help="measure nothing: rewrite the report (md, plots) from a results JSON")
+    p.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: rewrite the report (md, plots) from a results JSON",
+    )
     g = p.add_argument_group("engine (identical for every vLLM route)")
     g.add_argument("--dtype", default="float32")
     g.add_argument("--max-num-batched-tokens", type=int, default=2048)
@@ -82,29 +92,57 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=int, default=3, help="requests in flight")
     g.add_argument("--full-vocab-seqs", type=int, default=2, help="sequences in the full-vocabulary workload")
     g.add_argument("--full-vocab-len", type=int, default=128, help="tokens per sequence there")
-    g.add_argument("--py-spy", type=float, default=0, metavar="SECONDS",
-                   help="after the rounds, profile the server's processes under HTTP load for SECONDS (py-spy)")
+    g.add_argument(
+        "--py-spy",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="after the rounds, profile the server's processes under HTTP load for SECONDS (py-spy)",
+    )
     g = p.add_argument_group("latency vs load (locust)")
     g.add_argument("--steps", default="2,4,6,8,16,32", help="users per step")
     g.add_argument("--step-s", type=float, default=15)
     g.add_argument("--pacing-s", type=float, default=3.0, help="each user sends one request per PACING seconds")
     g.add_argument("--lat-prompt-len", type=int, default=384)
     g.add_argument("--lat-response-len", type=int, default=128)
-    g.add_argument("--max-inflight-tokens", type=int, default=6144,
-                   help="the server's admission limit (>= items x concurrency x sequence length of the throughput "
-                        "workload, so that phase never waits)")
+    g.add_argument(
+        "--max-inflight-tokens",
+        type=int,
+        default=6144,
+        help="the server's admission limit (>= items x concurrency x sequence length of the throughput "
+        "workload, so that phase never waits)",
+    )
     g.add_argument("--queue-timeout-s", type=float, default=2.0)
-    g.add_argument("--bindings", default="vllm-auto,all,nobind",
-                   help="ceiling phase: CPU thread bindings, one plugin engine each, from "
-                        "vllm-auto,all,nobind,endorm-default [vllm-auto,all,nobind]")
+    g.add_argument(
+        "--bindings",
+        default="vllm-auto,all,nobind",
+        help="ceiling phase: CPU thread bindings, one plugin engine each, from "
+        "vllm-auto,all,nobind,endorm-default [vllm-auto,all,nobind]",
+    )
     g = p.add_argument_group("memory")
     g.add_argument("--mem-lengths", default="512,1024,2048,4096,8192")
     return p
 
 
-QUICK = dict(model="small", rounds=1, seqs=4, prompt_len=192, response_len=64, items=2, concurrency=2,
-             full_vocab_seqs=1, full_vocab_len=32, steps="1,2", step_s=6, pacing_s=1.0, lat_prompt_len=96,
-             lat_response_len=32, mem_lengths="256,512", max_inflight_tokens=1024, kv_cache_gb=0.1)
+QUICK = dict(
+    model="small",
+    rounds=1,
+    seqs=4,
+    prompt_len=192,
+    response_len=64,
+    items=2,
+    concurrency=2,
+    full_vocab_seqs=1,
+    full_vocab_len=32,
+    steps="1,2",
+    step_s=6,
+    pacing_s=1.0,
+    lat_prompt_len=96,
+    lat_response_len=32,
+    mem_lengths="256,512",
+    max_inflight_tokens=1024,
+    kv_cache_gb=0.1,
+)
 
 
 def apply_quick(args: argparse.Namespace, argv: list[str]) -> None:
@@ -115,9 +153,16 @@ def apply_quick(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def engine_settings(args: argparse.Namespace, max_model_len: int) -> dict:
-    return dict(dtype=args.dtype, max_model_len=max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
-                max_num_seqs=args.max_num_seqs, kv_cache_gb=args.kv_cache_gb, gpu_memory_utilization=0.1,
-                enforce_eager=not args.no_eager, logits_chunk_rows=args.logits_chunk_rows)
+    return dict(
+        dtype=args.dtype,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        kv_cache_gb=args.kv_cache_gb,
+        gpu_memory_utilization=0.1,
+        enforce_eager=not args.no_eager,
+        logits_chunk_rows=args.logits_chunk_rows,
+    )
 
 
 def settings_flags(settings: dict) -> list[str]:
@@ -146,15 +191,32 @@ async def throughput_phase(args, model_path: Path, settings: dict, server: Local
     from endorm_server.config import Settings
     from endorm_server.engine.vllm_engine import VllmEngine
 
-    sat = Workload.random(n=args.seqs, prompt_len=args.prompt_len, response_len=args.response_len, vocab_size=vocab,
-                          items=args.items, concurrency=args.concurrency, seed=1)
-    small = Workload.random(n=args.full_vocab_seqs, prompt_len=args.full_vocab_len // 2,
-                            response_len=args.full_vocab_len - args.full_vocab_len // 2, vocab_size=vocab,
-                            items=1, concurrency=args.full_vocab_seqs, seed=2)
+    sat = Workload.random(
+        n=args.seqs,
+        prompt_len=args.prompt_len,
+        response_len=args.response_len,
+        vocab_size=vocab,
+        items=args.items,
+        concurrency=args.concurrency,
+        seed=1,
+    )
+    small = Workload.random(
+        n=args.full_vocab_seqs,
+        prompt_len=args.full_vocab_len // 2,
+        response_len=args.full_vocab_len - args.full_vocab_len // 2,
+        vocab_size=vocab,
+        items=1,
+        concurrency=args.full_vocab_seqs,
+        seed=2,
+    )
     warm = Workload.random(n=2, prompt_len=48, response_len=16, vocab_size=vocab, items=1, concurrency=2, seed=3)
     warm_full = Workload.random(n=1, prompt_len=4, response_len=4, vocab_size=vocab, items=1, concurrency=1, seed=4)
-    res["workloads"] = {"saturation": sat.describe(), "saturation_tokens": sat.tokens,
-                        "full_vocab": small.describe(), "full_vocab_tokens": small.tokens}
+    res["workloads"] = {
+        "saturation": sat.describe(),
+        "saturation_tokens": sat.tokens,
+        "full_vocab": small.describe(),
+        "full_vocab_tokens": small.tokens,
+    }
 
     inproc = InprocDriver(Settings(model=str(model_path), **settings), str(model_path))
     log("starting the in-process plugin engine")
@@ -174,7 +236,7 @@ async def throughput_phase(args, model_path: Path, settings: dict, server: Local
     stock0, stockfull = StockDriver(stock, 0), StockDriver(stock, -1)
     drivers = [http, http_tok, inproc, stock0, naive]
     try:
-        one = Workload(sat.seqs[:sat.items], sat.prompt_len, sat.items, 1)
+        one = Workload(sat.seqs[: sat.items], sat.prompt_len, sat.items, 1)
         for d in drivers:  # first requests compile kernels and size buffers: keep them out of the timings
             await d.run(warm)
             await d.run(one)
@@ -185,14 +247,17 @@ async def throughput_phase(args, model_path: Path, settings: dict, server: Local
         res["loadavg"]["throughput_start"] = loadavg()
         rounds = []
         for r in range(args.rounds):
-            order = drivers[r % len(drivers):] + drivers[:r % len(drivers)]
+            order = drivers[r % len(drivers) :] + drivers[: r % len(drivers)]
             times = {}
             for d in order:
                 times[d.name] = await d.run(sat)
                 log(f"round {r + 1}/{args.rounds} {d.name:12s} {sat.tokens / times[d.name]:8.0f} tokens/s")
             rounds.append(times)
-        res["throughput"] = {"rounds": rounds, "tokens": sat.tokens,
-                             "tokens_per_s": {d.name: summarize([sat.tokens / t[d.name] for t in rounds]) for d in drivers}}
+        res["throughput"] = {
+            "rounds": rounds,
+            "tokens": sat.tokens,
+            "tokens_per_s": {d.name: summarize([sat.tokens / t[d.name] for t in rounds]) for d in drivers},
+        }
         if args.py_spy > 0:
             await profile_server(args, server, http, sat, res)
 
@@ -233,9 +298,12 @@ async def profile_server(args, server: LocalServer, http: HttpDriver, sat: Workl
         n += sat.tokens
     for proc, _ in procs.values():
         await asyncio.to_thread(proc.wait)
-    res["profile"] = {"seconds": args.py_spy, "tokens_per_s_while_profiled": n / (time.monotonic() - t0),
-                      "files": {k: p.name for k, (_, p) in procs.items()},
-                      **profile.summarize({k: p for k, (_, p) in procs.items()}, args.py_spy)}
+    res["profile"] = {
+        "seconds": args.py_spy,
+        "tokens_per_s_while_profiled": n / (time.monotonic() - t0),
+        "files": {k: p.name for k, (_, p) in procs.items()},
+        **profile.summarize({k: p for k, (_, p) in procs.items()}, args.py_spy),
+    }
     worker = res["profile"].get("worker", {})
     log(f"py-spy worker parts: {worker.get('parts')}")
 
@@ -264,24 +332,38 @@ def ratios_from_rounds(rounds: list[dict], num: str, den: str, *, time_ratio: bo
 
 
 def latency_phase(args, server: LocalServer, workdir: Path, res: dict) -> None:
-    cfg = lat.step_config(steps=args.steps, step_s=args.step_s, pacing_s=args.pacing_s,
-                          prompt_len=args.lat_prompt_len, response_len=args.lat_response_len, api_key=API_KEY,
-                          log=workdir / "latency_requests.jsonl", summary=workdir / "latency_summary.json")
+    cfg = lat.step_config(
+        steps=args.steps,
+        step_s=args.step_s,
+        pacing_s=args.pacing_s,
+        prompt_len=args.lat_prompt_len,
+        response_len=args.lat_response_len,
+        api_key=API_KEY,
+        log=workdir / "latency_requests.jsonl",
+        summary=workdir / "latency_summary.json",
+    )
     res["loadavg"]["latency_start"] = loadavg()
     log(f"locust step run: users {args.steps}, {args.step_s:g} s each, one request / {args.pacing_s:g} s per user")
     rc = lat.run_locust(cfg, server.url, workdir / "latency")
     res["loadavg"]["latency_end"] = loadavg()
     steps = lat.analyse(workdir / "latency_requests.jsonl", cfg, pacing_s=args.pacing_s)
-    res["latency"] = lat.derive({
-        "locust_exit_code": rc, "steps": lat.steps_as_dicts(steps),
-        "request": f"/score, 1 item, {args.lat_prompt_len} + {args.lat_response_len} token ids",
-        "tokens_per_request": args.lat_prompt_len + args.lat_response_len,
-        "pacing_s": args.pacing_s, "max_inflight_tokens": args.max_inflight_tokens,
-        "queue_timeout_s": args.queue_timeout_s, "engine_step_tokens": args.max_num_batched_tokens,
-    })
+    res["latency"] = lat.derive(
+        {
+            "locust_exit_code": rc,
+            "steps": lat.steps_as_dicts(steps),
+            "request": f"/score, 1 item, {args.lat_prompt_len} + {args.lat_response_len} token ids",
+            "tokens_per_request": args.lat_prompt_len + args.lat_response_len,
+            "pacing_s": args.pacing_s,
+            "max_inflight_tokens": args.max_inflight_tokens,
+            "queue_timeout_s": args.queue_timeout_s,
+            "engine_step_tokens": args.max_num_batched_tokens,
+        }
+    )
     for s in steps:
-        log(f"users {s.users:3d} offered {s.offered_rps:5.2f}/s goodput {s.goodput_rps:5.2f}/s "
-            f"p50 {s.p50_s} p99 {s.p99_s} rejected {s.reject_ratio:.0%}")
+        log(
+            f"users {s.users:3d} offered {s.offered_rps:5.2f}/s goodput {s.goodput_rps:5.2f}/s "
+            f"p50 {s.p50_s} p99 {s.p99_s} rejected {s.reject_ratio:.0%}"
+        )
 
 
 # ------------------------------------------------------------------------ memory
@@ -292,12 +374,27 @@ def memory_phase(args, model_path: Path, settings: dict, workdir: Path, res: dic
 
     res["loadavg"]["memory_start"] = loadavg()
     out = {}
-    env = {**os.environ, **MALLOC_ENV,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **MALLOC_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     for path in ("naive", "plugin"):
         target = workdir / f"memory_{path}.json"
-        cmd = [sys.executable, "-m", "loadtests.bench.memory", path, "--model", str(model_path),
-               "--lengths", args.mem_lengths, "--settings-json", json.dumps(settings), "--out", str(target)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "loadtests.bench.memory",
+            path,
+            "--model",
+            str(model_path),
+            "--lengths",
+            args.mem_lengths,
+            "--settings-json",
+            json.dumps(settings),
+            "--out",
+            str(target),
+        ]
         log(f"memory: {path} path, lengths {args.mem_lengths}")
         with open(workdir / f"memory_{path}.log", "wb") as logf:
             proc = subprocess.run(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, timeout=900)
@@ -348,23 +445,47 @@ def main(argv: list[str] | None = None) -> int:
     date = time.strftime("%Y-%m-%d")
     model_path, spec = resolve(args.model)
     model_cfg = json.loads((model_path / "config.json").read_text())
-    spec = spec or ModelSpec(arch=model_cfg.get("model_type", "?"), vocab_size=model_cfg["vocab_size"],
-                             hidden_size=model_cfg["hidden_size"], num_layers=model_cfg["num_hidden_layers"],
-                             max_positions=model_cfg["max_position_embeddings"])
+    spec = spec or ModelSpec(
+        arch=model_cfg.get("model_type", "?"),
+        vocab_size=model_cfg["vocab_size"],
+        hidden_size=model_cfg["hidden_size"],
+        num_layers=model_cfg["num_hidden_layers"],
+        max_positions=model_cfg["max_position_embeddings"],
+    )
     max_len = int(model_cfg["max_position_embeddings"])
     settings = engine_settings(args, max_len)
-    res: dict = {"date": date, "stem": f"{date}-{slug}", "command": command, "machine": info, "model": {**spec.as_dict(), "path": str(model_path),
-                 "describe": spec.describe()}, "engine_settings": settings, "phases": phases, "loadavg": {"start": loadavg()},
-                 "quick": args.quick}
+    res: dict = {
+        "date": date,
+        "stem": f"{date}-{slug}",
+        "command": command,
+        "machine": info,
+        "model": {**spec.as_dict(), "path": str(model_path), "describe": spec.describe()},
+        "engine_settings": settings,
+        "phases": phases,
+        "loadavg": {"start": loadavg()},
+        "quick": args.quick,
+    }
     log(f"model {spec.describe()} at {model_path}")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="endorm-bench-") as tmp:
         workdir = Path(tmp)
         server = None
         if "throughput" in phases or "latency" in phases:
-            flags = ["--model", str(model_path), *settings_flags(settings), "--api-key", API_KEY,
-                     "--max-inflight-tokens", str(args.max_inflight_tokens), "--queue-timeout-s", str(args.queue_timeout_s),
-                     "--max-items-per-request", "256", "--request-timeout-s", "600"]
+            flags = [
+                "--model",
+                str(model_path),
+                *settings_flags(settings),
+                "--api-key",
+                API_KEY,
+                "--max-inflight-tokens",
+                str(args.max_inflight_tokens),
+                "--queue-timeout-s",
+                str(args.queue_timeout_s),
+                "--max-items-per-request",
+                "256",
+                "--request-timeout-s",
+                "600",
+            ]
             res["server_command"] = "endorm serve " + shlex.join(flags)
             # Same session as the in-process engines: the kernel shares CPU fairly between sessions.
             server = LocalServer(flags, log_path=workdir / "server.log", new_session=False).start()

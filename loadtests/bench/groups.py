@@ -59,8 +59,13 @@ def _pairs(rng: np.random.Generator, vocab: int, g: int, p: int, r: int, shared:
     from endorm_server.inputs.tokenization import EncodedPair
 
     prompt = rng.integers(0, vocab, p).tolist()
-    return [EncodedPair(prompt_ids=prompt if shared else rng.integers(0, vocab, p).tolist(),
-                        response_ids=rng.integers(0, vocab, r).tolist()) for _ in range(g)]
+    return [
+        EncodedPair(
+            prompt_ids=prompt if shared else rng.integers(0, vocab, p).tolist(),
+            response_ids=rng.integers(0, vocab, r).tolist(),
+        )
+        for _ in range(g)
+    ]
 
 
 def _rewards(stats, pairs) -> list[np.ndarray]:
@@ -74,16 +79,27 @@ async def _measure(engine, cell, shared: bool, rounds: int, vocab: int, seed: in
 
     g, p, r = cell
     rng = np.random.default_rng(seed)
-    out = {"G": g, "P": p, "R": r, "shared": shared, "ideal": ideal(g, p, r) if shared else 1.0,
-           "today_s": [], "group_s": [], "max_abs_dr": 0.0, "resubmissions": 0, "sequences": 0, "rows_from_leader": 0,
-           "cached_prompt_tokens": 0}
+    out = {
+        "G": g,
+        "P": p,
+        "R": r,
+        "shared": shared,
+        "ideal": ideal(g, p, r) if shared else 1.0,
+        "today_s": [],
+        "group_s": [],
+        "max_abs_dr": 0.0,
+        "resubmissions": 0,
+        "sequences": 0,
+        "rows_from_leader": 0,
+        "cached_prompt_tokens": 0,
+    }
     for k in range(rounds):
         # Even rounds: group-aware first, then today's path on the same pairs (it does not read the
         # cache, so its time is unaffected) and the answers are compared. Odd rounds: today's path
         # first on fresh pairs, then group-aware on other fresh pairs (today's would have cached them).
         group_first = k % 2 == 0
         pairs = _pairs(rng, vocab, g, p, r, shared)
-        for path in (("group", "today") if group_first else ("today", "group")):
+        for path in ("group", "today") if group_first else ("today", "group"):
             if path == "group" and not group_first:
                 pairs = _pairs(rng, vocab, g, p, r, shared)
             t0 = time.perf_counter()
@@ -121,9 +137,16 @@ async def run(args) -> dict:
 
     model_path, spec = resolve(args.model)
     vocab = int(json.loads((model_path / "config.json").read_text())["vocab_size"])
-    settings = Settings(model=str(model_path), dtype="float32", max_model_len=args.max_model_len,
-                        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=64,
-                        kv_cache_gb=args.kv_cache_gb, gpu_memory_utilization=0.1, enforce_eager=True)
+    settings = Settings(
+        model=str(model_path),
+        dtype="float32",
+        max_model_len=args.max_model_len,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=64,
+        kv_cache_gb=args.kv_cache_gb,
+        gpu_memory_utilization=0.1,
+        enforce_eager=True,
+    )
     engine = VllmEngine(settings, str(model_path))
     await engine.start()
     try:
@@ -134,32 +157,46 @@ async def run(args) -> dict:
         for i, cell in enumerate([*grid, control]):
             shared = i < len(grid)  # the last cell is the control
             res = await _measure(engine, cell, shared, args.rounds, vocab, seed=100 + i)
-            print(f"[groups] G={cell[0]:2d} P={cell[1]:4d} R={cell[2]:3d} shared={shared!s:5} "
-                  f"measured {res['ratio']:.2f}x ideal {res['ideal']:.2f}x ({res['ratio_over_ideal']:.2f} of ideal) "
-                  f"resubmissions {res['resubmissions']}/{res['sequences']} max|dr| {res['max_abs_dr']:.1e}", flush=True)
+            print(
+                f"[groups] G={cell[0]:2d} P={cell[1]:4d} R={cell[2]:3d} shared={shared!s:5} "
+                f"measured {res['ratio']:.2f}x ideal {res['ideal']:.2f}x ({res['ratio_over_ideal']:.2f} of ideal) "
+                f"resubmissions {res['resubmissions']}/{res['sequences']} max|dr| {res['max_abs_dr']:.1e}",
+                flush=True,
+            )
             cells.append(res)
     finally:
         await engine.shutdown()
-    return {"cells": cells, "model": str(model_path), "model_describe": spec.describe() if spec else str(model_path),
-            "settings": settings.model_dump(mode="json") if hasattr(settings, "model_dump") else {}}
+    return {
+        "cells": cells,
+        "model": str(model_path),
+        "model_describe": spec.describe() if spec else str(model_path),
+        "settings": settings.model_dump(mode="json") if hasattr(settings, "model_dump") else {},
+    }
 
 
 def write(res: dict, out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     js = out / f"{stem}.json"
     js.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    lines = [f"# Group-aware scoring vs today's path ({res['date']})", "",
-             f"Model: {res['model_describe']}. Command: `{res['command']}`.", "",
-             "Ratio = today's time / group-aware time for the same workload (median over rounds, measured side by side); "
-             "ideal = G(P+R)/(P+GR), tokens through the model.", "",
-             "| G | P | R | sharing | measured | ideal | measured/ideal | target | met | resubmissions | rows from leader | max abs dr |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Group-aware scoring vs today's path ({res['date']})",
+        "",
+        f"Model: {res['model_describe']}. Command: `{res['command']}`.",
+        "",
+        "Ratio = today's time / group-aware time for the same workload (median over rounds, measured side by side); "
+        "ideal = G(P+R)/(P+GR), tokens through the model.",
+        "",
+        "| G | P | R | sharing | measured | ideal | measured/ideal | target | met | resubmissions | rows from leader | max abs dr |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in res["cells"]:
         tgt = "" if c["target"] is None else f">= {c['target']:.2f}"
         met = "" if c["met"] is None else ("yes" if c["met"] else "NO")
-        lines.append(f"| {c['G']} | {c['P']} | {c['R']} | {'yes' if c['shared'] else 'no (control)'} | {c['ratio']:.2f} | "
-                     f"{c['ideal']:.2f} | {c['ratio_over_ideal']:.2f} | {tgt} | {met} | {c['resubmissions']}/{c['sequences']} | "
-                     f"{c['rows_from_leader']} | {c['max_abs_dr']:.1e} |")
+        lines.append(
+            f"| {c['G']} | {c['P']} | {c['R']} | {'yes' if c['shared'] else 'no (control)'} | {c['ratio']:.2f} | "
+            f"{c['ideal']:.2f} | {c['ratio_over_ideal']:.2f} | {tgt} | {met} | {c['resubmissions']}/{c['sequences']} | "
+            f"{c['rows_from_leader']} | {c['max_abs_dr']:.1e} |"
+        )
     lines += ["", footer(res["machine"], res["model_describe"], res["command"])]
     md = out / f"{stem}.md"
     md.write_text("\n".join(lines) + "\n")
@@ -194,8 +231,12 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     info = machine_info()
     date = time.strftime("%Y-%m-%d")
-    res = {"date": date, "command": "python -m loadtests.bench groups " + shlex.join(argv), "machine": info,
-           "loadavg": {"start": loadavg()}}
+    res = {
+        "date": date,
+        "command": "python -m loadtests.bench groups " + shlex.join(argv),
+        "machine": info,
+        "loadavg": {"start": loadavg()},
+    }
     res.update(asyncio.run(run(args)))
     res["loadavg"]["end"] = loadavg()
     for p in write(res, args.out, f"{date}-{args.machine or info['slug']}-groups"):

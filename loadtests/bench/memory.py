@@ -98,8 +98,11 @@ def measure_naive(model_path: str, lengths: list[int]) -> list[dict]:
         dt = time.perf_counter() - t0
         extra, peak = _peaks(before)
         rows.append({"tokens": n, "extra_bytes": extra, "peak_bytes": peak, "seconds": dt})
-        print(f"naive  {n:6d} tokens: extra {extra / 2**20:8.1f} MiB, peak {peak / 2**20:8.1f} MiB", file=sys.stderr,
-              flush=True)
+        print(
+            f"naive  {n:6d} tokens: extra {extra / 2**20:8.1f} MiB, peak {peak / 2**20:8.1f} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -124,10 +127,14 @@ def measure_plugin(model_path: str, lengths: list[int], settings_json: str) -> l
                 dt = time.perf_counter() - t0
                 assert len(stats.v) == n
                 extra, peak = _peaks(before)
-                rows.append({"tokens": n, "extra_bytes": extra, "peak_bytes": peak, "seconds": dt,
-                             "processes": len(pids)})
-                print(f"plugin {n:6d} tokens: extra {extra / 2**20:8.1f} MiB, peak {peak / 2**20:8.1f} MiB",
-                      file=sys.stderr, flush=True)
+                rows.append(
+                    {"tokens": n, "extra_bytes": extra, "peak_bytes": peak, "seconds": dt, "processes": len(pids)}
+                )
+                print(
+                    f"plugin {n:6d} tokens: extra {extra / 2**20:8.1f} MiB, peak {peak / 2**20:8.1f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             await engine.shutdown()
         return rows

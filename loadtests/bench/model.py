@@ -18,7 +18,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-DEFAULT_CACHE = Path(os.environ.get("ENDORM_BENCH_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "bench-models"))
+DEFAULT_CACHE = Path(
+    os.environ.get("ENDORM_BENCH_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "bench-models")
+)
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,10 @@ class ModelSpec:
         return f"bench-{self.arch}-v{self.vocab_size}-h{self.hidden_size}-l{self.num_layers}-p{self.max_positions}-s{self.seed}"
 
     def describe(self) -> str:
-        return (f"{self.arch}, vocab {self.vocab_size}, hidden {self.hidden_size}, {self.num_layers} layers, "
-                f"head_dim 64, max positions {self.max_positions}, float32")
+        return (
+            f"{self.arch}, vocab {self.vocab_size}, hidden {self.hidden_size}, {self.num_layers} layers, "
+            f"head_dim 64, max positions {self.max_positions}, float32"
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,12 +60,20 @@ def ensure_model(spec: ModelSpec, cache_dir: Path | str = DEFAULT_CACHE) -> Path
     from tests.tiny_models import build_tiny_model, tiny_model_dirname
 
     # The tiny builder's own name tags the transformers version the files depend on.
-    tag = tiny_model_dirname(spec.arch, seed=spec.seed, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
-                             num_layers=spec.num_layers).rsplit("-", 1)[-1]
+    tag = tiny_model_dirname(
+        spec.arch, seed=spec.seed, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers
+    ).rsplit("-", 1)[-1]
 
     def build(tmp: Path) -> None:
-        build_tiny_model(tmp, spec.arch, seed=spec.seed, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
-                         num_layers=spec.num_layers, overwrite=True)
+        build_tiny_model(
+            tmp,
+            spec.arch,
+            seed=spec.seed,
+            vocab_size=spec.vocab_size,
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            overwrite=True,
+        )
         cfg_path = tmp / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["max_position_embeddings"] = spec.max_positions  # RoPE: any length up to this is valid

@@ -51,8 +51,21 @@ def start(pids: dict[str, int], seconds: float, out_dir: Path, stem: str) -> dic
     procs = {}
     for name, pid in pids.items():
         path = out_dir / f"{stem}-pyspy-{name}.txt"
-        cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(RATE_HZ),
-               "--format", "raw", "--nonblocking", "-o", str(path)]
+        cmd = [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            str(RATE_HZ),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "-o",
+            str(path),
+        ]
         procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT), path)
     return procs
 
@@ -83,11 +96,16 @@ def summarize(paths: dict[str, Path], seconds: float, top: int = 12) -> dict:
             total, inc, leaf = inclusive_shares(path.read_text())
         except OSError:
             continue
-        entry = {"samples": total, "active_share": total / max(1.0, seconds * RATE_HZ),
-                 "top": [(f, n / total) for f, n in inc.most_common(top)] if total else [],
-                 "leaves": [(f, n / total) for f, n in leaf.most_common(top)] if total else []}
+        entry = {
+            "samples": total,
+            "active_share": total / max(1.0, seconds * RATE_HZ),
+            "top": [(f, n / total) for f, n in inc.most_common(top)] if total else [],
+            "leaves": [(f, n / total) for f, n in leaf.most_common(top)] if total else [],
+        }
         if name == "worker" and total:
-            entry["parts"] = {label: sum(n for f, n in inc.items() if f.split(" [")[0].endswith(key)) / total
-                              for label, key in WORKER_PARTS.items()}
+            entry["parts"] = {
+                label: sum(n for f, n in inc.items() if f.split(" [")[0].endswith(key)) / total
+                for label, key in WORKER_PARTS.items()
+            }
         out[name] = entry
     return out

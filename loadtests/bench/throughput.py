@@ -38,11 +38,13 @@ class Workload:
     concurrency: int  # requests in flight
 
     @classmethod
-    def random(cls, *, n: int, prompt_len: int, response_len: int, vocab_size: int, items: int, concurrency: int,
-               seed: int = 0) -> Workload:
+    def random(
+        cls, *, n: int, prompt_len: int, response_len: int, vocab_size: int, items: int, concurrency: int, seed: int = 0
+    ) -> Workload:
         rng = random.Random(seed)
-        seqs = tuple(tuple(rng.randrange(RESERVED_IDS, vocab_size) for _ in range(prompt_len + response_len))
-                     for _ in range(n))
+        seqs = tuple(
+            tuple(rng.randrange(RESERVED_IDS, vocab_size) for _ in range(prompt_len + response_len)) for _ in range(n)
+        )
         return cls(seqs, prompt_len, items, concurrency)
 
     @property
@@ -50,11 +52,13 @@ class Workload:
         return sum(len(s) for s in self.seqs)
 
     def requests(self) -> list[tuple[tuple[int, ...], ...]]:
-        return [self.seqs[i:i + self.items] for i in range(0, len(self.seqs), self.items)]
+        return [self.seqs[i : i + self.items] for i in range(0, len(self.seqs), self.items)]
 
     def describe(self) -> str:
-        return (f"{len(self.seqs)} sequences x {len(self.seqs[0])} tokens (prompt {self.prompt_len}), "
-                f"{self.items} per request, {self.concurrency} requests in flight")
+        return (
+            f"{len(self.seqs)} sequences x {len(self.seqs[0])} tokens (prompt {self.prompt_len}), "
+            f"{self.items} per request, {self.concurrency} requests in flight"
+        )
 
 
 async def run_requests(workload: Workload, send: Callable[[tuple], Awaitable[None]]) -> float:
@@ -132,15 +136,21 @@ class HttpDriver(Driver):
         import httpx
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=600,
-                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        self.client = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=600,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )
 
     async def run(self, workload: Workload) -> float:
         p = workload.prompt_len
 
         async def send(req):
-            body = {"items": [{"prompt_ids": list(s[:p]), "response_ids": list(s[p:])} for s in req],
-                    "return_tokens": self.return_tokens}
+            body = {
+                "items": [{"prompt_ids": list(s[:p]), "response_ids": list(s[p:])} for s in req],
+                "return_tokens": self.return_tokens,
+            }
             resp = await self.client.post("/score", json=body)
             if resp.status_code != 200:
                 raise RuntimeError(f"/score answered {resp.status_code}: {resp.text[:300]}")
@@ -185,8 +195,9 @@ class StockVllm:
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False, temperature=0.0)
         final = None
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(seq)), params,
-                                              request_id=f"stock-{next(self._ids)}"):
+        async for out in self.engine.generate(
+            TokensPrompt(prompt_token_ids=list(seq)), params, request_id=f"stock-{next(self._ids)}"
+        ):
             final = out
         return final
 

@@ -99,9 +99,18 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
         if args.aggregation.startswith("step_") and not args.step_separator:
             raise ValueError("the step_min / step_last aggregations need --step-separator")
-        summary = score_file(settings, args.input, args.output, aggregation=args.aggregation, batch_size=args.batch_size,
-                             gamma=args.gamma, beta=args.beta, step_separator=step_separator(args),
-                             contrast=args.contrast, baseline_system=args.baseline_system)
+        summary = score_file(
+            settings,
+            args.input,
+            args.output,
+            aggregation=args.aggregation,
+            batch_size=args.batch_size,
+            gamma=args.gamma,
+            beta=args.beta,
+            step_separator=step_separator(args),
+            contrast=args.contrast,
+            baseline_system=args.baseline_system,
+        )
     except (OSError, ValueError) as exc:  # bad file or bad row: a clear message, not a traceback
         print(f"endorm score: error: {exc}", file=sys.stderr)
         return 2
@@ -127,18 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score a JSONL preference file offline (chosen/rejected pairs)")
     score.add_argument("input", help="JSONL: {prompt|messages, system?, chosen, rejected} per line")
     score.add_argument("-o", "--output", required=True, help="JSONL with scores per line")
-    score.add_argument("--aggregation", default="sum",
-                       choices=["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last", "all"],
-                       help="'all': every aggregation per pair, from one forward pass per response")
+    score.add_argument(
+        "--aggregation",
+        default="sum",
+        choices=["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last", "all"],
+        help="'all': every aggregation per pair, from one forward pass per response",
+    )
     score.add_argument("--gamma", type=float, default=1.0, help="discount of 'discounted': w_h = max(gamma^h, beta)")
     score.add_argument("--beta", type=float, default=0.0, help="floor on the discount weight")
-    score.add_argument("--step-separator", default=None, help="score text responses as steps split after this text "
-                       "(escapes like \\n allowed; no separator: one step); needed by step_min / step_last")
+    score.add_argument(
+        "--step-separator",
+        default=None,
+        help="score text responses as steps split after this text "
+        "(escapes like \\n allowed; no separator: one step); needed by step_min / step_last",
+    )
     score.add_argument("--batch-size", type=int, default=64, help="pairs in flight at once")
-    score.add_argument("--contrast", action="store_true", help="criteria contrast: r(x, system, y) - r(x, baseline, y); "
-                       "rows need messages and a system")
-    score.add_argument("--baseline-system", default=None, help="with --contrast: the baseline's system text "
-                       "(default: the row without system)")
+    score.add_argument(
+        "--contrast",
+        action="store_true",
+        help="criteria contrast: r(x, system, y) - r(x, baseline, y); rows need messages and a system",
+    )
+    score.add_argument(
+        "--baseline-system",
+        default=None,
+        help="with --contrast: the baseline's system text (default: the row without system)",
+    )
     add_settings_flags(score)
     score.set_defaults(func=cmd_score, parser=score)
     from endorm_server.evaluation.command import add_arguments as add_eval_arguments

@@ -19,15 +19,21 @@ class Settings(BaseSettings):
 
     # --- model and engine ---
     model: str | None = Field(
-        None, description="HF model directory, .gguf file, hub id, or a bundled model: smollm2-135m-instruct "
-        "(the default) or endorm-demo (the arithmetic toy)")
-    served_model_name: str | None = Field(None, description="Name reported in responses; default: the model path's name")
+        None,
+        description="HF model directory, .gguf file, hub id, or a bundled model: smollm2-135m-instruct "
+        "(the default) or endorm-demo (the arithmetic toy)",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name reported in responses; default: the model path's name"
+    )
     engine: Literal["vllm", "transformers"] = Field("vllm", description="vllm (default) or the transformers fallback")
     alpha: float = Field(1.0, gt=0, description="Entropy coefficient alpha of the soft Bellman operator")
     dtype: str = Field(
-        "auto", description="Compute dtype: auto, float32, bfloat16, float16 (transformers: also float64). auto: the "
+        "auto",
+        description="Compute dtype: auto, float32, bfloat16, float16 (transformers: also float64). auto: the "
         "fastest this device computes natively (CPU: bfloat16 with AMX-BF16 / AVX512-BF16, else float32; GPU: the "
-        "checkpoint's, bfloat16 for float32 checkpoints where supported; transformers engine: float64)")
+        "checkpoint's, bfloat16 for float32 checkpoints where supported; transformers engine: float64)",
+    )
     max_model_len: int | None = Field(None, gt=1, description="Longest prompt+response in tokens")
     max_num_batched_tokens: int = Field(8192, gt=0, description="Engine step token budget (chunked prefill above it)")
     max_num_seqs: int = Field(256, gt=0, description="Most sequences in one engine step")
@@ -36,22 +42,31 @@ class Settings(BaseSettings):
     kv_cache_gb: float | None = Field(
         None, gt=0, description="KV cache size in GiB (default: gpu_memory_utilization on GPU, 2 GiB on CPU)"
     )
-    logits_chunk_rows: int = Field(256, gt=0, description="Rows of logits materialised at once (memory = rows x vocab x 4 B)")
+    logits_chunk_rows: int = Field(
+        256, gt=0, description="Rows of logits materialised at once (memory = rows x vocab x 4 B)"
+    )
     enforce_eager: bool = Field(False, description="Disable graph capture / compilation (faster start)")
     cpu_gemm: Literal["auto", "onednn", "torch"] = Field(
-        "auto", description="CPU only: kernel for the model body's matrix products. auto: torch's (as exact as a "
-        "plain float32 forward) when the engine computes in float32, vLLM's oneDNN otherwise (faster for 16-bit)")
+        "auto",
+        description="CPU only: kernel for the model body's matrix products. auto: torch's (as exact as a "
+        "plain float32 forward) when the engine computes in float32, vLLM's oneDNN otherwise (faster for 16-bit)",
+    )
     trust_remote_code: bool = False
 
     # --- HTTP ---
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Bearer keys; empty = no auth")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Bearer keys; empty = no auth"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     frontend_workers: int = Field(
-        4, gt=0, description="Threads for the front end's CPU work (tokenization, chat templates, detokenization, "
-        "per-token results), off the event loop that feeds the engine")
+        4,
+        gt=0,
+        description="Threads for the front end's CPU work (tokenization, chat templates, detokenization, "
+        "per-token results), off the event loop that feeds the engine",
+    )
 
     # --- limits and timeouts ---
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
@@ -60,10 +75,14 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(2.0, ge=0, description="How long a request may wait for admission before 429")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request (504 past it)")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for in-flight requests on SIGTERM")
-    engine_death_grace_s: float = Field(2.0, ge=0, description="After the engine dies, answer 503 this long, then exit 1")
+    engine_death_grace_s: float = Field(
+        2.0, ge=0, description="After the engine dies, answer 503 this long, then exit 1"
+    )
     retry_after_s: int = Field(1, ge=0)
     log_level: str = "info"
-    cache_dir: Path = Field(Path.home() / ".cache" / "endorm", description="Where generated and converted (GGUF) models are kept")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "endorm", description="Where generated and converted (GGUF) models are kept"
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

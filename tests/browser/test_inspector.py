@@ -83,7 +83,7 @@ def _fill(drv, responses: list[str], system: str = SYSTEM) -> None:
     while len(boxes) < len(responses):
         drv.find_element(By.ID, "add-response").click()
         boxes = drv.find_elements(By.CSS_SELECTOR, "textarea.response")
-    for extra in drv.find_elements(By.CSS_SELECTOR, ".response-in")[len(responses):]:
+    for extra in drv.find_elements(By.CSS_SELECTOR, ".response-in")[len(responses) :]:
         extra.find_element(By.CSS_SELECTOR, "button.remove").click()
     boxes = drv.find_elements(By.CSS_SELECTOR, "textarea.response")
     for box, text in zip(boxes, responses):
@@ -92,14 +92,22 @@ def _fill(drv, responses: list[str], system: str = SYSTEM) -> None:
 
 
 def _run(drv) -> None:
-    drv.execute_script("document.getElementById('responses-out').innerHTML = '';"
-                       "document.getElementById('progress').textContent = '';")
+    drv.execute_script(
+        "document.getElementById('responses-out').innerHTML = '';document.getElementById('progress').textContent = '';"
+    )
     drv.find_element(By.ID, "run").click()
-    _wait(drv, lambda d: d.find_element(By.ID, "progress").text in ("Done.",) or d.find_element(By.ID, "error").is_displayed())
+    _wait(
+        drv,
+        lambda d: d.find_element(By.ID, "progress").text in ("Done.",) or d.find_element(By.ID, "error").is_displayed(),
+    )
 
 
 def test_page_is_static_and_open(server):
-    for path, kind in (("/inspect", "text/html"), ("/inspect/inspector.js", "javascript"), ("/inspect/inspector.css", "text/css")):
+    for path, kind in (
+        ("/inspect", "text/html"),
+        ("/inspect/inspector.js", "javascript"),
+        ("/inspect/inspector.css", "text/css"),
+    ):
         r = httpx.get(server.url + path, timeout=60)
         assert r.status_code == 200 and kind in r.headers["content-type"]
     page = httpx.get(server.url + "/inspect", timeout=60).text
@@ -116,8 +124,16 @@ def test_tokens_shades_and_scores_are_the_apis(browser, server, client):
     _fill(browser, RESPONSES)
     _run(browser)
     assert not browser.find_element(By.ID, "error").is_displayed()
-    api = client.post("/compare", json={"messages": [{"role": "user", "content": PROMPT}], "system": SYSTEM,
-                                        "responses": RESPONSES, "aggregation": "sum", "return_tokens": True}).json()
+    api = client.post(
+        "/compare",
+        json={
+            "messages": [{"role": "user", "content": PROMPT}],
+            "system": SYSTEM,
+            "responses": RESPONSES,
+            "aggregation": "sum",
+            "return_tokens": True,
+        },
+    ).json()
     max_abs = max(abs(t["reward"]) for r in api["results"] for t in r["tokens"])
     sections = browser.find_elements(By.CSS_SELECTOR, ".response-out")
     assert len(sections) == 2
@@ -173,8 +189,16 @@ def test_api_error_message_is_shown(browser, server, client):
     browser.find_element(By.ID, "contrast").click()
     err = browser.find_element(By.ID, "error")
     assert err.is_displayed()
-    api = client.post("/compare", json={"messages": [{"role": "user", "content": PROMPT}], "responses": RESPONSES,
-                                        "aggregation": "sum", "return_tokens": True, "contrast": True})
+    api = client.post(
+        "/compare",
+        json={
+            "messages": [{"role": "user", "content": PROMPT}],
+            "responses": RESPONSES,
+            "aggregation": "sum",
+            "return_tokens": True,
+            "contrast": True,
+        },
+    )
     assert api.status_code >= 400
     assert api.json()["error"]["message"] in err.text
 
@@ -202,5 +226,7 @@ def test_no_horizontal_scroll_at_1280_with_a_long_response(browser, server):
     err = browser.find_element(By.ID, "error")
     assert not err.is_displayed(), err.text
     assert browser.find_elements(By.CSS_SELECTOR, ".tok")
-    width = browser.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    width = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
     assert width[0] <= width[1], width

@@ -26,9 +26,13 @@ from starlette.routing import Route
 from tests.conftest import API_KEY
 from tests.server import free_port
 
-SCORE_OK = {"model": "stub", "alpha": 1.0, "aggregation": "sum",
-            "results": [{"index": 0, "score": 1.5, "num_tokens": 2, "prompt_tokens": 3}],
-            "usage": {"prompt_tokens": 3, "total_tokens": 5}}
+SCORE_OK = {
+    "model": "stub",
+    "alpha": 1.0,
+    "aggregation": "sum",
+    "results": [{"index": 0, "score": 1.5, "num_tokens": 2, "prompt_tokens": 3}],
+    "usage": {"prompt_tokens": 3, "total_tokens": 5},
+}
 
 
 @dataclass
@@ -120,7 +124,11 @@ def metric(server_url: str, name: str, **labels) -> float:
     text = httpx.get(server_url + "/metrics", timeout=120).text
     for line in text.splitlines():
         m = _SAMPLE.match(line)
-        if m and m.group(1) == name and dict(_LABEL.findall(m.group(2) or "")) == {k: str(v) for k, v in labels.items()}:
+        if (
+            m
+            and m.group(1) == name
+            and dict(_LABEL.findall(m.group(2) or "")) == {k: str(v) for k, v in labels.items()}
+        ):
             return float(m.group(3))
     return 0.0
 

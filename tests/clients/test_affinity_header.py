@@ -33,9 +33,15 @@ def header(seen) -> str | None:
     return seen.headers.get(AFFINITY_HEADER.lower())
 
 
-@pytest.mark.parametrize("item", [{"prompt": "2+3=", "response": "5"},
-                                  {"messages": CHAT, "system": "Be terse.", "response": "5"},
-                                  {"prompt_ids": [1, 2, 3], "response_ids": [4]}], ids=["prompt", "chat", "ids"])
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"prompt": "2+3=", "response": "5"},
+        {"messages": CHAT, "system": "Be terse.", "response": "5"},
+        {"prompt_ids": [1, 2, 3], "response_ids": [4]},
+    ],
+    ids=["prompt", "chat", "ids"],
+)
 def test_score_sends_the_prompt_key(stub, item):
     with RewardClient(stub.url, api_key=API_KEY) as rm:
         rm.score([item])
@@ -45,10 +51,23 @@ def test_score_sends_the_prompt_key(stub, item):
 def test_one_key_per_group_and_none_when_disabled(stub):
     group_a = [{"prompt": "Q: a", "response": r} for r in ("1", "2", "3")]
     group_b = [{"prompt": "Q: b", "response": r} for r in ("1", "2", "3")]
-    stub.reply(*[(200, {}, {"model": "stub", "alpha": 1.0, "aggregation": "sum",
-                            "results": [{"index": i, "score": 0.0, "num_tokens": 1, "prompt_tokens": 1}
-                                        for i in range(3)],
-                            "usage": {"prompt_tokens": 3, "total_tokens": 6}}, 0)] * 2)
+    stub.reply(
+        *[
+            (
+                200,
+                {},
+                {
+                    "model": "stub",
+                    "alpha": 1.0,
+                    "aggregation": "sum",
+                    "results": [{"index": i, "score": 0.0, "num_tokens": 1, "prompt_tokens": 1} for i in range(3)],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 6},
+                },
+                0,
+            )
+        ]
+        * 2
+    )
     with RewardClient(stub.url, api_key=API_KEY, chunk_size=3, max_concurrency=1) as rm:
         rm.score_batch(group_a + group_b)
     assert [header(s) for s in stub.seen] == [prompt_key(group_a[0]), prompt_key(group_b[0])]

@@ -17,8 +17,11 @@ TEXTS = ["First, 2+3 = 5.\n\nThen 2×5 = 10 — café.\n\nThe answer is 10.", " 
 def trainer_tokenizers() -> list:
     # the demo model's own BPE, the server's tokenizer itself, and a real byte-level BPE (SmolLM2's,
     # converted from the GGUF when the test runs, not at collection)
-    return [pytest.param(str(DEMO_MODEL_DIR), id="demo"), pytest.param(str(tiny_model("llama")), id="same"),
-            pytest.param("smollm2", id="smollm2")]
+    return [
+        pytest.param(str(DEMO_MODEL_DIR), id="demo"),
+        pytest.param(str(tiny_model("llama")), id="same"),
+        pytest.param("smollm2", id="smollm2"),
+    ]
 
 
 @pytest.mark.parametrize("path", trainer_tokenizers())
@@ -32,7 +35,9 @@ def test_rewards_on_trainer_tokens_sum_to_the_score(server, path):
         on_trainer = rewards_on_tokens(result, spans)
         assert len(on_trainer) == len(spans)
         assert sum(on_trainer) == pytest.approx(result.score, abs=1e-6)  # the sequence sum, on the trainer's tokens
-        if path == str(tiny_model("llama")) and text.isascii():  # same tokenizer: its rewards, the EOT on the last token
+        if (
+            path == str(tiny_model("llama")) and text.isascii()
+        ):  # same tokenizer: its rewards, the EOT on the last token
             rs = [t.reward for t in result.tokens]
             assert on_trainer[:-1] == pytest.approx(rs[:-2]) and on_trainer[-1] == pytest.approx(rs[-2] + rs[-1])
 

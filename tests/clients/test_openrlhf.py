@@ -33,7 +33,9 @@ def rollouts():
     tok = AutoTokenizer.from_pretrained(tiny_model("llama"))
     prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _, _ in CASES]
     prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
-    output_ids = [tok.encode(r, add_special_tokens=False) + ([tok.eos_token_id] if done else []) for _, r, done in CASES]
+    output_ids = [
+        tok.encode(r, add_special_tokens=False) + ([tok.eos_token_id] if done else []) for _, r, done in CASES
+    ]
     queries = tok.batch_decode([p + o for p, o in zip(prompt_ids, output_ids)], skip_special_tokens=False)
     labels = ["5", "", ""]
     return queries, prompts, labels, prompt_ids, output_ids
@@ -79,7 +81,8 @@ def test_options_from_the_query_string(server, client, rollouts):
     assert mean == pytest.approx(_exact(client, prompt_ids, output_ids, aggregation="mean"), abs=1e-4)
     disc = _post(server, body, params={"aggregation": "discounted", "gamma": "0.9", "terminal": "bootstrap"}).json()
     assert disc["rewards"] == pytest.approx(
-        _exact(client, prompt_ids, output_ids, aggregation="discounted", gamma=0.9, terminal="bootstrap"), abs=1e-4)
+        _exact(client, prompt_ids, output_ids, aggregation="discounted", gamma=0.9, terminal="bootstrap"), abs=1e-4
+    )
     assert_error(_post(server, body, params={"aggregation": "median"}), 422, "aggregation")
     assert_error(_post(server, body, params={"unknown": "1"}), 422, "unknown")
 

@@ -55,8 +55,9 @@ def sleeps(monkeypatch) -> list[float]:
             asked.append(seconds)
         time.sleep(seconds)
 
-    monkeypatch.setattr(client_module, "time", types.SimpleNamespace(sleep=sleep, monotonic=time.monotonic,
-                                                                      time=time.time))
+    monkeypatch.setattr(
+        client_module, "time", types.SimpleNamespace(sleep=sleep, monotonic=time.monotonic, time=time.time)
+    )
     return asked
 
 
@@ -69,7 +70,9 @@ def test_score_compare_models_ready(server, client):
         [card] = rm.models()
         assert card.max_model_len == 512 and card.engine == "vllm" and card.alpha == 1.0
         res = rm.score(ITEMS, return_tokens=True)
-        raw = client.post("/score", json={"items": [ITEMS[0], ITEMS[1], ITEMS[2].to_json()], "return_tokens": True}).json()
+        raw = client.post(
+            "/score", json={"items": [ITEMS[0], ITEMS[1], ITEMS[2].to_json()], "return_tokens": True}
+        ).json()
         assert res.scores == pytest.approx([r["score"] for r in raw["results"]], abs=1e-5)
         assert res.model == raw["model"] and res.usage.total_tokens == raw["usage"]["total_tokens"]
         # the fingerprint reaches the SDK's results (and is the one /v1/models reports)
@@ -80,8 +83,15 @@ def test_score_compare_models_ready(server, client):
         cmp = rm.compare(messages=CHAT, responses=["5", "five", "6"])
         assert sorted(cmp.ranking) == [0, 1, 2] and cmp.best == cmp.ranking[0]
         assert cmp.system_fingerprint == res.system_fingerprint
-        assert cmp.scores == pytest.approx([r["score"] for r in client.post("/score", json={
-            "items": [{"messages": CHAT, "response": r} for r in ["5", "five", "6"]]}).json()["results"]], abs=1e-4)
+        assert cmp.scores == pytest.approx(
+            [
+                r["score"]
+                for r in client.post(
+                    "/score", json={"items": [{"messages": CHAT, "response": r} for r in ["5", "five", "6"]]}
+                ).json()["results"]
+            ],
+            abs=1e-4,
+        )
         assert rm.score(ITEMS[:1], aggregation="mean").aggregation == "mean"
 
 
@@ -184,8 +194,9 @@ def test_failover_to_the_live_replica(server, dead_url):
 
 def test_async_failover(server, dead_url):
     async def main():
-        async with AsyncRewardClient([dead_url, server.url], api_key=API_KEY,
-                                     cooldown_base=600, cooldown_max=600) as rm:
+        async with AsyncRewardClient(
+            [dead_url, server.url], api_key=API_KEY, cooldown_base=600, cooldown_max=600
+        ) as rm:
             scores = await asyncio.gather(*(rm.score(ITEMS[:1]) for _ in range(4)))
             return scores, rm.endpoints
 
@@ -268,9 +279,18 @@ def test_gives_up_after_max_retries(stub):
     assert len(stub.seen) == 1
 
 
-@pytest.mark.parametrize("status,type_", [(400, "bad_request"), (401, "unauthorized"), (404, "not_found"),
-                                          (413, "payload_too_large"), (422, "invalid_request"), (500, "internal_error"),
-                                          (504, "timeout")])
+@pytest.mark.parametrize(
+    "status,type_",
+    [
+        (400, "bad_request"),
+        (401, "unauthorized"),
+        (404, "not_found"),
+        (413, "payload_too_large"),
+        (422, "invalid_request"),
+        (500, "internal_error"),
+        (504, "timeout"),
+    ],
+)
 def test_never_retries_other_errors(stub, status, type_):
     stub.reply(err(status, type_, retry_after="0"), err(status, type_))
     with fast(stub.url) as rm, pytest.raises(APIStatusError) as exc:

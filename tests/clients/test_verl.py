@@ -33,9 +33,10 @@ def tok():
 
 
 def verl_input(tok, chat, response: str) -> str:
-    text = tok.apply_chat_template([*chat, {"role": "assistant", "content": response}], add_generation_prompt=False,
-                                   tokenize=False)
-    return text[len(tok.bos_token):] if tok.bos_token and text.startswith(tok.bos_token) else text
+    text = tok.apply_chat_template(
+        [*chat, {"role": "assistant", "content": response}], add_generation_prompt=False, tokenize=False
+    )
+    return text[len(tok.bos_token) :] if tok.bos_token and text.startswith(tok.bos_token) else text
 
 
 def classify(server, body, **kw):
@@ -43,7 +44,9 @@ def classify(server, body, **kw):
 
 
 def score_of(client, chat, response, **opts) -> float:
-    return client.post("/score", json={"items": [{"messages": chat, "response": response}], **opts}).json()["results"][0]["score"]
+    return client.post("/score", json={"items": [{"messages": chat, "response": response}], **opts}).json()["results"][
+        0
+    ]["score"]
 
 
 def test_verl_request_reads_the_reward(server, client, tok):
@@ -64,14 +67,21 @@ def test_activation_and_vllm_parameter_names(server, client, tok):
     raw = score_of(client, CHAT, "five")
     text = verl_input(tok, CHAT, "five")
     sig = 1 / (1 + math.exp(-raw))
-    for extra, want in (({"use_activation": False}, raw), ({"use_activation": True}, sig), ({}, sig),
-                        ({"activation": True}, sig), ({"activation": True, "use_activation": False}, raw)):
+    for extra, want in (
+        ({"use_activation": False}, raw),
+        ({"use_activation": True}, sig),
+        ({}, sig),
+        ({"activation": True}, sig),
+        ({"activation": True, "use_activation": False}, raw),
+    ):
         got = classify(server, {"input": text, **extra}).json()["data"][0]["probs"][0]
         assert got == pytest.approx(want, rel=1e-4, abs=1e-9), extra
     # other vLLM request fields are accepted (and ignored), like vLLM's own server does
     r = classify(server, {"input": text, "activation": False, "user": "u", "truncate_prompt_tokens": -1, "priority": 0})
     assert r.status_code == 200
-    assert classify(server, {"input": text, "activation": False}).json()["data"][0]["probs"][0] == pytest.approx(raw, abs=1e-4)
+    assert classify(server, {"input": text, "activation": False}).json()["data"][0]["probs"][0] == pytest.approx(
+        raw, abs=1e-4
+    )
 
 
 def test_input_forms(server, client, tok):
@@ -96,7 +106,9 @@ def test_input_forms(server, client, tok):
         got = classify(server, {**body, "activation": False}).json()["data"][0]["probs"][0]
         assert got == pytest.approx(want[1], abs=1e-4)
     # scoring options of this service
-    got = classify(server, {"input": texts[0], "activation": False, "aggregation": "mean"}).json()["data"][0]["probs"][0]
+    got = classify(server, {"input": texts[0], "activation": False, "aggregation": "mean"}).json()["data"][0]["probs"][
+        0
+    ]
     assert got == pytest.approx(score_of(client, CHAT, "5", aggregation="mean"), abs=1e-4)
 
 
@@ -116,8 +128,12 @@ def test_sdk_compute_score_for_verl(server, client):
     compute_score = make_compute_score(server.url, api_key=API_KEY, prompt_key="question")
 
     async def main():
-        return await asyncio.gather(*(compute_score("gsm8k", r, "5", {"question": "What is 2+3?"}, reward_router_address=None)
-                                      for r in ("5", "6")))
+        return await asyncio.gather(
+            *(
+                compute_score("gsm8k", r, "5", {"question": "What is 2+3?"}, reward_router_address=None)
+                for r in ("5", "6")
+            )
+        )
 
     got = asyncio.run(main())
     assert got == pytest.approx([score_of(client, CHAT, "5"), score_of(client, CHAT, "6")], abs=1e-4)
@@ -154,8 +170,9 @@ def test_one_client_per_event_loop_closed_with_its_loop(server):
 def test_sdk_compute_score_with_the_criteria_contrast(server, client):
     """contrast=True: the reward is r(x, criteria, y) - r(x, baseline, y), as /score's contrast returns it."""
     criteria = "Answer with the number in words only."
-    compute_score = make_compute_score(server.url, api_key=API_KEY, prompt_key="question", system=criteria,
-                                       contrast=True, asynchronous=False)
+    compute_score = make_compute_score(
+        server.url, api_key=API_KEY, prompt_key="question", system=criteria, contrast=True, asynchronous=False
+    )
     got = compute_score("gsm8k", "five", "5", {"question": "What is 2+3?"})
     body = {"items": [{"messages": CHAT, "system": criteria, "response": "five"}], "contrast": True}
     want = client.post("/score", json=body).json()["results"][0]

@@ -32,19 +32,27 @@ PAD = 0
 
 def make_batch(tok, prompts: list[str], responses: list[str], *, eos: bool = True) -> DataProto:
     p_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
-    r_ids = [tok.encode(r, add_special_tokens=False) + ([tok.eos_token_id] if eos and i != 1 else [])
-             for i, r in enumerate(responses)]  # row 1 was cut off before EOS
+    r_ids = [
+        tok.encode(r, add_special_tokens=False) + ([tok.eos_token_id] if eos and i != 1 else [])
+        for i, r in enumerate(responses)
+    ]  # row 1 was cut off before EOS
     P, R = max(map(len, p_ids)), max(map(len, r_ids)) + 2
     prompts_t = torch.full((len(p_ids), P), PAD, dtype=torch.long)
     responses_t = torch.full((len(r_ids), R), PAD, dtype=torch.long)
     mask = torch.zeros((len(p_ids), P + R), dtype=torch.long)
     for i, (p, r) in enumerate(zip(p_ids, r_ids)):
-        prompts_t[i, P - len(p):] = torch.tensor(p)     # left-padded
-        responses_t[i, :len(r)] = torch.tensor(r)       # right-padded
-        mask[i, P - len(p):P] = 1
-        mask[i, P:P + len(r)] = 1
-    return DataProto.from_dict(tensors={"prompts": prompts_t, "responses": responses_t, "attention_mask": mask,
-                                        "input_ids": torch.cat([prompts_t, responses_t], dim=1)})
+        prompts_t[i, P - len(p) :] = torch.tensor(p)  # left-padded
+        responses_t[i, : len(r)] = torch.tensor(r)  # right-padded
+        mask[i, P - len(p) : P] = 1
+        mask[i, P : P + len(r)] = 1
+    return DataProto.from_dict(
+        tensors={
+            "prompts": prompts_t,
+            "responses": responses_t,
+            "attention_mask": mask,
+            "input_ids": torch.cat([prompts_t, responses_t], dim=1),
+        }
+    )
 
 
 PROMPTS = ["Q: what is 2+3?\nA:", "Q: name a colour.\nA:", "Q: and 10*10?\nA:"]
@@ -62,8 +70,12 @@ def demo_tok():
 
 
 def score(server, items, **opts) -> list[dict]:
-    r = httpx.post(server.url + "/score", json={"items": items, "return_tokens": True, **opts},
-                   headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    r = httpx.post(
+        server.url + "/score",
+        json={"items": items, "return_tokens": True, **opts},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return r.json()["results"]
 
@@ -79,8 +91,9 @@ def test_layout_rows(tiny_tok):
 @pytest.mark.parametrize("mode", ["sparse", "dense"])
 def test_batch_manager_same_tokenizer_ids(server, tiny_tok, mode):
     data = make_batch(tiny_tok, PROMPTS, RESPONSES)
-    rm = EndoRMBatchRewardManager(tiny_tok, config={"reward": {"endorm": {
-        "base_url": server.url, "api_key": API_KEY, "mode": mode}}})
+    rm = EndoRMBatchRewardManager(
+        tiny_tok, config={"reward": {"endorm": {"base_url": server.url, "api_key": API_KEY, "mode": mode}}}
+    )
     out = rm(data, return_dict=True)
     tensor = out["reward_tensor"]
     assert tensor.shape == data.batch["responses"].shape and tensor.dtype == torch.float32
@@ -91,7 +104,7 @@ def test_batch_manager_same_tokenizer_ids(server, tiny_tok, mode):
         assert torch.all(tensor[i, L:] == 0)  # padding gets nothing
         if mode == "sparse":
             assert tensor[i, L - 1].item() == pytest.approx(res["score"], abs=1e-4)
-            assert torch.all(tensor[i, :L - 1] == 0)
+            assert torch.all(tensor[i, : L - 1] == 0)
         else:
             assert tensor[i, :L].tolist() == pytest.approx([t["reward"] for t in res["tokens"]], abs=1e-4)
             assert tensor[i].sum().item() == pytest.approx(res["score"], abs=1e-3)
@@ -103,12 +116,13 @@ def test_reward_loop_manager_other_tokenizer_text(server, demo_tok, mode):
     """The policy's tokenizer (the demo model's) differs from the reward model's: text goes over,
     dense rewards come back onto the policy's tokens by character offsets."""
     data = make_batch(demo_tok, PROMPTS, RESPONSES)
-    config = OmegaConf.create({"reward": {"endorm": {"base_url": server.url, "api_key": API_KEY, "mode": mode,
-                                                     "input": "text"}}})
+    config = OmegaConf.create(
+        {"reward": {"endorm": {"base_url": server.url, "api_key": API_KEY, "mode": mode, "input": "text"}}}
+    )
     rm = EndoRMRewardManager(config, demo_tok, None)
 
     async def run() -> list:
-        return [await rm.run_single(data[i:i + 1]) for i in range(len(data))]
+        return [await rm.run_single(data[i : i + 1]) for i in range(len(data))]
 
     outs = asyncio.run(run())
     tensor = EndoRMRewardManager.assemble_rm_scores(data, [o["reward_score"] for o in outs])
@@ -132,18 +146,30 @@ def test_reward_loop_manager_other_tokenizer_text(server, demo_tok, mode):
 
 def test_step_min_sparse(server, tiny_tok):
     data = make_batch(tiny_tok, PROMPTS, RESPONSES)
-    rm = EndoRMBatchRewardManager(tiny_tok, config={"reward": {"endorm": {
-        "base_url": server.url, "api_key": API_KEY, "input": "text", "aggregation": "step_min",
-        "step_separator": "\n\n"}}})
+    rm = EndoRMBatchRewardManager(
+        tiny_tok,
+        config={
+            "reward": {
+                "endorm": {
+                    "base_url": server.url,
+                    "api_key": API_KEY,
+                    "input": "text",
+                    "aggregation": "step_min",
+                    "step_separator": "\n\n",
+                }
+            }
+        },
+    )
     tensor = rm(data)
     rows = batch_rows(data.batch)
     row = rows[2]
     text = tiny_tok.decode(row.response_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     prompt = tiny_tok.decode(row.prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    [res] = score(server, [{"prompt": prompt, "response": text, "step_separator": "\n\n"}],
-                  aggregation="step_min")
+    [res] = score(server, [{"prompt": prompt, "response": text, "step_separator": "\n\n"}], aggregation="step_min")
     assert len(res["steps"]) == 3
-    assert tensor[2, len(row.response_ids) - 1].item() == pytest.approx(min(s["reward"] for s in res["steps"]), abs=1e-4)
+    assert tensor[2, len(row.response_ids) - 1].item() == pytest.approx(
+        min(s["reward"] for s in res["steps"]), abs=1e-4
+    )
 
 
 def test_registered_under_endorm():

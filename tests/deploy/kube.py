@@ -47,15 +47,15 @@ class Renderer:
         match = re.match(r"v?(\d+)\.(\d+)", self.version)
         return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
-
     def __str__(self) -> str:
         return f"kubectl {self.version} (kustomize {self.kustomize})"
 
 
 def _versions(path: str) -> tuple[str, str] | None:
     try:
-        out = subprocess.run([path, "version", "--client", "-o", "json"], capture_output=True, text=True,
-                             timeout=300, check=True).stdout
+        out = subprocess.run(
+            [path, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=300, check=True
+        ).stdout
         info = json.loads(out)
         return info["clientVersion"]["gitVersion"], info.get("kustomizeVersion", "v2.0.3")
     except (OSError, subprocess.SubprocessError, ValueError, KeyError):
@@ -82,8 +82,10 @@ def renderers() -> tuple[Renderer, ...]:
 def require_renderer() -> Renderer:
     found = renderers()
     if not found:
-        pytest.skip("no kubectl to render deploy/ (no Python renderer for kustomize exists): run "
-                    "scripts/install.sh (unpacks Debian's kubernetes-client into .cache/) or put kubectl on PATH")
+        pytest.skip(
+            "no kubectl to render deploy/ (no Python renderer for kustomize exists): run "
+            "scripts/install.sh (unpacks Debian's kubernetes-client into .cache/) or put kubectl on PATH"
+        )
     return found[0]
 
 
@@ -161,8 +163,18 @@ def container_port(container: dict, port: int | str) -> int:
     raise AssertionError(f"port {port!r} is not a port of container {container['name']}")
 
 
-_QUANTITY_SUFFIX = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_QUANTITY_SUFFIX = {
+    "m": 1e-3,
+    "": 1,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def quantity(value: int | float | str) -> float:

@@ -86,9 +86,12 @@ def definition(kind: str, name: str) -> dict[str, Any] | None:
 def schema_errors(board: dict[str, Any]) -> list[str]:
     """Everything Grafana's schemas reject: the dashboard, each panel's options and custom field
     config against its plugin's schema, each target against the Prometheus query schema."""
+
     def errors(validator_schema: dict[str, Any], doc: Any, where: str) -> list[str]:
-        return [f"{where} {'.'.join(map(str, e.path))}: {e.message[:300]}"
-                for e in jsonschema.Draft7Validator(validator_schema).iter_errors(doc)]
+        return [
+            f"{where} {'.'.join(map(str, e.path))}: {e.message[:300]}"
+            for e in jsonschema.Draft7Validator(validator_schema).iter_errors(doc)
+        ]
 
     found = errors(schema("dashboard"), board, "dashboard")
     query = schema("prometheus")
@@ -207,7 +210,8 @@ class Prometheus:
             "scrape_configs:\n"
             "  - job_name: endorm\n"
             "    metrics_path: /metrics\n"
-            f"    static_configs: [{{targets: ['{target}']}}]\n")
+            f"    static_configs: [{{targets: ['{target}']}}]\n"
+        )
         self.config = config
         self.proc: subprocess.Popen | None = None
         self.url = ""
@@ -218,9 +222,16 @@ class Prometheus:
             self.url = f"http://127.0.0.1:{port}"
             log = open(self.workdir / f"prometheus-{port}.log", "wb")
             self.proc = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    PROMETHEUS,
+                    f"--config.file={self.config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             deadline = time.monotonic() + PATIENCE_S
             while self.proc.poll() is None and time.monotonic() < deadline:
                 try:
@@ -292,8 +303,11 @@ def _group(seed: int, size: int = 4, prompt_len: int = 256) -> list[dict[str, An
 
 
 def _heavy(n: int) -> dict[str, Any]:
-    return {"items": [{"prompt_ids": [(i * 7 + k) % 500 + 5 for k in range(240)], "response_ids": [7, 8, 9, 10]}
-                      for i in range(n)]}  # 244 tokens an item
+    return {
+        "items": [
+            {"prompt_ids": [(i * 7 + k) % 500 + 5 for k in range(240)], "response_ids": [7, 8, 9, 10]} for i in range(n)
+        ]
+    }  # 244 tokens an item
 
 
 @pytest.fixture(scope="module")
@@ -307,14 +321,26 @@ def prometheus_binary() -> str:
 def dashboard_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """A server of its own (the test drains it): auth on, a 4000-token budget with a 0.2 s admission
     wait (429s while the engine is frozen), a short deadline (504s while frozen), a long drain."""
-    with tiny_server(tmp_path_factory, "dashboard", "--api-key", API_KEY, "--max-inflight-tokens", "4000",
-                     "--queue-timeout-s", "0.2", "--request-timeout-s", str(DEADLINE_S),
-                     "--drain-timeout-s", "600") as proc:
+    with tiny_server(
+        tmp_path_factory,
+        "dashboard",
+        "--api-key",
+        API_KEY,
+        "--max-inflight-tokens",
+        "4000",
+        "--queue-timeout-s",
+        "0.2",
+        "--request-timeout-s",
+        str(DEADLINE_S),
+        "--drain-timeout-s",
+        "600",
+    ) as proc:
         yield proc
 
 
 def _normal_load(client: httpx.Client, url: str, seed: int) -> dict[str, Any]:
     """Scoring that succeeds (retried past a 504 on a starved machine), and the 4xx a caller can cause."""
+
     def until_ok(send: Callable[[], httpx.Response]) -> httpx.Response:
         deadline = time.monotonic() + PATIENCE_S
         while True:
@@ -326,8 +352,11 @@ def _normal_load(client: httpx.Client, url: str, seed: int) -> dict[str, Any]:
     for k in range(3):
         body = {"items": _group(seed * 10 + k)}
         until_ok(functools.partial(client.post, "/score", json=body))
-    compared = until_ok(lambda: client.post("/compare", json={"prompt": f"Is {seed} + 2 = {seed + 2}?",
-                                                              "responses": ["Yes.", "No.", "Maybe."]})).json()
+    compared = until_ok(
+        lambda: client.post(
+            "/compare", json={"prompt": f"Is {seed} + 2 = {seed + 2}?", "responses": ["Yes.", "No.", "Maybe."]}
+        )
+    ).json()
     assert client.post("/score", json={}).status_code == 422
     assert client.post("/score", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
     assert httpx.post(url + "/score", json={"items": _group(1)}, timeout=PATIENCE_S).status_code == 401
@@ -356,8 +385,10 @@ def _overload(server: ServerProcess) -> tuple[list[int], int]:
 def _hold_drain_open(server: ServerProcess) -> socket.socket:
     """A POST the app has begun reading (uvicorn answers 100 Continue on its first read) whose body
     never comes: the drain waits for it, so the server lives on after SIGTERM until the socket closes."""
-    head = (f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {API_KEY}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n").encode()
+    head = (
+        f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE_S)
     sock.sendall(head)
     seen = b""
@@ -373,19 +404,20 @@ def _label_values(prom: Prometheus, query: str, start: float, end: float) -> lis
     """A Grafana ``label_values(selector, label)`` variable query, through Prometheus' API."""
     match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
     assert match, f"not a label_values query: {query}"
-    return prom.api(f"/api/v1/label/{match.group(2)}/values", **{"match[]": match.group(1)},
-                    start=f"{start:.3f}", end=f"{end:.3f}")
+    return prom.api(
+        f"/api/v1/label/{match.group(2)}/values", **{"match[]": match.group(1)}, start=f"{start:.3f}", end=f"{end:.3f}"
+    )
 
 
-def test_every_panel_returns_data_from_prometheus_scraping_a_live_server(prometheus_binary, dashboard_server,
-                                                                         tmp_path):
+def test_every_panel_returns_data_from_prometheus_scraping_a_live_server(prometheus_binary, dashboard_server, tmp_path):
     server = dashboard_server
     prom = Prometheus(f"127.0.0.1:{server.port}", tmp_path).start()
     try:
         started = time.time()
         prom.scraped_after(started)  # the series exist in Prometheus before any load
-        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"},
-                          timeout=PATIENCE_S) as client:
+        with httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=PATIENCE_S
+        ) as client:
             compared = _normal_load(client, server.url, 1)
             prom.scraped_after(time.time())
             late, first = _overload(server)
@@ -394,8 +426,7 @@ def test_every_panel_returns_data_from_prometheus_scraping_a_live_server(prometh
             prom.scraped_after(time.time())
             compared = _normal_load(client, server.url, 2)  # a second round: series born in the first now have a rate
             prom.scraped_after(time.time())
-            exported = {s.name for f in text_string_to_metric_families(client.get("/metrics").text)
-                        for s in f.samples}
+            exported = {s.name for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
             held = _hold_drain_open(server)
             try:
                 server.signal(signal.SIGTERM)
@@ -403,8 +434,12 @@ def test_every_panel_returns_data_from_prometheus_scraping_a_live_server(prometh
                 draining = client.post("/score", json={"items": _group(3)})
                 assert draining.status_code == 503 and draining.headers.get("retry-after"), draining.text
                 # two scrapes after the 503, so its series has a rate; then one instant for every panel
-                _wait_for(lambda: prom.query('count_over_time(endorm_requests_total{endpoint="/score", '
-                                             'status="503"}[10m]) >= 2'), "two scrapes of the 503")
+                _wait_for(
+                    lambda: prom.query(
+                        'count_over_time(endorm_requests_total{endpoint="/score", status="503"}[10m]) >= 2'
+                    ),
+                    "two scrapes of the 503",
+                )
                 at = prom.last_scrape()
                 evaluate_dashboard(prom, started, at, server, exported, compared)
             finally:
@@ -413,8 +448,9 @@ def test_every_panel_returns_data_from_prometheus_scraping_a_live_server(prometh
         prom.stop()
 
 
-def evaluate_dashboard(prom: Prometheus, started: float, at: float, server: ServerProcess,
-                       exported: set[str], compared: dict[str, Any]) -> None:
+def evaluate_dashboard(
+    prom: Prometheus, started: float, at: float, server: ServerProcess, exported: set[str], compared: dict[str, Any]
+) -> None:
     board = dashboard()
     window = f"{math.ceil(at - started) + 5}s"  # covers all of the load, like a range of "last 5 minutes"
     values: dict[str, str] = {"$__rate_interval": window, "$__range": window}
@@ -455,8 +491,12 @@ def evaluate_dashboard(prom: Prometheus, started: float, at: float, server: Serv
     info = prom.query('endorm_model_info{job="endorm"}', at)
     assert {s["metric"]["model"] for s in info} == {compared["model"]}
     assert {s["metric"]["system_fingerprint"] for s in info} == {compared["system_fingerprint"]}
-    by_status = {s["metric"]["status"] for s in prom.query(
-        f'sum by (status) (increase(endorm_requests_total{{job="endorm", {PROBES}}}[{window}]))', at)}
+    by_status = {
+        s["metric"]["status"]
+        for s in prom.query(
+            f'sum by (status) (increase(endorm_requests_total{{job="endorm", {PROBES}}}[{window}]))', at
+        )
+    }
     assert {"200", "401", "404", "415", "422", "429", "503", "504"} <= by_status, by_status
     skipped = prom.query(f'sum(increase(endorm_lm_head_rows_total{{state="skipped"}}[{window}]))', at)
     hits = prom.query(f"sum(increase(endorm_prefix_cache_hit_tokens_total[{window}]))", at)

@@ -24,7 +24,11 @@ def test_gpu_extra_resolves(tmp_path: Path) -> None:
         urllib.request.urlopen("https://pypi.org/simple/vllm/", timeout=30).close()
     except OSError as e:
         pytest.skip(f"PyPI (where the CUDA vllm 0.32.0 wheel is) is unreachable: {e}")
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "check_gpu_extra.sh"), str(tmp_path / "r.json")],
-                       text=True, capture_output=True, timeout=3000)
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "check_gpu_extra.sh"), str(tmp_path / "r.json")],
+        text=True,
+        capture_output=True,
+        timeout=3000,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     print(r.stdout)

@@ -44,16 +44,24 @@ def hadolint() -> str:
 
 @pytest.mark.parametrize("path", list(DOCKERFILES.values()), ids=lambda p: p.name)
 def test_hadolint_finds_nothing(path):
-    proc = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "style", str(path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "style", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
 def test_hadolint_does_fail(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM vllm/vllm-openai:latest\nRUN pip install vllm\nENTRYPOINT endorm serve\n")
-    proc = subprocess.run([hadolint(), "--no-color", "--failure-threshold", "style", str(bad)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "style", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     for rule in ("DL3007", "DL3013", "DL3025"):  # latest tag, unpinned pip, shell-form entrypoint
         assert rule in proc.stdout
@@ -65,8 +73,9 @@ def test_lint_ignores_are_justified(flavour):
     lines = dict(dockerfile.comments)
     for number, comment in dockerfile.comments:
         if comment.startswith("# hadolint ignore="):
-            assert lines.get(number - 1, "").startswith("#") and len(lines[number - 1]) > 10, \
+            assert lines.get(number - 1, "").startswith("#") and len(lines[number - 1]) > 10, (
                 f"{DOCKERFILES[flavour].name}:{number}: an ignore needs a reason on the line above"
+            )
 
 
 # ---------------------------------------------------------------- content
@@ -166,10 +175,20 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_the_context_small_and_complete():
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    for path in (".venv/bin/python", ".git/HEAD", ".cache/test-models/x.safetensors", "tests/conftest.py",
-                 "service/endorm_server/__pycache__/cli.cpython-311.pyc", "results/bench.json", "endorm_server.egg-info/PKG-INFO"):
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".cache/test-models/x.safetensors",
+        "tests/conftest.py",
+        "service/endorm_server/__pycache__/cli.cpython-311.pyc",
+        "results/bench.json",
+        "endorm_server.egg-info/PKG-INFO",
+    ):
         assert dockerignored(path, patterns), f"{path} would be sent to the Docker build"
     for path in DOCKERFILES.values():
         for args in parse_dockerfile(path).all("COPY"):
@@ -177,7 +196,12 @@ def test_dockerignore_keeps_the_context_small_and_complete():
                 if source.startswith("--"):
                     continue
                 assert (REPO / source).exists(), f"{path.name} copies missing {source}"
-                files = [source] if (REPO / source).is_file() else \
-                    [str(p.relative_to(REPO)) for p in (REPO / source).rglob("*.py") if "__pycache__" not in p.parts]
+                files = (
+                    [source]
+                    if (REPO / source).is_file()
+                    else [
+                        str(p.relative_to(REPO)) for p in (REPO / source).rglob("*.py") if "__pycache__" not in p.parts
+                    ]
+                )
                 for file in files:
                     assert not dockerignored(file, patterns), f"{path.name} copies {file}, which .dockerignore drops"

@@ -192,8 +192,11 @@ def test_strict_validation_rejects_mistakes(k8s_version):
 @overlays
 def test_images_are_pinned_to_the_project_version(overlay):
     version = project()["version"]
-    images = [c["image"] for _, t in pod_templates(render(overlay))
-              for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]]
+    images = [
+        c["image"]
+        for _, t in pod_templates(render(overlay))
+        for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]
+    ]
     assert images
     for image in images:
         name, _, tag = image.rpartition(":")
@@ -354,8 +357,9 @@ def test_hpa_scales_on_an_exported_per_pod_gauge(overlay):
     target = hpa["spec"]["scaleTargetRef"]
     one(docs, target["kind"], target["name"])
     assert 1 <= hpa["spec"].get("minReplicas", 1) <= hpa["spec"]["maxReplicas"]
-    assert "replicas" not in one(docs, target["kind"], target["name"])["spec"], \
+    assert "replicas" not in one(docs, target["kind"], target["name"])["spec"], (
         "replicas set next to an HPA: every apply resets the autoscaler"
+    )
     exported = exported_metrics()
     [metric] = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
@@ -381,8 +385,9 @@ def test_selectors_match_the_pods(overlay):
     assert labels_match(pdb["spec"]["selector"], labels)
     min_replicas = one(docs, "HorizontalPodAutoscaler")["spec"].get("minReplicas", 1)
     if "minAvailable" in pdb["spec"]:
-        assert isinstance(pdb["spec"]["minAvailable"], int) and pdb["spec"]["minAvailable"] < min_replicas, \
+        assert isinstance(pdb["spec"]["minAvailable"], int) and pdb["spec"]["minAvailable"] < min_replicas, (
             "the PDB would block every node drain"
+        )
     else:
         assert quantity(str(pdb["spec"]["maxUnavailable"]).rstrip("%")) > 0
     # no other workload's pods are caught by the server's selectors
@@ -432,8 +437,9 @@ def test_preload_job_fills_the_servers_cache():
     [loader] = job["spec"]["template"]["spec"]["containers"]
 
     def claim_mounts(spec: dict, c: dict) -> dict[str, str]:
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
-                  for v in spec["volumes"] if "persistentVolumeClaim" in v}
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v
+        }
         return {claims[m["name"]]: m["mountPath"] for m in c["volumeMounts"] if m["name"] in claims}
 
     server_claims = claim_mounts(dep["spec"]["template"]["spec"], container)

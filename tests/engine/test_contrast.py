@@ -18,8 +18,28 @@ from tests.engine.conftest import reference_engine
 
 TOL = 1e-4
 BLOCK = 128  # vLLM's CPU KV-cache block size: cache hits are multiples of it
-WORDS = ("the", "sum", "of", "two", "and", "three", "is", "five", "answer", "with", "digits", "words", "only",
-         "please", "numbers", "write", "short", "clear", "style", "formal")
+WORDS = (
+    "the",
+    "sum",
+    "of",
+    "two",
+    "and",
+    "three",
+    "is",
+    "five",
+    "answer",
+    "with",
+    "digits",
+    "words",
+    "only",
+    "please",
+    "numbers",
+    "write",
+    "short",
+    "clear",
+    "style",
+    "formal",
+)
 
 
 @pytest.fixture()
@@ -55,17 +75,21 @@ async def test_delta_per_token_matches_two_plain_scorings_and_the_float64_refere
         assert d.pair.prompt_ids == c.pair.prompt_ids and d.baseline.pair.prompt_ids == b.pair.prompt_ids
         assert d.pair.prompt_ids != b.pair.prompt_ids  # the criteria really changed the context
         np.testing.assert_allclose(d.token_rewards.rewards, c.token_rewards.rewards - b.token_rewards.rewards, atol=TOL)
-        np.testing.assert_allclose(d.token_rewards.logprobs, c.token_rewards.logprobs - b.token_rewards.logprobs,
-                                   atol=TOL)
+        np.testing.assert_allclose(
+            d.token_rewards.logprobs, c.token_rewards.logprobs - b.token_rewards.logprobs, atol=TOL
+        )
         ref_c, ref_b = _ref(c.pair), _ref(b.pair)
         np.testing.assert_allclose(d.token_rewards.rewards, ref_c.rewards - ref_b.rewards, atol=TOL)
         assert np.ptp(ref_c.rewards - ref_b.rewards) > 0.05  # a real spread: agreement is not trivially true
-        assert d.criteria.score == pytest.approx(c.score, abs=TOL) and d.baseline.score == pytest.approx(b.score, abs=TOL)
+        assert d.criteria.score == pytest.approx(c.score, abs=TOL) and d.baseline.score == pytest.approx(
+            b.score, abs=TOL
+        )
         assert len(d.token_texts) == d.num_tokens
 
 
-@pytest.mark.parametrize("aggregation", ["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min",
-                                         "step_last"])
+@pytest.mark.parametrize(
+    "aggregation", ["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last"]
+)
 async def test_every_aggregation_is_the_aggregation_of_the_delta(scorer, aggregation):
     items = [{**it, "response": None, "steps": [it["response"] + " ", "so five", " ok"]} for it in _items(2, 2)]
     items = [{k: v for k, v in it.items() if v is not None} for it in items]
@@ -73,7 +97,9 @@ async def test_every_aggregation_is_the_aggregation_of_the_delta(scorer, aggrega
     got = await contrast.score_contrast(scorer, items, options)
     for d in got:
         ref_c, ref_b = _ref(d.criteria.pair), _ref(d.baseline.pair)
-        delta = rewards.TokenRewards(ref_c.rewards - ref_b.rewards, ref_c.logprobs - ref_b.logprobs, ref_c.v0 - ref_b.v0)
+        delta = rewards.TokenRewards(
+            ref_c.rewards - ref_b.rewards, ref_c.logprobs - ref_b.logprobs, ref_c.v0 - ref_b.v0
+        )
         if aggregation.startswith("step_"):
             stp = steps.step_stats(delta.rewards, delta.logprobs, d.pair.step_spans, d.pair.step_texts)
             want = steps.aggregate_steps(stp, aggregation)

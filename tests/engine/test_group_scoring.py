@@ -127,7 +127,9 @@ async def test_scorer_scores_a_group_like_the_reference(vllm_engines):
     items = await scorer.score_pairs(pairs, ScoreOptions())
     ref = reference_engine("llama")
     for pair, item in zip(pairs, items):
-        exact = rewards.token_rewards(*_cv(ref.forward_stats(pair.prompt_ids + pair.response_ids)), len(pair.prompt_ids))
+        exact = rewards.token_rewards(
+            *_cv(ref.forward_stats(pair.prompt_ids + pair.response_ids)), len(pair.prompt_ids)
+        )
         assert abs(item.score - float(np.sum(exact.rewards))) < TOL * len(pair.response_ids)
     assert scorer.groups.counters.rows_from_leader == 3
 
@@ -159,8 +161,12 @@ def _preemptions() -> float:
     """vLLM's own counter (vllm:num_preemptions), summed over the engines of this process."""
     import prometheus_client
 
-    return sum(s.value for m in prometheus_client.REGISTRY.collect() for s in m.samples
-               if s.name == "vllm:num_preemptions_total")
+    return sum(
+        s.value
+        for m in prometheus_client.REGISTRY.collect()
+        for s in m.samples
+        if s.name == "vllm:num_preemptions_total"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +184,9 @@ async def tiny_kv_engine():
 
     path = tiny_model("llama")
     kv_bytes = KV_BLOCKS * BLOCK * 2 * 2 * 1 * 64 * 4  # blocks x tokens x layers x (k, v) x kv heads x head_dim x fp32
-    engine = TinyKv(engine_settings(path, max_model_len=512, max_num_batched_tokens=256, kv_cache_gb=kv_bytes / 2**30), str(path))
+    engine = TinyKv(
+        engine_settings(path, max_model_len=512, max_num_batched_tokens=256, kv_cache_gb=kv_bytes / 2**30), str(path)
+    )
     await engine.start()
     yield engine
     await engine.shutdown()

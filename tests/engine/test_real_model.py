@@ -42,11 +42,15 @@ FACTS = [
 INSTRUCTIONS = [
     ("Write a haiku about the sea.", "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps its time."),
     ("List three fruits, one per line.", "- Apple\n- Banana\n- Cherry"),
-    ("Explain photosynthesis in one sentence.",
-     "Photosynthesis is the process by which plants use sunlight, water and carbon dioxide to make sugar and oxygen."),
+    (
+        "Explain photosynthesis in one sentence.",
+        "Photosynthesis is the process by which plants use sunlight, water and carbon dioxide to make sugar and oxygen.",
+    ),
     ("Reply with only the word yes.", "yes"),
-    ("Summarise: The meeting moved to Tuesday because the room was booked.",
-     "The meeting was moved to Tuesday since the room was unavailable."),
+    (
+        "Summarise: The meeting moved to Tuesday because the room was booked.",
+        "The meeting was moved to Tuesday since the room was unavailable.",
+    ),
     ("What should I pack for a day hike?", "Water, snacks, a map, sunscreen, a rain jacket and a first-aid kit."),
     ("Correct the grammar: 'She don't like apples.'", "She doesn't like apples."),
     ("Is 17 a prime number?", "Yes, 17 is a prime number: its only divisors are 1 and 17."),
@@ -110,8 +114,10 @@ async def test_real_chat_text_short_and_long(smollm2, record_property):
         expected = ref.forward_stats(pair.ids)
         worst = np.maximum(worst, _errors(got, expected, len(pair.prompt_ids)))
     record_property("max_abs_err_c_v_r", worst.tolist())
-    print(f"\nSmolLM2 sequential ({long_len}-token long one): max abs error c={worst[0]:.2e} v={worst[1]:.2e} "
-          f"r={worst[2]:.2e}")
+    print(
+        f"\nSmolLM2 sequential ({long_len}-token long one): max abs error c={worst[0]:.2e} v={worst[1]:.2e} "
+        f"r={worst[2]:.2e}"
+    )
 
 
 async def test_16_concurrent_real_requests(smollm2, record_property):
@@ -143,8 +149,9 @@ async def test_compiled_engine_as_serve_runs_it(smollm2, record_property):
     chats and the long one, in 128-token steps (measured: c 4.9e-5, v 4.7e-5, r 5.0e-5)."""
     _, ref, encoder = smollm2
     path = smollm2_path()
-    engine = VllmEngine(engine_settings(path, max_num_batched_tokens=STEP_TOKENS, max_num_seqs=32,
-                                        enforce_eager=False), str(path))
+    engine = VllmEngine(
+        engine_settings(path, max_num_batched_tokens=STEP_TOKENS, max_num_seqs=32, enforce_eager=False), str(path)
+    )
     await engine.start()
     try:
         pairs = _pairs(encoder, FACTS) + _pairs(encoder, INSTRUCTIONS)

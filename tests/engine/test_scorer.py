@@ -35,7 +35,9 @@ async def test_scorer_scores_and_compares(scorer):
         assert item.score == pytest.approx(tr.logprobs.sum() + tr.v0, abs=1e-6)
         assert tr.v0 == pytest.approx(st.v[len(item.pair.prompt_ids) - 1], abs=1e-4)
         assert len(item.token_texts) == item.num_tokens
-    _, order, probs = await scorer.compare({"messages": items[0]["messages"]}, [{"response": r} for r in ("4", "four", "5")])
+    _, order, probs = await scorer.compare(
+        {"messages": items[0]["messages"]}, [{"response": r} for r in ("4", "four", "5")]
+    )
     assert order == list(np.argsort([-s.score for s in scored], kind="stable"))
     np.testing.assert_allclose(probs + probs.T, 1.0)
 
@@ -60,9 +62,26 @@ def test_endorm_score_cli_offline(tmp_path):
     out = tmp_path / "scored.jsonl"
     # The transformers engine keeps this test quick; the vLLM path of the Scorer is tested above.
     proc = subprocess.run(
-        [sys.executable, "-m", "endorm_server.cli", "score", str(pairs), "-o", str(out), "--model", str(tiny_model("llama")),
-         "--engine", "transformers", "--dtype", "float64", "--cache-dir", str(MODEL_CACHE)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "endorm_server.cli",
+            "score",
+            str(pairs),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_model("llama")),
+            "--engine",
+            "transformers",
+            "--dtype",
+            "float64",
+            "--cache-dir",
+            str(MODEL_CACHE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     scored = [json.loads(line) for line in out.read_text().splitlines()]
@@ -78,8 +97,23 @@ def test_endorm_score_cli_offline(tmp_path):
 def test_endorm_score_cli_rejects_bad_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "chosen": "y"}\n')
-    proc = subprocess.run([sys.executable, "-m", "endorm_server.cli", "score", str(bad), "-o", str(tmp_path / "o.jsonl"),
-                           "--model", str(tiny_model("llama")), "--engine", "transformers"],
-                          capture_output=True, text=True, timeout=300)  # a hang guard: slow imports under load
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "endorm_server.cli",
+            "score",
+            str(bad),
+            "-o",
+            str(tmp_path / "o.jsonl"),
+            "--model",
+            str(tiny_model("llama")),
+            "--engine",
+            "transformers",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # a hang guard: slow imports under load
     assert proc.returncode == 2 and "needs 'chosen' and 'rejected'" in proc.stderr
     assert "Traceback" not in proc.stderr

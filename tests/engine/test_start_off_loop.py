@@ -39,8 +39,9 @@ async def test_scorer_start_keeps_the_loop_free(monkeypatch, tmp_path):
         return real_create(settings, path)
 
     monkeypatch.setattr(scorer_module, "create_engine", gated_create)
-    start = asyncio.create_task(scorer_module.Scorer.start(
-        Settings(model=str(tiny_model("llama")), engine="transformers", dtype="float32")))
+    start = asyncio.create_task(
+        scorer_module.Scorer.start(Settings(model=str(tiny_model("llama")), engine="transformers", dtype="float32"))
+    )
     assert await asyncio.to_thread(entered.wait, 120)
     assert not start.done()
     release.set()  # this line runs only if the loop is free while create_engine waits

@@ -27,10 +27,12 @@ async def _scorer(vllm_engines, name: str) -> Scorer:
 async def test_step_sums_match_the_float64_reference(vllm_engines, name):
     scorer = await _scorer(vllm_engines, name)
     ref = reference_engine(name)
-    items = [{"messages": CHAT, "steps": STEPS},
-             {"messages": CHAT, "response": "".join(STEPS), "step_separator": "\n\n"},
-             {"prompt": "Q: 2*(2+3)? A:", "steps": STEPS},
-             {"prompt_ids": [3, 17, 40, 41], "response_ids": list(range(50, 70)), "step_ends": [4, 11, 19]}]
+    items = [
+        {"messages": CHAT, "steps": STEPS},
+        {"messages": CHAT, "response": "".join(STEPS), "step_separator": "\n\n"},
+        {"prompt": "Q: 2*(2+3)? A:", "steps": STEPS},
+        {"prompt_ids": [3, 17, 40, 41], "response_ids": list(range(50, 70)), "step_ends": [4, 11, 19]},
+    ]
     for agg in ("sum", "step_min", "step_last"):
         scored = await scorer.score(items, ScoreOptions(aggregation=agg, return_tokens=True))
         for item in scored:
@@ -40,8 +42,8 @@ async def test_step_sums_match_the_float64_reference(vllm_engines, name):
             assert spans[0][0] == 0 and spans[-1][1] == item.num_tokens
             assert all(e == s for (_, e), (s, _) in zip(spans, spans[1:]))
             for s in item.steps:
-                assert s.reward == pytest.approx(exact.rewards[s.start:s.end].sum(), abs=TOL * max(1, s.num_tokens))
-                assert s.logprob == pytest.approx(exact.logprobs[s.start:s.end].sum(), abs=TOL * max(1, s.num_tokens))
+                assert s.reward == pytest.approx(exact.rewards[s.start : s.end].sum(), abs=TOL * max(1, s.num_tokens))
+                assert s.logprob == pytest.approx(exact.logprobs[s.start : s.end].sum(), abs=TOL * max(1, s.num_tokens))
             # the step sums tile the sequence sum (same float64 arithmetic on the engine's rewards)
             assert sum(s.reward for s in item.steps) == pytest.approx(item.token_rewards.rewards.sum(), abs=1e-9)
             held = [s.reward for s in item.steps if s.num_tokens]

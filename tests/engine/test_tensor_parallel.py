@@ -74,7 +74,11 @@ def test_tp2_matches_float64_reference(tmp_path):
     out = tmp_path / "tp2.json"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.engine.test_tensor_parallel", str(model_dir), str(out)],
-        cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, f"TP=2 engine failed (rc={proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}"
     result = json.loads(out.read_text())
@@ -103,8 +107,8 @@ def test_tp2_matches_float64_reference(tmp_path):
         c_ref, v_ref = _reference(model_dir, ids)
         assert offset == P - 1 and len(c_got) == len(ids) - P + 1
         c_got = np.array(c_got, dtype=np.float64)
-        np.testing.assert_allclose(c_got[:-1], c_ref[P - 1:-1], atol=TOL, rtol=0)
-        np.testing.assert_allclose(np.array(v_got), v_ref[P - 1:], atol=TOL, rtol=0)
+        np.testing.assert_allclose(c_got[:-1], c_ref[P - 1 : -1], atol=TOL, rtol=0)
+        np.testing.assert_allclose(np.array(v_got), v_ref[P - 1 :], atol=TOL, rtol=0)
 
 
 # ----------------------------------------------------------------- child process
@@ -161,9 +165,17 @@ class _LlmEngine:
         from endorm_server.engine.base import SequenceStats
         from endorm_server.engine.vllm_plugin.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
 
-        params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not read_cache,
-                               extra_kwargs={FIRST_KEY: first, EXTRA_KEY: [list(e) for e in extra_targets]})
-        [o] = self.llm.encode([TokensPrompt(prompt_token_ids=list(ids))], pooling_params=params, pooling_task="token_classify", use_tqdm=False)
+        params = PoolingParams(
+            task="token_classify",
+            skip_reading_prefix_cache=not read_cache,
+            extra_kwargs={FIRST_KEY: first, EXTRA_KEY: [list(e) for e in extra_targets]},
+        )
+        [o] = self.llm.encode(
+            [TokensPrompt(prompt_token_ids=list(ids))],
+            pooling_params=params,
+            pooling_task="token_classify",
+            use_tqdm=False,
+        )
         offset, c, v, extra = parse_result(o.outputs.data)
         return SequenceStats(c=c, v=v, offset=offset, extra_c=extra, cached_tokens=int(o.num_cached_tokens or 0))
 
@@ -174,8 +186,11 @@ async def _group_stats(llm) -> dict:
 
     sched = GroupScheduler(_LlmEngine(llm))
     stats = await sched.stats(_group_pairs())
-    return {"stats": [[st.offset, [None if np.isnan(x) else x for x in st.c.tolist()], st.v.tolist()] for st in stats],
-            "rows_from_leader": sched.counters.rows_from_leader, "cached": sched.counters.cached_prompt_tokens}
+    return {
+        "stats": [[st.offset, [None if np.isnan(x) else x for x in st.c.tolist()], st.v.tolist()] for st in stats],
+        "rows_from_leader": sched.counters.rows_from_leader,
+        "cached": sched.counters.cached_prompt_tokens,
+    }
 
 
 if __name__ == "__main__":

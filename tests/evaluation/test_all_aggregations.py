@@ -91,8 +91,9 @@ def test_interrupted_run_resumes_from_the_cache(scorer, tmp_path):
     path = tmp_path / "scores.jsonl"
     config = {"model": s.model_name, "gamma": 0.9, "beta": 0.1}
     s.passes = 0
-    full = loop.run_until_complete(score_items(backend, ITEMS, rewards.TOKEN_AGGREGATIONS, batch_size=2,
-                                               cache=ScoreCache(path, config)))
+    full = loop.run_until_complete(
+        score_items(backend, ITEMS, rewards.TOKEN_AGGREGATIONS, batch_size=2, cache=ScoreCache(path, config))
+    )
     assert s.passes == len(ITEMS) and len(path.read_text().splitlines()) == len(ITEMS)
 
     # a run killed after two responses, in the middle of writing the third line
@@ -114,12 +115,29 @@ def test_interrupted_run_resumes_from_the_cache(scorer, tmp_path):
 
 
 def test_eval_all_writes_every_aggregation_and_resumes(tmp_path, capsys):
-    rows = [{"prompt": "What is 2+2?", "chosen": ["4", "2+2=4"], "rejected": ["5", "2+2=5"], "domain": "math"},
-            {"prompt": "Name a color.", "chosen": ["red", "Red."], "rejected": ["dog", "Dog."], "domain": "chat"}]
+    rows = [
+        {"prompt": "What is 2+2?", "chosen": ["4", "2+2=4"], "rejected": ["5", "2+2=5"], "domain": "math"},
+        {"prompt": "Name a color.", "chosen": ["red", "Red."], "rejected": ["dog", "Dog."], "domain": "chat"},
+    ]
     data = tmp_path / "rmb.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["eval", str(data), "--engine", "transformers", "--model", str(tiny_model("llama")), "--dtype", "float32",
-            "--no-progress", "-o", str(tmp_path / "out"), "--aggregation", "all", "--gamma", "0.9"]
+    args = [
+        "eval",
+        str(data),
+        "--engine",
+        "transformers",
+        "--model",
+        str(tiny_model("llama")),
+        "--dtype",
+        "float32",
+        "--no-progress",
+        "-o",
+        str(tmp_path / "out"),
+        "--aggregation",
+        "all",
+        "--gamma",
+        "0.9",
+    ]
     assert main(args) == 0
     report = json.loads((tmp_path / "out" / "rmb.json").read_text())
     assert list(report["results"]) == list(rewards.TOKEN_AGGREGATIONS) and report["gamma"] == 0.9
@@ -141,9 +159,28 @@ def test_the_cache_is_keyed_by_the_system_fingerprint(tmp_path):
     cache = tmp_path / "scores.jsonl"
 
     def run(dtype: str, name: str) -> dict:
-        assert main(["eval", str(data), "--engine", "transformers", "--model", str(tiny_model("llama")),
-                     "--dtype", dtype, "--no-progress", "-o", str(tmp_path), "--cache", str(cache),
-                     "--name", name]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    str(data),
+                    "--engine",
+                    "transformers",
+                    "--model",
+                    str(tiny_model("llama")),
+                    "--dtype",
+                    dtype,
+                    "--no-progress",
+                    "-o",
+                    str(tmp_path),
+                    "--cache",
+                    str(cache),
+                    "--name",
+                    name,
+                ]
+            )
+            == 0
+        )
         return json.loads((tmp_path / f"{name}.json").read_text())
 
     exact = run("float64", "exact")
@@ -180,8 +217,9 @@ def test_http_backend_scores_every_aggregation_in_one_request(server):
         if r.method == "POST":
             posts.append(r)
 
-    client = httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60,
-                               event_hooks={"request": [hook]})
+    client = httpx.AsyncClient(
+        base_url=server.url, headers={"authorization": f"Bearer {API_KEY}"}, timeout=60, event_hooks={"request": [hook]}
+    )
 
     async def go():
         backend = await HttpBackend(server.url, client=client, discount=DISCOUNT).start()
@@ -246,13 +284,36 @@ def test_promptable_table_arithmetic(tmp_path):
 def test_promptable_command_end_to_end(tmp_path):
     from endorm_server.evaluation.promptable import main as promptable_main
 
-    rows = [{"query": f"Tell me about topic {i}.",
-             "responses": {k: f"A {k} answer about topic {i}." for k in RESPONSE_KEYS}} for i in range(4)]
+    rows = [
+        {
+            "query": f"Tell me about topic {i}.",
+            "responses": {k: f"A {k} answer about topic {i}." for k in RESPONSE_KEYS},
+        }
+        for i in range(4)
+    ]
     (tmp_path / "dsp.json").write_text(json.dumps(rows))
     out = tmp_path / "out"
-    assert promptable_main([str(tmp_path / "dsp.json"), "--queries", "3", "--engine", "transformers", "--model",
-                            str(tiny_model("llama")), "--dtype", "float32", "--aggregation", "all",
-                            "--no-progress", "-o", str(out)]) == 0
+    assert (
+        promptable_main(
+            [
+                str(tmp_path / "dsp.json"),
+                "--queries",
+                "3",
+                "--engine",
+                "transformers",
+                "--model",
+                str(tiny_model("llama")),
+                "--dtype",
+                "float32",
+                "--aggregation",
+                "all",
+                "--no-progress",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "dsp-promptable.json").read_text())
     assert report["queries"] == 3 and len(report["query_indices"]) == 3
     assert set(report["tables"]) == set(rewards.TOKEN_AGGREGATIONS)
@@ -263,12 +324,51 @@ def test_promptable_command_end_to_end(tmp_path):
     assert (out / "dsp-promptable.png").read_bytes()[:4] == b"\x89PNG"
     assert "Criteria texts" in (out / "dsp-promptable.md").read_text()
     # a smaller nested table from the cache alone (no engine), the same numbers as scoring it
-    common = ["--engine", "transformers", "--model", str(tiny_model("llama")), "--dtype", "float32",
-              "--aggregation", "all", "--no-progress", "-o", str(out)]
-    assert promptable_main([str(tmp_path / "dsp.json"), "--queries", "2", "--name", "two", "--cached-only",
-                            "--cache", str(out / "dsp-promptable.scores.jsonl"), *common]) == 0
+    common = [
+        "--engine",
+        "transformers",
+        "--model",
+        str(tiny_model("llama")),
+        "--dtype",
+        "float32",
+        "--aggregation",
+        "all",
+        "--no-progress",
+        "-o",
+        str(out),
+    ]
+    assert (
+        promptable_main(
+            [
+                str(tmp_path / "dsp.json"),
+                "--queries",
+                "2",
+                "--name",
+                "two",
+                "--cached-only",
+                "--cache",
+                str(out / "dsp-promptable.scores.jsonl"),
+                *common,
+            ]
+        )
+        == 0
+    )
     two = json.loads((out / "two.json").read_text())
     assert two["query_indices"] == report["query_indices"][:2]
     assert np.asarray(two["scores"]["sum"]).tolist() == np.asarray(report["scores"]["sum"])[:, :2].tolist()
-    assert promptable_main([str(tmp_path / "dsp.json"), "--queries", "4", "--name", "four", "--cached-only",
-                            "--cache", str(out / "dsp-promptable.scores.jsonl"), *common]) == 2  # one not scored
+    assert (
+        promptable_main(
+            [
+                str(tmp_path / "dsp.json"),
+                "--queries",
+                "4",
+                "--name",
+                "four",
+                "--cached-only",
+                "--cache",
+                str(out / "dsp-promptable.scores.jsonl"),
+                *common,
+            ]
+        )
+        == 2
+    )  # one not scored

@@ -65,7 +65,9 @@ async def demo_scorer():
 
 def easy_problems(n=12):
     rng = random.Random(5)
-    return [demo_task.sample_problem(rng, heldout=True, size="1-digit", op=op) for op in ("+", "-") for _ in range(n // 2)]
+    return [
+        demo_task.sample_problem(rng, heldout=True, size="1-digit", op=op) for op in ("+", "-") for _ in range(n // 2)
+    ]
 
 
 async def test_demo_reward_prefers_right_answers(demo_scorer):
@@ -74,8 +76,9 @@ async def test_demo_reward_prefers_right_answers(demo_scorer):
     for p in easy_problems():
         for style, wrong in (("digits", p.value + 7), ("digits_working", p.value + 1), ("words", p.value - 5)):
             prompt = {"messages": [{"role": "user", "content": p.question}], "system": SYSTEM_PROMPTS[style]}
-            right, bad = await demo_scorer.score([{**prompt, "response": response(p, style)},
-                                                  {**prompt, "response": response(p, style, wrong)}])
+            right, bad = await demo_scorer.score(
+                [{**prompt, "response": response(p, style)}, {**prompt, "response": response(p, style, wrong)}]
+            )
             wins += right.score > bad.score
             total += 1
     assert wins / total >= 0.9, f"{wins}/{total}"
@@ -90,8 +93,9 @@ async def test_demo_reward_follows_the_system_prompt(demo_scorer):
         assert a.score > b.score, system
     opts = ScoreOptions(aggregation="mean")
     prompt = {"messages": [{"role": "user", "content": "What is 23 + 48?"}], "system": SYSTEM_PROMPTS["digits_working"]}
-    worked, bare = await demo_scorer.score([{**prompt, "response": response(Problem(23, "+", 48), "digits_working")},
-                                            {**prompt, "response": "71"}], opts)
+    worked, bare = await demo_scorer.score(
+        [{**prompt, "response": response(Problem(23, "+", 48), "digits_working")}, {**prompt, "response": "71"}], opts
+    )
     assert worked.score > bare.score
 
 
@@ -105,8 +109,16 @@ def test_endorm_serve_demo_model(tmp_path):
     try:
         models = httpx.get(server.url + "/v1/models", timeout=30).json()
         assert models["data"][0]["id"] == "endorm-demo"
-        body = {"items": [{"messages": [{"role": "user", "content": "What is 2 + 5?"}],
-                           "system": SYSTEM_PROMPTS["digits"], "response": r} for r in ("7", "8", "seven")]}
+        body = {
+            "items": [
+                {
+                    "messages": [{"role": "user", "content": "What is 2 + 5?"}],
+                    "system": SYSTEM_PROMPTS["digits"],
+                    "response": r,
+                }
+                for r in ("7", "8", "seven")
+            ]
+        }
         scores = [r["score"] for r in httpx.post(server.url + "/score", json=body, timeout=60).json()["results"]]
         assert scores[0] > scores[1] and scores[0] > scores[2]
     finally:

@@ -12,12 +12,25 @@ from endorm_server.evaluation.harness import evaluate, read_preferences
 from tests.conftest import API_KEY, MODEL_CACHE, tiny_model
 
 RMB_ROWS = [
-    {"prompt": "What is 2+2?", "chosen": ["4", "2+2=4", "The answer is 4."],
-     "rejected": ["5", "2+2=5", "The answer is 5."], "domain": "math"},
-    {"prompt": "Name a color.", "chosen": ["red", "Red is a color.", "A color: red."],
-     "rejected": ["dog", "Dog is a color.", "A color: dog."], "domain": "chat"},
-    {"prompt": [{"role": "user", "content": "Say hi."}], "chosen": ["hi", "Hi there.", "Hello!"],
-     "rejected": ["no", "No.", "Go away."], "domain": "chat", "system": "Be kind."},
+    {
+        "prompt": "What is 2+2?",
+        "chosen": ["4", "2+2=4", "The answer is 4."],
+        "rejected": ["5", "2+2=5", "The answer is 5."],
+        "domain": "math",
+    },
+    {
+        "prompt": "Name a color.",
+        "chosen": ["red", "Red is a color.", "A color: red."],
+        "rejected": ["dog", "Dog is a color.", "A color: dog."],
+        "domain": "chat",
+    },
+    {
+        "prompt": [{"role": "user", "content": "Say hi."}],
+        "chosen": ["hi", "Hi there.", "Hello!"],
+        "rejected": ["no", "No.", "Go away."],
+        "domain": "chat",
+        "system": "Be kind.",
+    },
 ]
 RB_ROWS = [
     {"prompt": "What is 3+4?", "chosen": "7", "rejected": "8", "subset": "math"},
@@ -43,18 +56,44 @@ def check_report(out_dir, name, aggregations):
         again = evaluate(ds, s["chosen"], s["rejected"], aggregation=agg)
         assert data["results"][agg]["overall"]["accuracy"] == pytest.approx(again.overall.accuracy)
         assert [g["accuracy"] for g in data["results"][agg]["groups"]] == pytest.approx(
-            [g.accuracy for g in again.groups])
+            [g.accuracy for g in again.groups]
+        )
         assert f"| {agg}" in md or agg in md
     return data
 
 
 def test_eval_in_process_rm_bench_and_rewardbench(tmp_path, capsys):
     model = str(tiny_model("llama"))
-    common = ["--engine", "transformers", "--model", model, "--dtype", "float32", "--cache-dir", str(MODEL_CACHE),
-              "--no-progress", "-o", str(tmp_path / "out")]
+    common = [
+        "--engine",
+        "transformers",
+        "--model",
+        model,
+        "--dtype",
+        "float32",
+        "--cache-dir",
+        str(MODEL_CACHE),
+        "--no-progress",
+        "-o",
+        str(tmp_path / "out"),
+    ]
     rmb = write(tmp_path / "rmb.jsonl", RMB_ROWS)
-    assert main(["eval", str(rmb), *common, "--aggregation", "sum", "--aggregation", "loglik_sum",
-                 "--aggregation", "loglik_mean"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(rmb),
+                *common,
+                "--aggregation",
+                "sum",
+                "--aggregation",
+                "loglik_sum",
+                "--aggregation",
+                "loglik_mean",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "easy" in printed and "hard" in printed and "rmb.md" in printed
     data = check_report(tmp_path / "out", "rmb", ["sum", "loglik_sum", "loglik_mean"])
@@ -88,12 +127,52 @@ def test_eval_through_a_running_server(server, tmp_path):
     """--server: scores come from POST /score; they match the in-process reference."""
     rb = write(tmp_path / "rb.jsonl", RB_ROWS)
     out = tmp_path / "out"
-    assert main(["eval", str(rb), "--server", server.url, "--api-key", API_KEY, "--no-progress", "-o", str(out),
-                 "--aggregation", "sum", "--aggregation", "loglik_mean", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(rb),
+                "--server",
+                server.url,
+                "--api-key",
+                API_KEY,
+                "--no-progress",
+                "-o",
+                str(out),
+                "--aggregation",
+                "sum",
+                "--aggregation",
+                "loglik_mean",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     remote = check_report(out, "rb", ["sum", "loglik_mean"])
     assert remote["backend"].startswith("server")
-    assert main(["eval", str(rb), "--engine", "transformers", "--model", str(tiny_model("llama")), "--no-progress",
-                 "-o", str(out), "--name", "local", "--aggregation", "sum", "--aggregation", "loglik_mean"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(rb),
+                "--engine",
+                "transformers",
+                "--model",
+                str(tiny_model("llama")),
+                "--no-progress",
+                "-o",
+                str(out),
+                "--name",
+                "local",
+                "--aggregation",
+                "sum",
+                "--aggregation",
+                "loglik_mean",
+            ]
+        )
+        == 0
+    )
     local = json.loads((out / "local.json").read_text())
     for agg in ("sum", "loglik_mean"):
         for side in ("chosen", "rejected"):
@@ -102,6 +181,8 @@ def test_eval_through_a_running_server(server, tmp_path):
 
 def test_eval_server_errors_are_reported(server, tmp_path, capsys):
     rb = write(tmp_path / "rb.jsonl", RB_ROWS)
-    assert main(["eval", str(rb), "--server", server.url, "--api-key", "wrong-key", "--no-progress",
-                 "-o", str(tmp_path)]) == 2
+    assert (
+        main(["eval", str(rb), "--server", server.url, "--api-key", "wrong-key", "--no-progress", "-o", str(tmp_path)])
+        == 2
+    )
     assert "401" in capsys.readouterr().err

@@ -20,8 +20,12 @@ from endorm_server.evaluation.runner import build_items
 
 
 def rmb_row(domain="chat", prompt="p", k=3):
-    return {"prompt": prompt, "chosen": [f"c{i}" for i in range(k)], "rejected": [f"r{i}" for i in range(k)],
-            "domain": domain}
+    return {
+        "prompt": prompt,
+        "chosen": [f"c{i}" for i in range(k)],
+        "rejected": [f"r{i}" for i in range(k)],
+        "domain": domain,
+    }
 
 
 def rb_row(subset="s", prompt="p"):
@@ -42,9 +46,11 @@ def test_ties_and_nan_are_wrong():
 def test_accuracy_matrix_compares_chosen_i_with_rejected_j():
     # one row: chosen [3, 1, 2], rejected [2, 2, 0]
     m = accuracy_matrix([[3, 1, 2]], [[2, 2, 0]])
-    expected = [[1, 1, 1],   # 3 > 2, 3 > 2, 3 > 0
-                [0, 0, 1],   # 1 > 2 no, 1 > 2 no, 1 > 0
-                [0, 0, 1]]   # 2 > 2 tie (wrong), tie, 2 > 0
+    expected = [
+        [1, 1, 1],  # 3 > 2, 3 > 2, 3 > 0
+        [0, 0, 1],  # 1 > 2 no, 1 > 2 no, 1 > 0
+        [0, 0, 1],
+    ]  # 2 > 2 tie (wrong), tie, 2 > 0
     np.testing.assert_array_equal(m, expected)
     # two rows average entrywise
     m2 = accuracy_matrix([[3, 1, 2], [0, 0, 0]], [[2, 2, 0], [-1, 1, 0]])
@@ -53,9 +59,7 @@ def test_accuracy_matrix_compares_chosen_i_with_rejected_j():
 
 def test_rm_bench_summary_triangles():
     # RM-Bench: hard = upper-right (j > i), normal = diagonal, easy = lower-left (j < i)
-    m = np.array([[0.5, 0.1, 0.2],
-                  [0.9, 0.6, 0.3],
-                  [0.8, 0.7, 0.7]])
+    m = np.array([[0.5, 0.1, 0.2], [0.9, 0.6, 0.3], [0.8, 0.7, 0.7]])
     s = rm_bench_summary(m)
     assert s["hard"] == pytest.approx((0.1 + 0.2 + 0.3) / 3)
     assert s["normal"] == pytest.approx((0.5 + 0.6 + 0.7) / 3)
@@ -122,18 +126,24 @@ def test_reads_jsonl_and_json_array(tmp_path):
     assert ds.format == "rewardbench" and ds.rows[0].system == "be brief" and ds.rows[0].id == 7
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"chosen": ["a"], "rejected": ["b"], "domain": "d"}, "missing 'prompt'"),
-    ({"prompt": "p", "chosen": ["a", "b"], "rejected": ["c"], "domain": "d"}, "has 2 responses but 'rejected' has 1"),
-    ({"prompt": "p", "chosen": ["a"], "rejected": "c", "domain": "d"}, "'rejected' must be a non-empty list"),
-    ({"prompt": "p", "chosen": ["a"], "rejected": ["c"]}, "missing 'domain'"),
-    ({"prompt": "p", "chosen": 3, "rejected": "c", "subset": "s"}, "'chosen' must be a list of texts"),
-    ({"prompt": "", "chosen": "a", "rejected": "c", "subset": "s"}, "'prompt' is empty"),
-    ({"prompt": "p", "chosen": "a", "rejected": "c", "subset": ""}, "'subset' must be a non-empty text"),
-    ({"prompt": "p", "chosen": "a", "rejected": "c", "subset": "s", "system": 1}, "'system' must be a text"),
-    ({"prompt": 5, "chosen": "a", "rejected": "c", "subset": "s"}, "'prompt' must be text"),
-    ([1, 2], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"chosen": ["a"], "rejected": ["b"], "domain": "d"}, "missing 'prompt'"),
+        (
+            {"prompt": "p", "chosen": ["a", "b"], "rejected": ["c"], "domain": "d"},
+            "has 2 responses but 'rejected' has 1",
+        ),
+        ({"prompt": "p", "chosen": ["a"], "rejected": "c", "domain": "d"}, "'rejected' must be a non-empty list"),
+        ({"prompt": "p", "chosen": ["a"], "rejected": ["c"]}, "missing 'domain'"),
+        ({"prompt": "p", "chosen": 3, "rejected": "c", "subset": "s"}, "'chosen' must be a list of texts"),
+        ({"prompt": "", "chosen": "a", "rejected": "c", "subset": "s"}, "'prompt' is empty"),
+        ({"prompt": "p", "chosen": "a", "rejected": "c", "subset": ""}, "'subset' must be a non-empty text"),
+        ({"prompt": "p", "chosen": "a", "rejected": "c", "subset": "s", "system": 1}, "'system' must be a text"),
+        ({"prompt": 5, "chosen": "a", "rejected": "c", "subset": "s"}, "'prompt' must be text"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
 def test_malformed_rows_give_clear_errors(tmp_path, row, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(row) + "\n")
@@ -182,8 +192,10 @@ def test_items_order_system_and_prompt_modes():
 
 def test_reports(tmp_path):
     ds = parse_rows([rmb_row("a"), rmb_row("b")])
-    res = {agg: evaluate(ds, [[1, 2, 3], [0, 0, 0]], [[0, 1, 2], [1, 1, 1]], aggregation=agg)
-           for agg in ("sum", "loglik_mean")}
+    res = {
+        agg: evaluate(ds, [[1, 2, 3], [0, 0, 0]], [[0, 1, 2], [1, 1, 1]], aggregation=agg)
+        for agg in ("sum", "loglik_mean")
+    }
     md = markdown(res, {"model": "m", "rows": 2})
     assert "| a | 1 | 66.7 | 66.7 |" in md  # 6 of 9 comparisons won
     assert "| b | 1 | 0.0 | 0.0 |" in md

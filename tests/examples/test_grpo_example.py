@@ -48,10 +48,11 @@ def test_exact_match_checker():
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
     """The reward model: the demo model, frozen, behind a real server with auth."""
-    proc = ServerProcess(["--model", str(DEMO_MODEL_DIR), *COMMON, "--api-key", API_KEY,
-                          "--max-items-per-request", "64"],
-                         log_path=tmp_path_factory.mktemp("demo-server") / "server.log",
-                         ready_timeout=900).start()  # a generous deadline: a busy machine starts vLLM slowly
+    proc = ServerProcess(
+        ["--model", str(DEMO_MODEL_DIR), *COMMON, "--api-key", API_KEY, "--max-items-per-request", "64"],
+        log_path=tmp_path_factory.mktemp("demo-server") / "server.log",
+        ready_timeout=900,
+    ).start()  # a generous deadline: a busy machine starts vLLM slowly
     yield proc
     proc.stop()
 
@@ -60,9 +61,31 @@ def demo_server(tmp_path_factory):
 def test_grpo_example_runs_end_to_end(demo_server, tmp_path):
     out = tmp_path / "rl"
     ok_before = metric(demo_server.url, "endorm_requests_total", endpoint="/score", status="200")
-    cmd = [sys.executable, str(EXAMPLE / "train.py"), "--server-url", demo_server.url, "--out", str(out),
-           "--arms", "endorm-sum", "random", "--seeds", "0", "--steps", "2", "--eval-every", "2",
-           "--prompts-per-step", "2", "--num-generations", "4", "--eval-per-style", "1", "--eval-samples", "2"]
+    cmd = [
+        sys.executable,
+        str(EXAMPLE / "train.py"),
+        "--server-url",
+        demo_server.url,
+        "--out",
+        str(out),
+        "--arms",
+        "endorm-sum",
+        "random",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--num-generations",
+        "4",
+        "--eval-per-style",
+        "1",
+        "--eval-samples",
+        "2",
+    ]
     env = {**os.environ, "ENDORM_API_KEY": API_KEY, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -76,8 +99,10 @@ def test_grpo_example_runs_end_to_end(demo_server, tmp_path):
         assert all("rewards/endorm_sum/mean" in e and "rewards/exact_match/mean" in e for e in run["log"])
     # the endorm-sum arm trains on exactly the server's reward; the random arm does not
     assert all(e["reward"] == pytest.approx(e["rewards/endorm_sum/mean"], abs=1e-4) for e in runs["endorm-sum"]["log"])
-    assert all("rewards/random_reward/mean" in e and e["reward"] == pytest.approx(e["rewards/random_reward/mean"], abs=1e-6)
-               for e in runs["random"]["log"])
+    assert all(
+        "rewards/random_reward/mean" in e and e["reward"] == pytest.approx(e["rewards/random_reward/mean"], abs=1e-6)
+        for e in runs["random"]["log"]
+    )
     # one /score request per step and run (8 completions each), all answered
     assert metric(demo_server.url, "endorm_requests_total", endpoint="/score", status="200") - ok_before == 4
 

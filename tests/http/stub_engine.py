@@ -36,8 +36,9 @@ class StubEngine:
     """
 
     def __init__(self, *, vocab_size: int = 512, max_model_len: int = 64, alpha: float = 1.0) -> None:
-        self.info = EngineInfo(name="stub", model=STUB_MODEL, max_model_len=max_model_len, alpha=alpha,
-                               vocab_size=vocab_size)
+        self.info = EngineInfo(
+            name="stub", model=STUB_MODEL, max_model_len=max_model_len, alpha=alpha, vocab_size=vocab_size
+        )
         self.dtype_choice = DtypeChoice("float32", "stub engine")
         self.calls = 0
         self.unfinished = 0
@@ -65,8 +66,14 @@ class StubEngine:
         async with asyncio.timeout(timeout_s), self._entered:
             await self._entered.wait_for(lambda: self.calls >= n)
 
-    async def token_stats(self, token_ids: Sequence[int], *, first: int = 0, read_cache: bool = False,
-                          extra_targets: Sequence[tuple[int, int]] = ()) -> SequenceStats:
+    async def token_stats(
+        self,
+        token_ids: Sequence[int],
+        *,
+        first: int = 0,
+        read_cache: bool = False,
+        extra_targets: Sequence[tuple[int, int]] = (),
+    ) -> SequenceStats:
         check_token_ids(token_ids, self.info.vocab_size)
         async with self._entered:
             self.calls += 1
@@ -81,7 +88,9 @@ class StubEngine:
             ids = np.asarray(token_ids, dtype=np.int64)
             c = np.append((ids[1:] % 7) / 10.0, np.nan)
             v = 1.0 + np.arange(len(ids)) / 100.0
-            extra = np.array([c[p] if p < len(ids) - 1 else np.nan for p, _ in extra_targets]) if extra_targets else None
+            extra = (
+                np.array([c[p] if p < len(ids) - 1 else np.nan for p, _ in extra_targets]) if extra_targets else None
+            )
             return SequenceStats(c=c[first:], v=v[first:], offset=first, extra_c=extra)
         finally:
             self.unfinished -= 1
@@ -99,9 +108,16 @@ class StubEngine:
 
 def stub_settings(model: str, **overrides: Any) -> Settings:
     """Small limits the tests reach with small bodies; no admission wait, so a full budget is a 429 at once."""
-    base: dict[str, Any] = {"model": model, "served_model_name": STUB_MODEL, "max_items_per_request": 8,
-                            "max_body_bytes": 20_000, "max_inflight_tokens": 1000, "queue_timeout_s": 0.0,
-                            "request_timeout_s": 600.0, "retry_after_s": 7}
+    base: dict[str, Any] = {
+        "model": model,
+        "served_model_name": STUB_MODEL,
+        "max_items_per_request": 8,
+        "max_body_bytes": 20_000,
+        "max_inflight_tokens": 1000,
+        "queue_timeout_s": 0.0,
+        "request_timeout_s": 600.0,
+        "retry_after_s": 7,
+    }
     base.update(overrides)
     return Settings(**base)
 
@@ -123,8 +139,9 @@ def service(app: FastAPI) -> ServiceState:
 
 
 @asynccontextmanager
-async def asgi_client(app: FastAPI, *, raise_app_exceptions: bool = True,
-                      **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def asgi_client(
+    app: FastAPI, *, raise_app_exceptions: bool = True, **kw: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     """A client over ASGI; ``raise_app_exceptions=False`` returns the 500 Starlette sends for an unhandled
     exception (re-raised after the response, as under uvicorn) instead of raising it in the test."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)

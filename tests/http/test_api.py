@@ -70,7 +70,10 @@ def test_aggregations_are_consistent(client):
     r = np.array([t["reward"] for t in per_token])
     lp = np.array([t["logprob"] for t in per_token])
     expect = {
-        "sum": r.sum(), "mean": r.mean(), "loglik_sum": lp.sum(), "loglik_mean": lp.mean(),
+        "sum": r.sum(),
+        "mean": r.mean(),
+        "loglik_sum": lp.sum(),
+        "loglik_mean": lp.mean(),
         "discounted": float(np.dot(np.maximum(0.9 ** np.arange(len(r)), 0.5), r)),
     }
     for agg, value in expect.items():
@@ -102,8 +105,17 @@ def test_compare_ranks_and_matches_score(client):
 def _scoring_routes() -> list[tuple[str, str]]:
     """Every route of the app except the open ones, so a new route cannot skip auth."""
     app = create_app(Settings(model=str(tiny_model("llama"))))
-    open_paths = {"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
-                  "/inspect", "/inspect/{name}"}  # the inspector is static; its own API calls carry the key
+    open_paths = {
+        "/health",
+        "/ready",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/inspect",
+        "/inspect/{name}",
+    }  # the inspector is static; its own API calls carry the key
     routes = []
     for route in app.routes:
         if getattr(route, "path", None) in open_paths or not getattr(route, "methods", None):
@@ -160,12 +172,14 @@ def test_bad_json_and_nan(client):
 def test_limits(client):
     assert_error(client.post("/score", json={"items": [{"prompt": "x", "response": "y"}] * 65}), 413, "items")
     assert_error(client.post("/score", json={"items": [{"prompt": "x" * 1_100_000, "response": "y"}]}), 413)
+
     # body over the limit while streaming (no Content-Length)
     def chunks():
         yield b'{"items": [{"prompt": "'
         for _ in range(110):
             yield b"x" * 10000
         yield b'", "response": "y"}]}'
+
     assert_error(client.post("/score", content=chunks(), headers={"content-type": "application/json"}), 413)
     long_item = {"prompt_ids": list(range(5, 505)), "response_ids": list(range(5, 25))}
     err = assert_error(client.post("/score", json={"items": [long_item]}), 413)
@@ -177,22 +191,38 @@ def test_limits(client):
     assert [t["id"] for t in res["tokens"]] == long_item["response_ids"]
     too_long_response = {"prompt_ids": [1], "response_ids": [7] * 600}
     assert_error(client.post("/score", json={"items": [too_long_response], "truncate": True}), 413)
-    assert_error(client.post("/score", json={"items": [{"prompt": "x", "response": "y"}], "model": "other"}), 404, "model")
+    assert_error(
+        client.post("/score", json={"items": [{"prompt": "x", "response": "y"}], "model": "other"}), 404, "model"
+    )
 
 
 def test_request_id_echo_and_metrics(client, anon):
-    r = client.post("/score", json={"items": [{"prompt": "a", "response": "b"}]}, headers={"X-Request-ID": "trainer-42"})
+    r = client.post(
+        "/score", json={"items": [{"prompt": "a", "response": "b"}]}, headers={"X-Request-ID": "trainer-42"}
+    )
     assert r.headers["x-request-id"] == "trainer-42"
     assert len(client.get("/health").headers["x-request-id"]) == 32
     from prometheus_client.parser import text_string_to_metric_families
 
     text = anon.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    for name in ("endorm_requests", "endorm_request_duration_seconds", "endorm_scored_tokens", "endorm_in_flight_tokens",
-                 "endorm_rejections", "endorm_load_ratio", "endorm_engine_unfinished_sequences", "endorm_admission_wait_seconds"):
+    for name in (
+        "endorm_requests",
+        "endorm_request_duration_seconds",
+        "endorm_scored_tokens",
+        "endorm_in_flight_tokens",
+        "endorm_rejections",
+        "endorm_load_ratio",
+        "endorm_engine_unfinished_sequences",
+        "endorm_admission_wait_seconds",
+    ):
         assert name in families, name
     assert any(name.startswith("vllm:") for name in families), "vLLM's own metrics are missing"
-    scored = [s for s in families["endorm_requests"].samples if s.labels.get("endpoint") == "/score" and s.labels.get("status") == "200"]
+    scored = [
+        s
+        for s in families["endorm_requests"].samples
+        if s.labels.get("endpoint") == "/score" and s.labels.get("status") == "200"
+    ]
     assert scored and scored[0].value >= 1
 
 
@@ -204,7 +234,9 @@ def test_promtool_accepts_service_metrics(anon, tmp_path):
     if promtool is None:
         pytest.skip("promtool not installed (Debian package 'prometheus'; the README's test command installs it)")
     text = anon.get("/metrics").text
-    ours = "".join(line + "\n" for line in text.splitlines() if line.startswith(("endorm_", "# HELP endorm_", "# TYPE endorm_")))
+    ours = "".join(
+        line + "\n" for line in text.splitlines() if line.startswith(("endorm_", "# HELP endorm_", "# TYPE endorm_"))
+    )
     assert ours
     proc = subprocess.run([promtool, "check", "metrics"], input=ours, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -43,8 +43,14 @@ def test_score_contrast_is_criteria_minus_baseline_per_token(client):
 
 def test_compare_contrast_ranks_on_the_delta_and_sdk_agrees(server):
     with RewardClient(server.url, api_key=API_KEY) as sdk:
-        res = sdk.compare(messages=MSGS, system=CRIT, responses=RESPONSES, contrast=True, aggregation="mean",
-                          baseline_system="Answer with digits only.")
+        res = sdk.compare(
+            messages=MSGS,
+            system=CRIT,
+            responses=RESPONSES,
+            contrast=True,
+            aggregation="mean",
+            baseline_system="Answer with digits only.",
+        )
         crit = sdk.compare(messages=MSGS, system=CRIT, responses=RESPONSES, aggregation="mean")
         base = sdk.compare(messages=MSGS, system="Answer with digits only.", responses=RESPONSES, aggregation="mean")
         scores = np.array(res.scores)
@@ -57,11 +63,14 @@ def test_compare_contrast_ranks_on_the_delta_and_sdk_agrees(server):
         np.testing.assert_allclose([r.score for r in batch.results], [r.score for r in one.results], atol=1e-4)
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"items": [{"prompt": "2+3=", "response": "5"}], "contrast": True}, "items.0.messages"),
-    ({"items": [{"messages": MSGS, "response": "5"}], "contrast": True}, "items.0.system"),
-    ({"items": [{"messages": MSGS, "system": CRIT, "response": "5"}], "baseline_system": "x"}, "baseline_system"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"items": [{"prompt": "2+3=", "response": "5"}], "contrast": True}, "items.0.messages"),
+        ({"items": [{"messages": MSGS, "response": "5"}], "contrast": True}, "items.0.system"),
+        ({"items": [{"messages": MSGS, "system": CRIT, "response": "5"}], "baseline_system": "x"}, "baseline_system"),
+    ],
+)
 def test_score_contrast_errors_name_the_field(client, body, param):
     assert_error(client.post("/score", json=body), 422, param)
 
@@ -69,5 +78,8 @@ def test_score_contrast_errors_name_the_field(client, body, param):
 def test_compare_contrast_errors_name_the_field(client):
     body = {"messages": MSGS, "responses": RESPONSES, "contrast": True}
     assert_error(client.post("/compare", json=body), 422, "system")
-    assert_error(client.post("/compare", json={"prompt": "2+3=", "system": CRIT, "responses": RESPONSES,
-                                               "contrast": True}), 422, "messages")
+    assert_error(
+        client.post("/compare", json={"prompt": "2+3=", "system": CRIT, "responses": RESPONSES, "contrast": True}),
+        422,
+        "messages",
+    )

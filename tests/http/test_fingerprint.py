@@ -17,14 +17,18 @@ Q = [{"role": "user", "content": "2+2?"}]
 
 def _fingerprints(client: httpx.Client) -> dict[str, str]:
     got = {"models": client.get("/v1/models").json()["data"][0]["system_fingerprint"]}
-    got["score"] = client.post("/score", json={"items": [{"messages": Q, "response": "4"}]}).json()["system_fingerprint"]
+    got["score"] = client.post("/score", json={"items": [{"messages": Q, "response": "4"}]}).json()[
+        "system_fingerprint"
+    ]
     got["compare"] = client.post("/compare", json={"messages": Q, "responses": ["4", "5"]}).json()["system_fingerprint"]
     got["get_reward"] = client.post("/get_reward", json={"query": ["2+2=4"], "prompts": ["2+2="]}).json()[
-        "system_fingerprint"]
+        "system_fingerprint"
+    ]
     got["classify"] = client.post("/classify", json={"messages": [*Q, {"role": "assistant", "content": "4"}]}).json()[
-        "system_fingerprint"]
+        "system_fingerprint"
+    ]
     metrics = client.get("/metrics").text
-    labels = re.search(r'^endorm_model_info\{([^}]*)\} 1\.0$', metrics, re.M)
+    labels = re.search(r"^endorm_model_info\{([^}]*)\} 1\.0$", metrics, re.M)
     assert labels, metrics
     got["metric"] = re.search(r'system_fingerprint="([^"]*)"', labels.group(1)).group(1)
     return got
@@ -44,8 +48,20 @@ def test_another_server_fingerprint_names_alpha_dtype_and_engine(server, tmp_pat
     (another engine computes other rewards at the float32 rounding level), and changes with alpha."""
     with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer test-key-0123456789"}, timeout=60) as c:
         first = c.get("/v1/models").json()["data"][0]["system_fingerprint"]
-    other = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, "--engine", "transformers", "--alpha", alpha,
-                           "--cache-dir", str(MODEL_CACHE)], log_path=tmp_path / "server.log").start()
+    other = ServerProcess(
+        [
+            "--model",
+            str(tiny_model("llama")),
+            *COMMON,
+            "--engine",
+            "transformers",
+            "--alpha",
+            alpha,
+            "--cache-dir",
+            str(MODEL_CACHE),
+        ],
+        log_path=tmp_path / "server.log",
+    ).start()
     try:
         with httpx.Client(base_url=other.url, timeout=60) as c:
             got = _fingerprints(c)

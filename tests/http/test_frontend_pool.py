@@ -39,17 +39,28 @@ def _wait_for(path, thread: threading.Thread, deadline_s: float = 120) -> None:
 def test_a_request_is_served_while_another_is_being_tokenized(tmp_path):
     gates = tmp_path / "gates"
     gates.mkdir()
-    server = GatedServer(["--model", str(tiny_model("llama")), *COMMON], log_path=tmp_path / "server.log",
-                         env={"ENDORM_TEST_GATE_DIR": str(gates)}).start()
+    server = GatedServer(
+        ["--model", str(tiny_model("llama")), *COMMON],
+        log_path=tmp_path / "server.log",
+        env={"ENDORM_TEST_GATE_DIR": str(gates)},
+    ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=120) as client:
             held: dict[str, httpx.Response] = {}
-            a = threading.Thread(target=lambda: held.setdefault("a", client.post("/score", json={
-                "items": [{"messages": Q, "response": "4 GATE-a"}], "return_tokens": True})))
+            a = threading.Thread(
+                target=lambda: held.setdefault(
+                    "a",
+                    client.post(
+                        "/score", json={"items": [{"messages": Q, "response": "4 GATE-a"}], "return_tokens": True}
+                    ),
+                )
+            )
             a.start()
             _wait_for(gates / "a.entered", a)
-            for body in ({"items": [{"messages": Q, "response": "4"}], "return_tokens": True},
-                         {"items": [{"messages": Q, "response": "5"}, {"prompt": "2+2=", "response": "4"}]}):
+            for body in (
+                {"items": [{"messages": Q, "response": "4"}], "return_tokens": True},
+                {"items": [{"messages": Q, "response": "5"}, {"prompt": "2+2=", "response": "4"}]},
+            ):
                 b = client.post("/score", json=body)  # served while A is still in its tokenization
                 assert b.status_code == 200, b.text
                 assert len(b.json()["results"]) == len(body["items"])

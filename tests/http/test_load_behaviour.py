@@ -60,8 +60,10 @@ def _engine_frozen(server: ServerProcess):
 def _open_score_request(server: ServerProcess, body: dict) -> socket.socket:
     """Send a whole POST /score on a raw socket and leave it open: the test hangs up when it decides."""
     data = json.dumps(body).encode()
-    head = (f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {API_KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    head = (
+        f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE_S)
     sock.sendall(head + data)
     return sock
@@ -88,8 +90,16 @@ def test_client_disconnects_abort_engine_work(server):
 @pytest.fixture()
 def small_server(tmp_path_factory):
     """A server with a short deadline (0.5 s), for the 504 test (one test each: stopped right after)."""
-    with tiny_server(tmp_path_factory, "small", "--max-inflight-tokens", "1000", "--queue-timeout-s", "0.02",
-                     "--request-timeout-s", "0.5") as proc:
+    with tiny_server(
+        tmp_path_factory,
+        "small",
+        "--max-inflight-tokens",
+        "1000",
+        "--queue-timeout-s",
+        "0.02",
+        "--request-timeout-s",
+        "0.5",
+    ) as proc:
         yield proc
 
 
@@ -138,8 +148,16 @@ def test_deadline_answers_504_and_aborts_engine_work(small_server):
 def draining_server(tmp_path_factory):
     """A server that admits everything we send, so all requests are in flight at SIGTERM; its drain
     grace is far past the work, so only a bug can make an in-flight request fail."""
-    with tiny_server(tmp_path_factory, "drain", "--max-inflight-tokens", "10000000", "--queue-timeout-s", "60",
-                     "--drain-timeout-s", "600") as proc:
+    with tiny_server(
+        tmp_path_factory,
+        "drain",
+        "--max-inflight-tokens",
+        "10000000",
+        "--queue-timeout-s",
+        "60",
+        "--drain-timeout-s",
+        "600",
+    ) as proc:
         yield proc
 
 

@@ -55,6 +55,7 @@ def _chat_text(tokenizer, answer: str) -> str:
 
 # ----------------------------------------------------------------- the happy path, once per route
 
+
 async def test_every_route_answers_on_the_stub(make, tokenizer):
     app, engine = make()
     async with asgi_client(app) as c:
@@ -73,14 +74,20 @@ async def test_every_route_answers_on_the_stub(make, tokenizer):
 
 # ----------------------------------------------------------------- 401
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Basic {KEY}"},
-                                     {"Authorization": KEY}])
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": KEY}]
+)
 async def test_401_with_www_authenticate_on_every_keyed_route(make, headers):
     app, engine = make(api_keys=[KEY])
     async with asgi_client(app, headers=headers) as c:
-        for method, path, body in [("POST", "/score", {"items": [ITEM]}), ("POST", "/compare", {}),
-                                   ("POST", "/get_reward", {"query": []}), ("POST", "/classify", {}),
-                                   ("GET", "/v1/models", None)]:
+        for method, path, body in [
+            ("POST", "/score", {"items": [ITEM]}),
+            ("POST", "/compare", {}),
+            ("POST", "/get_reward", {"query": []}),
+            ("POST", "/classify", {}),
+            ("GET", "/v1/models", None),
+        ]:
             r = await c.request(method, path, json=body)
             err = assert_error(r, 401)
             assert err["type"] == "unauthorized"
@@ -97,12 +104,15 @@ async def test_the_right_key_passes(make):
 
 # ----------------------------------------------------------------- 404
 
+
 async def test_404_for_another_model_on_every_route(make, tokenizer):
     app, engine = make()
     async with asgi_client(app) as c:
-        for path, body in [("/score", {"items": [ITEM], "model": "other"}),
-                           ("/compare", {"prompt_ids": [5], "responses_ids": [[8], [9]], "model": "other"}),
-                           ("/classify", {"input": _chat_text(tokenizer, "5"), "model": "other"})]:
+        for path, body in [
+            ("/score", {"items": [ITEM], "model": "other"}),
+            ("/compare", {"prompt_ids": [5], "responses_ids": [[8], [9]], "model": "other"}),
+            ("/classify", {"input": _chat_text(tokenizer, "5"), "model": "other"}),
+        ]:
             err = assert_error(await c.post(path, json=body), 404, "model")
             assert err["type"] == "model_not_found"
         assert_error(await c.get("/no-such-route"), 404)
@@ -112,21 +122,25 @@ async def test_404_for_another_model_on_every_route(make, tokenizer):
 
 # ----------------------------------------------------------------- 413
 
+
 async def test_413_body_items_and_sequence_length(make):
     app, engine = make()  # max_body_bytes 20000, max_items_per_request 8, max_model_len 64
     async with asgi_client(app) as c:
         assert_error(await c.post("/score", json={"items": [{"prompt": "x" * 30_000, "response": "y"}]}), 413)
         assert_error(await c.post("/score", json={"items": [ITEM] * 9}), 413, "items")
-        assert_error(await c.post("/compare", json={"prompt_ids": [5], "responses_ids": [[8]] * 9}), 413,
-                     "responses_ids")
+        assert_error(
+            await c.post("/compare", json={"prompt_ids": [5], "responses_ids": [[8]] * 9}), 413, "responses_ids"
+        )
         assert_error(await c.post("/get_reward", json={"query": ["x"] * 9}), 413, "query")
         too_long = {"prompt_ids": [5] * 60, "response_ids": [8] * 5}
         err = assert_error(await c.post("/score", json={"items": [ITEM, too_long]}), 413, None)
         assert err["type"] == "sequence_too_long"
         r = await c.post("/score", json={"items": [too_long], "truncate": True})  # drops the prompt's start
         assert r.status_code == 200 and r.json()["results"][0]["truncated_tokens"] == 1, r.text
-        assert_error(await c.post("/score", json={"items": [{"prompt_ids": [5], "response_ids": [8] * 70}],
-                                                  "truncate": True}), 413)  # never the response
+        assert_error(
+            await c.post("/score", json={"items": [{"prompt_ids": [5], "response_ids": [8] * 70}], "truncate": True}),
+            413,
+        )  # never the response
     assert engine.calls == 1
 
 
@@ -149,9 +163,9 @@ SCORE_422 = [
     ({}, "items"),
     ({"items": []}, "items"),
     ({"items": [ITEM], "extra": 1}, "extra"),
-    ({"items": [{"response_ids": [8]}]}, "items.0"),                                 # no prompt
-    ({"items": [{"prompt": "a", "prompt_ids": [5], "response": "b"}]}, "items.0"),   # two prompts
-    ({"items": [{"prompt": "a"}]}, "items.0"),                                       # no response
+    ({"items": [{"response_ids": [8]}]}, "items.0"),  # no prompt
+    ({"items": [{"prompt": "a", "prompt_ids": [5], "response": "b"}]}, "items.0"),  # two prompts
+    ({"items": [{"prompt": "a"}]}, "items.0"),  # no response
     ({"items": [{"prompt": "a", "response": "b", "response_ids": [8]}]}, "items.0"),
     ({"items": [{"prompt_ids": [5], "response_ids": [-1]}]}, "items.0.response_ids.0"),
     ({"items": [{"prompt_ids": [5], "response_ids": [512]}]}, "items.0.response_ids"),  # past the vocabulary
@@ -169,7 +183,7 @@ SCORE_422 = [
     ({"items": [ITEM], "truncate": 1}, "truncate"),
     ({"items": [{"prompt": "a", "steps": []}]}, "items.0.steps"),
     ({"items": [{"prompt": "a", "steps": [""]}]}, "items.0.steps.0"),
-    ({"items": [ITEM], "aggregation": "step_min"}, "aggregation"),                   # steps needed
+    ({"items": [ITEM], "aggregation": "step_min"}, "aggregation"),  # steps needed
 ]
 
 COMPARE_422 = [
@@ -240,15 +254,17 @@ async def test_classify_422(make, tokenizer):
     app, engine = make()
     text = _chat_text(tokenizer, "5")
     async with asgi_client(app) as c:
-        for body, param in [({}, "input"),
-                            ({"input": text, "messages": CHAT}, "input"),
-                            ({"input": []}, "input"),
-                            ({"messages": CHAT}, "messages"),                 # does not end with the assistant
-                            ({"input": "no chat turn"}, "input"),
-                            ({"input": [text, "no chat turn"]}, "input.1"),
-                            ({"input": text, "activation": "false"}, "activation"),
-                            ({"input": text, "gamma": "0.5"}, "gamma"),
-                            ({"input": text, "aggregation": "median"}, "aggregation")]:
+        for body, param in [
+            ({}, "input"),
+            ({"input": text, "messages": CHAT}, "input"),
+            ({"input": []}, "input"),
+            ({"messages": CHAT}, "messages"),  # does not end with the assistant
+            ({"input": "no chat turn"}, "input"),
+            ({"input": [text, "no chat turn"]}, "input.1"),
+            ({"input": text, "activation": "false"}, "activation"),
+            ({"input": text, "gamma": "0.5"}, "gamma"),
+            ({"input": text, "aggregation": "median"}, "aggregation"),
+        ]:
             assert_error(await c.post("/classify", json=body), 422, param)
     assert engine.calls == 0
 
@@ -272,10 +288,13 @@ async def test_a_body_that_is_not_json_by_its_content_type_is_415(make, path):
             err = assert_error(await c.post(path, content=b'{"items": []}', headers=headers), 415)
             assert err["type"] == "unsupported_media_type"
         for ctype in ("application/json; charset=utf-8", "application/vnd.api+json"):
-            assert_error(await c.post("/score", content=b'{"items": []}', headers={"content-type": ctype}), 422, "items")
+            assert_error(
+                await c.post("/score", content=b'{"items": []}', headers={"content-type": ctype}), 422, "items"
+            )
 
 
 # ----------------------------------------------------------------- 429
+
 
 async def test_429_with_retry_after_while_the_budget_is_held(make):
     """The first request holds 50 of the 60-token budget inside a held engine; the second cannot fit and
@@ -299,10 +318,15 @@ async def test_429_with_retry_after_while_the_budget_is_held(make):
 
 # ----------------------------------------------------------------- 503 and /ready
 
+
 async def _all_routes_503(c: httpx.AsyncClient, tokenizer, type_: str) -> None:
     text = _chat_text(tokenizer, "5")
-    for path, body in [("/score", {"items": [ITEM]}), ("/compare", {"prompt_ids": [5], "responses_ids": [[8], [9]]}),
-                       ("/get_reward", {"query": [text]}), ("/classify", {"input": text})]:
+    for path, body in [
+        ("/score", {"items": [ITEM]}),
+        ("/compare", {"prompt_ids": [5], "responses_ids": [[8], [9]]}),
+        ("/get_reward", {"query": [text]}),
+        ("/classify", {"input": text}),
+    ]:
         r = await c.post(path, json=body)
         err = assert_error(r, 503)
         assert err["type"] == type_, (path, err)
@@ -378,6 +402,7 @@ async def test_draining_503_for_new_requests_while_earlier_ones_finish(make, tok
 
 # ----------------------------------------------------------------- 504 and disconnects
 
+
 async def test_504_at_the_deadline_and_the_engine_work_is_cancelled(make):
     """The engine never answers (held), so the only way out is the request deadline: 504, and the
     cancelled engine call leaves nothing unfinished and no budget held."""
@@ -411,10 +436,20 @@ async def test_a_client_disconnect_cancels_the_engine_work(make):
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/score", "raw_path": b"/score", "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 5000), "server": ("stub", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/score",
+        "raw_path": b"/score",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("stub", 80),
+    }
     call = asyncio.create_task(app(scope, receive, send))
     await engine.wait_entered(1)
     assert service(app).admission.requests == 1

@@ -17,9 +17,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_quick_bench_writes_the_report(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "loadtests.bench", "--quick", "--out", str(tmp_path),
-                           "--machine", "testbox", "--py-spy", "4"],
-                          cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--machine",
+            "testbox",
+            "--py-spy",
+            "4",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [js] = tmp_path.glob("*-testbox.json")
     res = json.loads(js.read_text())
@@ -37,9 +53,29 @@ def test_quick_bench_writes_the_report(tmp_path):
 @pytest.mark.slow
 def test_quick_ceiling_phase_compares_bindings_against_the_ceiling(tmp_path):
     """--only ceiling: one plugin engine per binding and the plain torch forward, side by side."""
-    proc = subprocess.run([sys.executable, "-m", "loadtests.bench", "--quick", "--only", "ceiling", "--out",
-                           str(tmp_path), "--machine", "testbox", "--bindings", "vllm-auto,all", "--rounds", "2"],
-                          cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--quick",
+            "--only",
+            "ceiling",
+            "--out",
+            str(tmp_path),
+            "--machine",
+            "testbox",
+            "--bindings",
+            "vllm-auto,all",
+            "--rounds",
+            "2",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [js] = tmp_path.glob("*-testbox.json")
     res = json.loads(js.read_text())

@@ -16,9 +16,15 @@ from loadtests.payloads import RESERVED_IDS, PayloadFactory, request_mix
 from loadtests.thresholds import Summary, violations
 
 
-@pytest.mark.parametrize("spec, lo, hi", [
-    ("fixed:7", 7, 7), ("uniform:3:9", 3, 9), ("choice:1,4,8", 1, 8), ("lognormal:100:1.0:10:400", 10, 400),
-])
+@pytest.mark.parametrize(
+    "spec, lo, hi",
+    [
+        ("fixed:7", 7, 7),
+        ("uniform:3:9", 3, 9),
+        ("choice:1,4,8", 1, 8),
+        ("lognormal:100:1.0:10:400", 10, 400),
+    ],
+)
 def test_dist_samples_stay_in_range(spec, lo, hi):
     d = Dist.parse(spec)
     rng = random.Random(0)
@@ -28,16 +34,26 @@ def test_dist_samples_stay_in_range(spec, lo, hi):
         assert 60 < sorted(xs)[1000] < 160  # median near 100
 
 
-@pytest.mark.parametrize("spec", ["", "fixed", "fixed:-1", "uniform:5:2", "choice:", "lognormal:0:1", "zipf:3", "uniform:a:b"])
+@pytest.mark.parametrize(
+    "spec", ["", "fixed", "fixed:-1", "uniform:5:2", "choice:", "lognormal:0:1", "zipf:3", "uniform:a:b"]
+)
 def test_dist_rejects_bad_specs(spec):
     with pytest.raises(ValueError):
         Dist.parse(spec)
 
 
 def test_config_from_env_and_back():
-    env = {"ENDORM_LT_PROMPT_TOKENS": "fixed:10", "ENDORM_LT_BATCH": "choice:2,3", "ENDORM_LT_RETURN_TOKENS": "0.5",
-           "ENDORM_LT_MAX_P99_MS": "1500", "ENDORM_LT_MAX_FAIL_RATIO": "none", "ENDORM_LT_SHAPE": "step",
-           "ENDORM_LT_STEPS": "1,3", "ENDORM_LT_HONOR_RETRY_AFTER": "false", "ENDORM_LT_WAIT": "pacing:2"}
+    env = {
+        "ENDORM_LT_PROMPT_TOKENS": "fixed:10",
+        "ENDORM_LT_BATCH": "choice:2,3",
+        "ENDORM_LT_RETURN_TOKENS": "0.5",
+        "ENDORM_LT_MAX_P99_MS": "1500",
+        "ENDORM_LT_MAX_FAIL_RATIO": "none",
+        "ENDORM_LT_SHAPE": "step",
+        "ENDORM_LT_STEPS": "1,3",
+        "ENDORM_LT_HONOR_RETRY_AFTER": "false",
+        "ENDORM_LT_WAIT": "pacing:2",
+    }
     cfg = LoadConfig.from_env(env)
     assert cfg.prompt_tokens.sample(random.Random(0)) == 10
     assert cfg.return_tokens == 0.5 and cfg.max_p99_ms == 1500 and cfg.max_fail_ratio is None
@@ -45,9 +61,16 @@ def test_config_from_env_and_back():
     assert LoadConfig.from_env(cfg.env()) == cfg
 
 
-@pytest.mark.parametrize("env", [{"ENDORM_LT_SHAPE": "sine"}, {"ENDORM_LT_INPUT": "audio"},
-                                 {"ENDORM_LT_WAIT": "pacing"}, {"ENDORM_LT_STEPS": "1,x"},
-                                 {"ENDORM_LT_RETURN_TOKENS": "2"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ENDORM_LT_SHAPE": "sine"},
+        {"ENDORM_LT_INPUT": "audio"},
+        {"ENDORM_LT_WAIT": "pacing"},
+        {"ENDORM_LT_STEPS": "1,x"},
+        {"ENDORM_LT_RETURN_TOKENS": "2"},
+    ],
+)
 def test_config_rejects_bad_values(env):
     with pytest.raises(ValueError):
         LoadConfig.from_env(env)
@@ -61,9 +84,15 @@ def test_wait_and_steps_parsing():
 
 @pytest.mark.parametrize("mode", ["ids", "text", "mixed"])
 def test_payloads_fit_the_model_and_the_item_limit(mode):
-    cfg = LoadConfig(input=mode, prompt_tokens=Dist.parse("lognormal:300:1.5:1:5000"),
-                     response_tokens=Dist.parse("lognormal:200:1.5:1:5000"), batch=Dist.parse("choice:1,50,100"),
-                     compare_n=Dist.parse("choice:2,99"), max_items=16, return_tokens=0.5)
+    cfg = LoadConfig(
+        input=mode,
+        prompt_tokens=Dist.parse("lognormal:300:1.5:1:5000"),
+        response_tokens=Dist.parse("lognormal:200:1.5:1:5000"),
+        batch=Dist.parse("choice:1,50,100"),
+        compare_n=Dist.parse("choice:2,99"),
+        max_items=16,
+        return_tokens=0.5,
+    )
     f = PayloadFactory(cfg, vocab_size=300, max_model_len=512, seed=1)
     seen_tokens = set()
     for _ in range(200):
@@ -85,8 +114,9 @@ def test_payloads_fit_the_model_and_the_item_limit(mode):
 
 
 def test_payload_token_count_is_exact_for_ids():
-    cfg = LoadConfig(prompt_tokens=Dist.parse("fixed:30"), response_tokens=Dist.parse("fixed:20"),
-                     batch=Dist.parse("fixed:3"))
+    cfg = LoadConfig(
+        prompt_tokens=Dist.parse("fixed:30"), response_tokens=Dist.parse("fixed:20"), batch=Dist.parse("fixed:3")
+    )
     p = PayloadFactory(cfg, vocab_size=1000, max_model_len=4096).score()
     assert p.tokens == 150 == sum(len(i["prompt_ids"]) + len(i["response_ids"]) for i in p.body["items"])
 
@@ -111,8 +141,20 @@ def test_shapes_schedules():
 
 
 def _summary(**kw):
-    base = dict(requests=100, failures=0, rejected=0, rejected_429=0, rejected_503=0, duration_s=10, rps=10,
-                tokens_per_s=1000, p50_ms=100, p95_ms=200, p99_ms=300, max_ms=400)
+    base = dict(
+        requests=100,
+        failures=0,
+        rejected=0,
+        rejected_429=0,
+        rejected_503=0,
+        duration_s=10,
+        rps=10,
+        tokens_per_s=1000,
+        p50_ms=100,
+        p95_ms=200,
+        p99_ms=300,
+        max_ms=400,
+    )
     return Summary(**{**base, **kw})
 
 
@@ -128,8 +170,16 @@ def test_thresholds():
 
 def _synthetic_step_log(path, pacing=1.0):
     """Steps of 1, 2, 8 users; the fake service sustains 4 req/s and rejects every other request at 8."""
-    cfg = lat.step_config(steps="1,2,8", step_s=10, pacing_s=pacing, prompt_len=8, response_len=8, api_key="",
-                          log=path, summary=path.with_suffix(".json"))
+    cfg = lat.step_config(
+        steps="1,2,8",
+        step_s=10,
+        pacing_s=pacing,
+        prompt_len=8,
+        response_len=8,
+        api_key="",
+        log=path,
+        summary=path.with_suffix(".json"),
+    )
     t0 = 1000.0
     recs = [{"event": "test_start", "t": t0}]
     for start, end, users in schedule(cfg):
@@ -137,8 +187,18 @@ def _synthetic_step_log(path, pacing=1.0):
         for i in range(int(offered * (end - start))):
             t = t0 + start + (i + 0.5) / offered
             accepted = offered <= 4 or i % 2 == 0
-            recs.append({"event": "request", "t": t, "ms": 100.0 * users if accepted else 2.0, "ok": accepted,
-                         "rejected": not accepted, "tokens": 16, "items": 1, "users": users})
+            recs.append(
+                {
+                    "event": "request",
+                    "t": t,
+                    "ms": 100.0 * users if accepted else 2.0,
+                    "ok": accepted,
+                    "rejected": not accepted,
+                    "tokens": 16,
+                    "items": 1,
+                    "users": users,
+                }
+            )
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
     return cfg
 
@@ -154,27 +214,58 @@ def test_latency_analysis_finds_the_knee(tmp_path):
 
 
 def _fake_results(tmp_path):
-    rounds = [{"http": 10.5, "http+tokens": 11.0, "inproc": 10.0, "stock0": 12.0, "naive": 30.0},
-              {"http": 10.2, "http+tokens": 11.5, "inproc": 9.8, "stock0": 12.5, "naive": 29.0}]
+    rounds = [
+        {"http": 10.5, "http+tokens": 11.0, "inproc": 10.0, "stock0": 12.0, "naive": 30.0},
+        {"http": 10.2, "http+tokens": 11.5, "inproc": 9.8, "stock0": 12.5, "naive": 29.0},
+    ]
     cfg = _synthetic_step_log(tmp_path / "log.jsonl")
     steps = lat.analyse(tmp_path / "log.jsonl", cfg, pacing_s=1.0)
-    mem_rows = lambda f: [{"tokens": n, "extra_bytes": f(n), "peak_bytes": 2**30 + f(n), "seconds": 1.0}  # noqa: E731
-                          for n in (512, 1024, 2048)]
+
+    def mem_rows(f):
+        return [
+            {"tokens": n, "extra_bytes": f(n), "peak_bytes": 2**30 + f(n), "seconds": 1.0} for n in (512, 1024, 2048)
+        ]
+
     return {
-        "date": "2000-01-01", "command": "python -m loadtests.bench --quick", "quick": True,
-        "machine": {"cpu": "Test CPU", "cpus": 2, "isa": "avx2", "memory_gib": 24.0, "gpu": None, "os": "Linux",
-                    "python": "3.11", "versions": {"vllm": "0.32.0"}, "git": "abc", "slug": "cpu2-avx2"},
+        "date": "2000-01-01",
+        "command": "python -m loadtests.bench --quick",
+        "quick": True,
+        "machine": {
+            "cpu": "Test CPU",
+            "cpus": 2,
+            "isa": "avx2",
+            "memory_gib": 24.0,
+            "gpu": None,
+            "os": "Linux",
+            "python": "3.11",
+            "versions": {"vllm": "0.32.0"},
+            "git": "abc",
+            "slug": "cpu2-avx2",
+        },
         "model": {"vocab_size": 32000, "describe": "llama, vocab 32000", "path": "/x/bench"},
         "engine_settings": {"logits_chunk_rows": 256, "dtype": "float32"},
         "workloads": {"saturation": "16 x 512", "full_vocab": "2 x 128"},
-        "throughput": {"rounds": rounds, "tokens": 8192,
-                       "tokens_per_s": {k: summarize([8192 / r[k] for r in rounds]) for k in rounds[0]}},
-        "full_vocab": {"rounds": [{"inproc": 0.2, "stock0": 0.25, "stockfull": 25.0}, {"inproc": 0.22, "stock0": 0.24}],
-                       "tokens": 256},
+        "throughput": {
+            "rounds": rounds,
+            "tokens": 8192,
+            "tokens_per_s": {k: summarize([8192 / r[k] for r in rounds]) for k in rounds[0]},
+        },
+        "full_vocab": {
+            "rounds": [{"inproc": 0.2, "stock0": 0.25, "stockfull": 25.0}, {"inproc": 0.22, "stock0": 0.24}],
+            "tokens": 256,
+        },
         "memory": {"plugin": mem_rows(lambda n: 30 * 2**20), "naive": mem_rows(lambda n: n * 32000 * 12)},
-        "latency": lat.derive({"steps": lat.steps_as_dicts(steps), "request": "/score, 1 item", "pacing_s": 1.0,
-                               "tokens_per_request": 16, "max_inflight_tokens": 64, "queue_timeout_s": 2.0,
-                               "engine_step_tokens": 32}),
+        "latency": lat.derive(
+            {
+                "steps": lat.steps_as_dicts(steps),
+                "request": "/score, 1 item",
+                "pacing_s": 1.0,
+                "tokens_per_request": 16,
+                "max_inflight_tokens": 64,
+                "queue_timeout_s": 2.0,
+                "engine_step_tokens": 32,
+            }
+        ),
         "loadavg": {"start": [1.0, 1.0, 1.0], "end": [2.0, 2.0, 2.0]},
         "checks": {"plugin_vs_naive_c": 1e-5, "plugin_vs_naive_v": 1e-5, "plugin_vs_stock0_logprob": 2e-5},
     }
@@ -195,8 +286,13 @@ def test_ratios_against_targets(tmp_path):
 def test_report_files(tmp_path):
     paths = write_report(_fake_results(tmp_path), tmp_path / "results", "2000-01-01-cpu2-avx2")
     names = {p.name for p in paths}
-    assert {"2000-01-01-cpu2-avx2.md", "2000-01-01-cpu2-avx2.json", "2000-01-01-cpu2-avx2-throughput.png",
-            "2000-01-01-cpu2-avx2-memory.png", "2000-01-01-cpu2-avx2-latency.png"} == names
+    assert {
+        "2000-01-01-cpu2-avx2.md",
+        "2000-01-01-cpu2-avx2.json",
+        "2000-01-01-cpu2-avx2-throughput.png",
+        "2000-01-01-cpu2-avx2-memory.png",
+        "2000-01-01-cpu2-avx2-latency.png",
+    } == names
     md = (tmp_path / "results" / "2000-01-01-cpu2-avx2.md").read_text()
     assert "HTTP / in-process throughput" in md and "python -m loadtests.bench --quick" in md
     for p in paths:
@@ -209,9 +305,11 @@ def test_report_files(tmp_path):
 def test_profile_summary_of_collapsed_stacks(tmp_path):
     from loadtests.bench import profile
 
-    raw = ("main (a.py:1);GPUModelRunner._model_forward (r.py:2);onednn_mm (o.py:3) 6\n"
-           "main (a.py:1);_PoolerMixin.forward (m.py:9);chunked_token_stats (t.py:4);onednn_mm (o.py:3) 3\n"
-           "main (a.py:1);_PoolerMixin.forward (m.py:9);chunked_token_stats (t.py:4);shard_stats (t.py:7) 1\n")
+    raw = (
+        "main (a.py:1);GPUModelRunner._model_forward (r.py:2);onednn_mm (o.py:3) 6\n"
+        "main (a.py:1);_PoolerMixin.forward (m.py:9);chunked_token_stats (t.py:4);onednn_mm (o.py:3) 3\n"
+        "main (a.py:1);_PoolerMixin.forward (m.py:9);chunked_token_stats (t.py:4);shard_stats (t.py:7) 1\n"
+    )
     (tmp_path / "w.txt").write_text(raw)
     total, inc, leaf = profile.inclusive_shares(raw)
     assert total == 10 and inc["onednn_mm [o.py]"] == 9 and leaf["shard_stats [t.py]"] == 1

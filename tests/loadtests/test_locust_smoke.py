@@ -52,11 +52,34 @@ def test_runner_smoke_against_the_live_server(server, tmp_path):
     a slow machine got fewer requests (none at all, seen here) in a few seconds."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "loadtests.run", "--url", server.url, "--api-key", API_KEY, "-u", "4", "-r", "4",
-         "-t", "300s", "--out", str(out), "--max-fail-ratio", "0", "--max-p99-ms", "none"],
+        [
+            sys.executable,
+            "-m",
+            "loadtests.run",
+            "--url",
+            server.url,
+            "--api-key",
+            API_KEY,
+            "-u",
+            "4",
+            "-r",
+            "4",
+            "-t",
+            "300s",
+            "--out",
+            str(out),
+            "--max-fail-ratio",
+            "0",
+            "--max-p99-ms",
+            "none",
+        ],
         # -t and the runner's own bound (run time + 90 s) only catch a hang
-        cwd=ROOT, env=_env(**SMALL_MIX, ENDORM_LT_ITERATIONS="3"), stdin=subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=900,
+        cwd=ROOT,
+        env=_env(**SMALL_MIX, ENDORM_LT_ITERATIONS="3"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "result    PASS" in proc.stderr
@@ -103,8 +126,9 @@ class _Overloaded(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self._send(200, {"data": [{"id": "fake", "max_model_len": 256, "vocab_size": 1000, "alpha": 1.0,
-                                   "engine": "fake"}]})
+        self._send(
+            200, {"data": [{"id": "fake", "max_model_len": 256, "vocab_size": 1000, "alpha": 1.0, "engine": "fake"}]}
+        )
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -138,9 +162,32 @@ def _locust(url: str, out: Path, env: dict[str, str]) -> subprocess.CompletedPro
     """4 users x 3 requests (not a time window, whose count depends on speed): 9 /score, 3 /compare;
     -t only bounds a hang."""
     return subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url, "--headless", "-u", "4", "-r", "4",
-         "-t", "300s", "--csv", str(out), "--only-summary", "--stop-timeout", "60"],
-        cwd=ROOT, env={**env, "ENDORM_LT_ITERATIONS": "3"}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--host",
+            url,
+            "--headless",
+            "-u",
+            "4",
+            "-r",
+            "4",
+            "-t",
+            "300s",
+            "--csv",
+            str(out),
+            "--only-summary",
+            "--stop-timeout",
+            "60",
+        ],
+        cwd=ROOT,
+        env={**env, "ENDORM_LT_ITERATIONS": "3"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -148,8 +195,12 @@ def _locust(url: str, out: Path, env: dict[str, str]) -> subprocess.CompletedPro
 def test_429_and_503_are_counted_apart_from_failures(fake_server, tmp_path):
     url = f"http://127.0.0.1:{fake_server.server_address[1]}"
     summary_path = tmp_path / "summary.json"
-    env = _env(**SMALL_MIX, ENDORM_LT_WAIT="constant:0.05", ENDORM_LT_SUMMARY_JSON=str(summary_path),
-               ENDORM_LT_MAX_FAIL_RATIO="0")
+    env = _env(
+        **SMALL_MIX,
+        ENDORM_LT_WAIT="constant:0.05",
+        ENDORM_LT_SUMMARY_JSON=str(summary_path),
+        ENDORM_LT_MAX_FAIL_RATIO="0",
+    )
     proc = _locust(url, tmp_path / "ok", env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
@@ -171,8 +222,12 @@ def test_429_and_503_are_counted_apart_from_failures(fake_server, tmp_path):
 def test_errors_fail_the_run(fake_server, tmp_path):
     fake_server.fail_compare = True
     url = f"http://127.0.0.1:{fake_server.server_address[1]}"
-    env = _env(**SMALL_MIX, ENDORM_LT_WAIT="constant:0.05", ENDORM_LT_SCORE_WEIGHT="0",
-               ENDORM_LT_SUMMARY_JSON=str(tmp_path / "summary.json"))
+    env = _env(
+        **SMALL_MIX,
+        ENDORM_LT_WAIT="constant:0.05",
+        ENDORM_LT_SCORE_WEIGHT="0",
+        ENDORM_LT_SUMMARY_JSON=str(tmp_path / "summary.json"),
+    )
     proc = _locust(url, tmp_path / "err", env)
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "summary.json").read_text())

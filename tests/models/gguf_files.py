@@ -21,7 +21,11 @@ def shrink_gguf(src: Path, dst: Path, *, layers: int = 1, arch: str | None = Non
     for field in reader.fields.values():
         if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
             continue
-        name = field.name.replace(f"{old_arch}.", f"{new_arch}.", 1) if field.name.startswith(f"{old_arch}.") else field.name
+        name = (
+            field.name.replace(f"{old_arch}.", f"{new_arch}.", 1)
+            if field.name.startswith(f"{old_arch}.")
+            else field.name
+        )
         value = layers if name == f"{new_arch}.block_count" else field.contents()
         val_type = field.types[0]
         sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None

@@ -49,12 +49,22 @@ def concurrent_build(small_gguf, tmp_path_factory):
     name = f"{small_gguf.stem}-{file_sha256(small_gguf)[:16]}-c{CONVERSION_VERSION}"
     lock = cache / "gguf" / f"{name}.lock"
     lock.parent.mkdir(parents=True)
-    code = "import sys; from pathlib import Path; from endorm_server.models.sources import resolve_model_path; " \
-           "print(resolve_model_path(sys.argv[1], Path(sys.argv[2])))"
+    code = (
+        "import sys; from pathlib import Path; from endorm_server.models.sources import resolve_model_path; "
+        "print(resolve_model_path(sys.argv[1], Path(sys.argv[2])))"
+    )
     with lock.open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(small_gguf), str(cache)], env=ENV,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(small_gguf), str(cache)],
+                env=ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         deadline = time.monotonic() + 300
         while not all(_has_open(p.pid, lock) for p in procs):  # both are at the lock
             assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
@@ -113,13 +123,16 @@ def _has_open(pid: int, target: Path) -> bool:
         return False
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("truncated", "truncated"),
-    ("header-only", "truncated"),
-    ("not-gguf", "not a GGUF file"),
-    ("unsupported-arch", "architecture 'endormfake' is not supported"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("truncated", "truncated"),
+        ("header-only", "truncated"),
+        ("not-gguf", "not a GGUF file"),
+        ("unsupported-arch", "architecture 'endormfake' is not supported"),
+    ],
+)
 def test_bad_gguf_is_a_clear_error_with_nothing_cached(small_gguf, tmp_path, case, message):
     bad = tmp_path / f"{case}.gguf"
     if case == "truncated":
@@ -180,10 +193,18 @@ def test_missing_demo_weights_are_a_start_error_not_a_stand_in(tmp_path, monkeyp
 def test_cli_refuses_a_truncated_model_at_start(small_gguf, tmp_path, command):
     bad = truncated_copy(small_gguf, tmp_path / "cut.gguf", 0.6)
     cache = tmp_path / "cache"
-    args = {"serve": ["--port", "0"], "score": [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")],
-            "eval": [str(tmp_path / "in.jsonl")]}[command]
-    proc = subprocess.run([sys.executable, "-m", "endorm_server.cli", command, *args, "--model", str(bad),
-                           "--cache-dir", str(cache)], env=ENV, capture_output=True, text=True, timeout=300)
+    args = {
+        "serve": ["--port", "0"],
+        "score": [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")],
+        "eval": [str(tmp_path / "in.jsonl")],
+    }[command]
+    proc = subprocess.run(
+        [sys.executable, "-m", "endorm_server.cli", command, *args, "--model", str(bad), "--cache-dir", str(cache)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"endorm {command}: error: model file" in proc.stderr and "truncated" in proc.stderr
     assert "Traceback" not in proc.stderr

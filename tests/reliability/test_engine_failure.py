@@ -29,8 +29,11 @@ def test_engine_death_under_load(tmp_path):
     # a 503 window after the death that outlasts the test, so the /ready probe below lands in it however
     # slow this process is; the test ends it with SIGTERM (exit 1 at once), not by waiting it out.
     # The served CPU layout (a worker process beside the engine core): both must be frozen and killed.
-    server = ServerProcess(["--model", str(tiny_model("llama")), *COMMON, "--engine-death-grace-s", "3600"],
-                           log_path=tmp_path / "server.log", env=PRODUCTION_TOPOLOGY).start()
+    server = ServerProcess(
+        ["--model", str(tiny_model("llama")), *COMMON, "--engine-death-grace-s", "3600"],
+        log_path=tmp_path / "server.log",
+        env=PRODUCTION_TOPOLOGY,
+    ).start()
     try:
         engine = psutil.Process(server.proc.pid).children(recursive=True)
         assert engine, "no engine process to kill"
@@ -56,8 +59,9 @@ def test_engine_death_under_load(tmp_path):
             try:
                 ready = httpx.get(server.url + "/ready", timeout=30)
                 if ready.status_code == 503:
-                    late = httpx.post(server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]},
-                                      timeout=30)
+                    late = httpx.post(
+                        server.url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}, timeout=30
+                    )
                     break
             except httpx.TransportError:
                 break

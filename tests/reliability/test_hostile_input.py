@@ -13,9 +13,9 @@ JSON = {"content-type": "application/json"}
 @pytest.mark.parametrize(
     "raw,status",
     [
-        (b"\xff\xfe\xfa{", 422),                                    # invalid UTF-8
-        (b"[" * 50_000 + b"]" * 50_000, 422),                       # deeply nested
-        (b'{"items": ' + b"[" * 3000 + b"]" * 3000 + b"}", 422),   # nested inside a field
+        (b"\xff\xfe\xfa{", 422),  # invalid UTF-8
+        (b"[" * 50_000 + b"]" * 50_000, 422),  # deeply nested
+        (b'{"items": ' + b"[" * 3000 + b"]" * 3000 + b"}", 422),  # nested inside a field
         (b'{"items": [{"prompt": "\\ud800", "response": "x"}]}', 422),  # lone surrogate
         (b'{"items": [{"prompt_ids": [1e400], "response_ids": [1]}]}', 422),
         (b'{"items": [{"prompt_ids": [1, 2], "response_ids": [99999999999999999999999]}]}', 422),
@@ -52,6 +52,8 @@ def test_slowloris_style_truncated_body_does_not_hang(server):
     import socket
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
-        s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"it")
+        s.sendall(
+            b'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"it'
+        )
     r = httpx.get(server.url + "/health", timeout=60)  # catches a hang, not a slow machine
     assert r.status_code == 200

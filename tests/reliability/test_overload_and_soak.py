@@ -26,12 +26,17 @@ MB = 2**20
 
 
 def _body(seed: int, items: int = 4, prompt_len: int = 240) -> dict:
-    return {"items": [{"prompt_ids": [(seed + i * 13 + j) % 500 + 5 for j in range(prompt_len)], "response_ids": [7, 8, 9]}
-                      for i in range(items)]}
+    return {
+        "items": [
+            {"prompt_ids": [(seed + i * 13 + j) % 500 + 5 for j in range(prompt_len)], "response_ids": [7, 8, 9]}
+            for i in range(items)
+        ]
+    }
 
 
-def _drive(url: str, seconds: float, workers: int, make_body,
-           until: threading.Event | None = None) -> list[tuple[object, float, str | None]]:
+def _drive(
+    url: str, seconds: float, workers: int, make_body, until: threading.Event | None = None
+) -> list[tuple[object, float, str | None]]:
     """Closed-loop load: ``workers`` clients posting back to back for ``seconds`` (and, given
     ``until``, until it is set: the test's own phase then ends the load, not the clock)."""
     results: list[tuple[object, float, str | None]] = []
@@ -103,8 +108,14 @@ def test_overload_only_200_429_503_and_memory_returns(limited_server):
         try:
             # frozen while idle (the warm-up drives have finished), never in the middle of a step
             with _engine_frozen(limited_server):
-                drive = runner.submit(_drive, url, float(os.environ.get("ENDORM_OVERLOAD_S", 12)), 32,
-                                      lambda seed: _body(seed, items=16), frozen_phase_over)
+                drive = runner.submit(
+                    _drive,
+                    url,
+                    float(os.environ.get("ENDORM_OVERLOAD_S", 12)),
+                    32,
+                    lambda seed: _body(seed, items=16),
+                    frozen_phase_over,
+                )
                 deadline = time.monotonic() + 120  # must come: the budget cannot free while frozen
                 while _rejections(url, "wait_timeout") - timeouts_before < 32:
                     assert time.monotonic() < deadline, "no 429 while the budget was held"
@@ -120,9 +131,11 @@ def test_overload_only_200_429_503_and_memory_returns(limited_server):
     p99 = admitted[int(0.99 * (len(admitted) - 1))]
     # The figures are reported, never asserted (they depend on the machine's speed); that every
     # admitted request finished within the deadline is the status check above (no 504).
-    print(f"\noverload: {len(results)} requests, {statuses.count(200)} admitted, {statuses.count(429)} x 429; "
-          f"admitted p50 {statistics.median(admitted):.3f} s p99 {p99:.3f} s "
-          f"(unloaded median {statistics.median(unloaded):.3f} s)")
+    print(
+        f"\noverload: {len(results)} requests, {statuses.count(200)} admitted, {statuses.count(429)} x 429; "
+        f"admitted p50 {statistics.median(admitted):.3f} s p99 {p99:.3f} s "
+        f"(unloaded median {statistics.median(unloaded):.3f} s)"
+    )
 
     _settle(url)
     after = tree_rss_bytes(limited_server.proc.pid)
@@ -135,6 +148,7 @@ def test_many_disconnecting_clients_leave_nothing_behind(limited_server):
     _settle(url)
     before = tree_rss_bytes(limited_server.proc.pid)
     for round_ in range(3):
+
         def hang_up(i):
             try:
                 httpx.post(url + "/score", json=_body(round_ * 100 + i, items=8), timeout=0.05)  # noqa: B023 (called within this iteration)
@@ -178,8 +192,10 @@ def _soak(server, seconds: float) -> None:
     api_mb = np.array([x[1] for x in samples]) / MB
     tree_mb = np.array([x[2] for x in samples]) / MB
     slope = np.polyfit(t, api_mb, 1)[0] * 60  # MB per minute
-    print(f"\nsoak {seconds:.0f} s: {len(results)} requests; API process {api_mb[0]:.0f} -> {api_mb[-1]:.0f} MB "
-          f"(trend {slope:+.2f} MB/min); all processes {tree_mb[0]:.0f} -> {tree_mb[-1]:.0f} MB")
+    print(
+        f"\nsoak {seconds:.0f} s: {len(results)} requests; API process {api_mb[0]:.0f} -> {api_mb[-1]:.0f} MB "
+        f"(trend {slope:+.2f} MB/min); all processes {tree_mb[0]:.0f} -> {tree_mb[-1]:.0f} MB"
+    )
     assert slope < 5, f"API process memory grows {slope:.1f} MB/min"
     assert tree_mb[-1] < tree_mb[0] * 1.05 + 50
 

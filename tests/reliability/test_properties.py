@@ -15,8 +15,25 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=20,
 )
-FIELDS = ["items", "prompt", "messages", "prompt_ids", "response", "response_ids", "responses", "responses_ids",
-          "system", "aggregation", "gamma", "beta", "terminal", "return_tokens", "truncate", "add_eos", "model"]
+FIELDS = [
+    "items",
+    "prompt",
+    "messages",
+    "prompt_ids",
+    "response",
+    "response_ids",
+    "responses",
+    "responses_ids",
+    "system",
+    "aggregation",
+    "gamma",
+    "beta",
+    "terminal",
+    "return_tokens",
+    "truncate",
+    "add_eos",
+    "model",
+]
 bodies = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6) | json_values
 
 
@@ -36,13 +53,17 @@ def test_request_models_only_raise_validation_errors(body):
 
 
 items_strategy = st.lists(
-    st.tuples(st.lists(st.integers(5, 500), min_size=1, max_size=12), st.lists(st.integers(5, 500), min_size=1, max_size=6)),
-    min_size=2, max_size=6,
+    st.tuples(
+        st.lists(st.integers(5, 500), min_size=1, max_size=12), st.lists(st.integers(5, 500), min_size=1, max_size=6)
+    ),
+    min_size=2,
+    max_size=6,
 )
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(items_strategy, st.randoms(use_true_random=False))
 def test_permuting_items_permutes_results(client, items, rnd):
     body = [{"prompt_ids": p, "response_ids": r} for p, r in items]

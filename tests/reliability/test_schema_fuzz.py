@@ -28,12 +28,29 @@ def _run(server, max_examples: int) -> tuple[int, int, str]:
     st = str(beside) if beside.exists() else shutil.which("schemathesis")
     assert st, "schemathesis is a dev dependency"
     proc = subprocess.run(
-        [st, "run", server.url + "/openapi.json", "-H", f"Authorization: Bearer {API_KEY}", *CHECKS,
-         "--max-examples", str(max_examples), "--seed", "1", "--workers", "2",
-         # no speed checks: schemathesis's 10 s default per request, and Hypothesis's "too slow" data
-         # generation check, fail on a loaded machine, not on a wrong answer
-         "--request-timeout", "300", "--suppress-health-check", "too_slow"],
-        capture_output=True, text=True, timeout=900,
+        [
+            st,
+            "run",
+            server.url + "/openapi.json",
+            "-H",
+            f"Authorization: Bearer {API_KEY}",
+            *CHECKS,
+            "--max-examples",
+            str(max_examples),
+            "--seed",
+            "1",
+            "--workers",
+            "2",
+            # no speed checks: schemathesis's 10 s default per request, and Hypothesis's "too slow" data
+            # generation check, fail on a loaded machine, not on a wrong answer
+            "--request-timeout",
+            "300",
+            "--suppress-health-check",
+            "too_slow",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     out = proc.stdout + proc.stderr
     match = re.search(r"(\d+) generated", out)

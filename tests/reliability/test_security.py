@@ -31,7 +31,9 @@ def test_no_cors_by_default(anon):
 def test_cors_only_for_configured_origins():
     app = create_app(Settings(model=str(tiny_model("llama")), cors_origins=["https://trainer.example"]))
     client = TestClient(app)  # no lifespan: CORS is answered by the middleware alone
-    ok = client.options("/score", headers={"Origin": "https://trainer.example", "Access-Control-Request-Method": "POST"})
+    ok = client.options(
+        "/score", headers={"Origin": "https://trainer.example", "Access-Control-Request-Method": "POST"}
+    )
     assert ok.headers.get("access-control-allow-origin") == "https://trainer.example"
     bad = client.options("/score", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in bad.headers
@@ -39,10 +41,15 @@ def test_cors_only_for_configured_origins():
 
 def test_body_limit_before_parsing(server):
     # 2 MB of bytes that are not JSON: rejected by size (413), not by the parser (422).
-    r = httpx.post(server.url + "/score", content=b"\x00" * 2_000_000,
-                   headers={"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"}, timeout=120)
+    r = httpx.post(
+        server.url + "/score",
+        content=b"\x00" * 2_000_000,
+        headers={"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
+        timeout=120,
+    )
     assert_error(r, 413)
     # and without auth, too: size is checked before anything else
-    r = httpx.post(server.url + "/score", content=b"\x00" * 2_000_000, headers={"content-type": "application/json"},
-                   timeout=120)  # httpx's default 5 s is a speed check on a loaded machine
+    r = httpx.post(
+        server.url + "/score", content=b"\x00" * 2_000_000, headers={"content-type": "application/json"}, timeout=120
+    )  # httpx's default 5 s is a speed check on a loaded machine
     assert_error(r, 413)

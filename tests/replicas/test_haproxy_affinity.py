@@ -41,8 +41,9 @@ pytestmark = pytest.mark.slow
 
 
 def replica(name: str, port: int | None, workdir: Path) -> LocalServer:
-    return LocalServer(["--model", str(tiny_model("llama")), *COMMON], port=port,
-                       log_path=workdir / f"{name}.log", ready_timeout_s=900)
+    return LocalServer(
+        ["--model", str(tiny_model("llama")), *COMMON], port=port, log_path=workdir / f"{name}.log", ready_timeout_s=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,13 @@ def cluster(tmp_path_factory) -> Iterator[tuple[dict[str, LocalServer], HAProxy]
 
 def hit_tokens(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=30).text
-    return sum(s.value for f in text_string_to_metric_families(text) if f.name == HIT_METRIC
-               for s in f.samples if s.name == HIT_METRIC + "_total")
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == HIT_METRIC
+        for s in f.samples
+        if s.name == HIT_METRIC + "_total"
+    )
 
 
 def group_items(seed: int, groups: int, size: int, prompt_len: int) -> list[list[dict]]:
@@ -78,8 +84,12 @@ def group_items(seed: int, groups: int, size: int, prompt_len: int) -> list[list
     out = []
     for _ in range(groups):
         prompt = [rng.randrange(10, 500) for _ in range(prompt_len)]
-        out.append([{"prompt_ids": prompt, "response_ids": [rng.randrange(10, 500) for _ in range(RESPONSE_LEN)]}
-                    for _ in range(size)])
+        out.append(
+            [
+                {"prompt_ids": prompt, "response_ids": [rng.randrange(10, 500) for _ in range(RESPONSE_LEN)]}
+                for _ in range(size)
+            ]
+        )
     return out
 
 
@@ -101,8 +111,12 @@ def run_groups(url: str, servers: dict[str, LocalServer], seed: int) -> dict:
                 served.setdefault(prompt_key(item), set()).add(name)
                 prompt_tokens += tokens
     hits = {n: hit_tokens(s.url) - before[n] for n, s in servers.items()}
-    return {"served": served, "prompt_tokens": prompt_tokens, "hit_tokens": hits,
-            "computed_prompt_tokens": prompt_tokens - sum(hits.values())}
+    return {
+        "served": served,
+        "prompt_tokens": prompt_tokens,
+        "hit_tokens": hits,
+        "computed_prompt_tokens": prompt_tokens - sum(hits.values()),
+    }
 
 
 def test_affinity_keeps_each_group_on_one_replica_round_robin_loses_the_cache(cluster, capsys):
@@ -118,21 +132,25 @@ def test_affinity_keeps_each_group_on_one_replica_round_robin_loses_the_cache(cl
     assert ratio > 2, (aff, rr)
     result = {
         "setup": f"3 endorm serve replicas (tiny llama, {' '.join(COMMON)}) behind HAProxy 2.6 on 127.0.0.1; "
-                 f"{GROUPS} groups x {GROUP_SIZE} samples, one sample per request, prompt {PROMPT_LEN} tokens, "
-                 f"response {RESPONSE_LEN}; affinity: balance hdr(X-EndoRM-Affinity) + hash-type consistent; "
-                 "round-robin: balance roundrobin; computed = prompt tokens - endorm_prefix_cache_hit_tokens",
+        f"{GROUPS} groups x {GROUP_SIZE} samples, one sample per request, prompt {PROMPT_LEN} tokens, "
+        f"response {RESPONSE_LEN}; affinity: balance hdr(X-EndoRM-Affinity) + hash-type consistent; "
+        "round-robin: balance roundrobin; computed = prompt tokens - endorm_prefix_cache_hit_tokens",
         "affinity": {k: v for k, v in aff.items() if k != "served"},
         "round_robin": {k: v for k, v in rr.items() if k != "served"},
-        "replicas_per_group": {"affinity": sorted(len(v) for v in aff["served"].values()),
-                               "round_robin": sorted(len(v) for v in rr["served"].values())},
+        "replicas_per_group": {
+            "affinity": sorted(len(v) for v in aff["served"].values()),
+            "round_robin": sorted(len(v) for v in rr["served"].values()),
+        },
         "computed_prompt_tokens_ratio_rr_over_affinity": round(ratio, 3),
     }
     out = os.environ.get("ENDORM_REPLICAS_RESULT")
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
     with capsys.disabled():
-        print(f"\nprompt tokens computed, round-robin / affinity: {ratio:.2f} "
-              f"({rr['computed_prompt_tokens']:.0f} / {aff['computed_prompt_tokens']:.0f})")
+        print(
+            f"\nprompt tokens computed, round-robin / affinity: {ratio:.2f} "
+            f"({rr['computed_prompt_tokens']:.0f} / {aff['computed_prompt_tokens']:.0f})"
+        )
 
 
 def probe(url: str, keys: list[dict]) -> dict[str, str]:
@@ -142,8 +160,12 @@ def probe(url: str, keys: list[dict]) -> dict[str, str]:
 
 def in_flight(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=30).text
-    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "endorm_in_flight_requests"
-               for s in f.samples)
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "endorm_in_flight_requests"
+        for s in f.samples
+    )
 
 
 def test_killed_replica_loses_no_request_and_only_its_keys_move(cluster, tmp_path):
@@ -157,8 +179,9 @@ def test_killed_replica_loses_no_request_and_only_its_keys_move(cluster, tmp_pat
     lock = threading.Lock()
 
     def load(seed: int) -> None:
-        with RewardClient(proxy.affinity_url, timeout=300, max_retries=20, backoff_max=1.0,
-                          retry_statuses=(429, 502, 503, 504)) as rm:
+        with RewardClient(
+            proxy.affinity_url, timeout=300, max_retries=20, backoff_max=1.0, retry_statuses=(429, 502, 503, 504)
+        ) as rm:
             k = 0
             while not stop.is_set():
                 for item in group_items(seed * 1000 + k, 1, 4, 256)[0]:
@@ -211,5 +234,7 @@ def test_killed_replica_loses_no_request_and_only_its_keys_move(cluster, tmp_pat
     servers[VICTIM].start().wait_ready()
     proxy.wait_status("by_prompt", {VICTIM: "UP"})
     assert probe(proxy.affinity_url, keys) == before
-    print(f"load requests: {len(log)} ok, 0 lost; victim in flight at the kill: {seen_in_flight}; "
-          f"keys moved and back: {sum(1 for n in before.values() if n == VICTIM)} of {len(keys)}")
+    print(
+        f"load requests: {len(log)} ok, 0 lost; victim in flight at the kill: {seen_in_flight}; "
+        f"keys moved and back: {sum(1 for n in before.values() if n == VICTIM)} of {len(keys)}"
+    )

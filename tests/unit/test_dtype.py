@@ -17,10 +17,18 @@ AVX512_FP16_ONLY = "avx2 avx512f avx512_fp16".split()  # float16 arithmetic but 
 GRAVITON3 = "fp asimd asimdhp sve sve2 bf16 svebf16 i8mm".split()
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (EPYC, "bfloat16"), (XEON_AMX, "bfloat16"), (GRAVITON3, "bfloat16"),
-    (AVX2, "float32"), (AVX512_NO_BF16, "float32"), (AVX512_FP16_ONLY, "float32"), ([], "float32"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (EPYC, "bfloat16"),
+        (XEON_AMX, "bfloat16"),
+        (GRAVITON3, "bfloat16"),
+        (AVX2, "float32"),
+        (AVX512_NO_BF16, "float32"),
+        (AVX512_FP16_ONLY, "float32"),
+        ([], "float32"),
+    ],
+)
 @pytest.mark.parametrize("ckpt", ["float32", "bfloat16", "float16", None])
 def test_cpu_auto_is_bf16_exactly_where_bf16_is_native_and_never_float16(flags, expected, ckpt):
     choice = resolve_dtype("auto", device="cpu", cpu_flags=flags, checkpoint_dtype=ckpt)
@@ -30,15 +38,18 @@ def test_cpu_auto_is_bf16_exactly_where_bf16_is_native_and_never_float16(flags, 
         assert any(f in choice.reason for f in ("amx_bf16", "avx512_bf16", "bf16"))
 
 
-@pytest.mark.parametrize("ckpt, bf16, expected", [
-    ("float32", True, "bfloat16"),  # a GGUF conversion on an A100 / H100
-    ("float32", False, "float32"),  # on a V100 / T4
-    ("bfloat16", True, "bfloat16"),
-    ("bfloat16", False, "float32"),
-    ("float16", True, "float16"),
-    ("float16", False, "float16"),
-    (None, True, "bfloat16"),  # no dtype in config.json: float32 weights
-])
+@pytest.mark.parametrize(
+    "ckpt, bf16, expected",
+    [
+        ("float32", True, "bfloat16"),  # a GGUF conversion on an A100 / H100
+        ("float32", False, "float32"),  # on a V100 / T4
+        ("bfloat16", True, "bfloat16"),
+        ("bfloat16", False, "float32"),
+        ("float16", True, "float16"),
+        ("float16", False, "float16"),
+        (None, True, "bfloat16"),  # no dtype in config.json: float32 weights
+    ],
+)
 def test_gpu_auto_keeps_the_checkpoints_dtype_and_turns_float32_into_bf16_where_supported(ckpt, bf16, expected):
     assert resolve_dtype("auto", device="cuda", checkpoint_dtype=ckpt, gpu_bf16=bf16).dtype == expected
 
@@ -61,8 +72,11 @@ def test_the_transformers_engine_auto_is_the_float64_reference():
 
 def test_cpu_flags_and_checkpoint_dtype_are_read_from_files(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: " + " ".join(EPYC)
-                    + "\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: "
+        + " ".join(EPYC)
+        + "\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    )
     assert cpu_flags(info) == set(EPYC)
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: " + " ".join(GRAVITON3) + "\n")

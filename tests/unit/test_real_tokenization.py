@@ -19,10 +19,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 # (response, merges with the generation prompt's trailing "\n" in naive concatenation)
 RESPONSES = [
     ("The capital of France is Paris.", False),
-    (" Paris.", False),                      # leading space
-    ("\nParis.", False),                     # leading newline
+    (" Paris.", False),  # leading space
+    ("\nParis.", False),  # leading newline
     ("\n\nParis is the capital of France.", True),  # "\n" + "\n\n" -> "\n\n" + "\n"
-    ("  Paris, of course.", True),           # "\n" + "  " -> "\n " + " "
+    ("  Paris, of course.", True),  # "\n" + "  " -> "\n " + " "
     ("- Paris\n- Lyon", False),
 ]
 
@@ -70,16 +70,20 @@ def test_chat_system_replaces_the_default_system_prompt(tok, enc, response, merg
     assert prompt_text.startswith(f"<|im_start|>system\n{criteria}<|im_end|>\n") and DEFAULT_SYSTEM not in prompt_text
     assert tok.decode(pair.response_ids[:-1]) == response
     # a leading system message in `messages` is replaced too, not duplicated
-    again = enc.encode(messages=[{"role": "system", "content": "You are a pirate."}, *QUESTION], system=criteria,
-                       response=response)
+    again = enc.encode(
+        messages=[{"role": "system", "content": "You are a pirate."}, *QUESTION], system=criteria, response=response
+    )
     assert again == pair
 
 
-@pytest.mark.parametrize("prompt, response, merges", [
-    ("Question: What is the capital of France?\nAnswer:", " Paris.", False),
-    ("The capital of France is Par", "is.", True),   # naive concatenation makes " Paris" one token
-    ("Write one word:\n", "  Paris", True),           # "\n" + "  " -> "\n " + " "
-])
+@pytest.mark.parametrize(
+    "prompt, response, merges",
+    [
+        ("Question: What is the capital of France?\nAnswer:", " Paris.", False),
+        ("The capital of France is Par", "is.", True),  # naive concatenation makes " Paris" one token
+        ("Write one word:\n", "  Paris", True),  # "\n" + "  " -> "\n " + " "
+    ],
+)
 def test_raw_prompt_and_response_are_tokenized_apart(tok, enc, prompt, response, merges):
     pair = enc.encode(prompt=prompt, response=response)
     assert pair.prompt_ids == tok.encode(prompt, add_special_tokens=True)

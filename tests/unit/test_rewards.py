@@ -28,6 +28,7 @@ VOCAB = 13
 # -----------------------------------------------------------------------------
 # reference: the slow, obvious way, from a full logits matrix [N, VOCAB] and token ids
 
+
 def _logsumexp(z):
     m = max(z)
     return m + math.log(sum(math.exp(zi - m) for zi in z))
@@ -49,6 +50,7 @@ def reference(logits, tokens, P, alpha, terminal="zero"):
     """Per-token rewards via r_h = alpha*log pi(a_h|s_h) + V(s_h) - V(s_{h+1}) with an explicit log-softmax."""
     N = len(tokens)
     H = N - P
+
     def V(i):  # V of the state predicted at position i
         return alpha * _logsumexp([x / alpha for x in logits[i]])
 
@@ -74,6 +76,7 @@ def make_case(rng, N, scale=3.0):
 
 # -----------------------------------------------------------------------------
 # per-token rewards
+
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0])
 @pytest.mark.parametrize("terminal", TERMINALS)
@@ -188,6 +191,7 @@ def test_nan_outside_used_range_is_ignored():
 # -----------------------------------------------------------------------------
 # errors
 
+
 def _cv(N=6):
     rng = np.random.default_rng(0)
     return rng.normal(size=N), rng.normal(size=N)
@@ -265,6 +269,7 @@ def test_bad_aggregation():
 # -----------------------------------------------------------------------------
 # aggregation and discount weights
 
+
 def test_discount_weights_values_and_floor():
     np.testing.assert_allclose(discount_weights(4, 0.5, 0.0), [1.0, 0.5, 0.25, 0.125], rtol=0, atol=0)
     np.testing.assert_allclose(discount_weights(5, 0.5, 0.2), [1.0, 0.5, 0.25, 0.2, 0.2], rtol=0, atol=0)
@@ -273,7 +278,7 @@ def test_discount_weights_values_and_floor():
     assert discount_weights(0, 0.9, 0.0).shape == (0,)
     w = discount_weights(20000, 0.93, 0.0)  # underflows quietly to 0, no warnings
     assert np.all(np.isfinite(w)) and w[-1] == 0.0 and np.all(np.diff(w) <= 0)
-    np.testing.assert_allclose(discount_weights(50, 0.93, 0.0), [0.93 ** h for h in range(50)], rtol=1e-13)
+    np.testing.assert_allclose(discount_weights(50, 0.93, 0.0), [0.93**h for h in range(50)], rtol=1e-13)
 
 
 def test_aggregations_against_loops():
@@ -286,7 +291,8 @@ def test_aggregations_against_loops():
     assert aggregate(tr) == pytest.approx(sum(r), rel=1e-12)
     assert aggregate(tr, "mean") == pytest.approx(sum(r) / H, rel=1e-12)
     assert aggregate(tr, "discounted", gamma=gamma, beta=beta) == pytest.approx(
-        sum(max(gamma ** h, beta) * r[h] for h in range(H)), rel=1e-12)
+        sum(max(gamma**h, beta) * r[h] for h in range(H)), rel=1e-12
+    )
     assert aggregate(tr, "discounted", gamma=1.0) == pytest.approx(aggregate(tr, "sum"), rel=1e-14)
     assert aggregate(tr, "loglik_sum") == pytest.approx(sum(lp), rel=1e-12)
     assert aggregate(tr, "loglik_mean") == pytest.approx(sum(lp) / H, rel=1e-12)

@@ -104,8 +104,11 @@ def test_text_steps_use_exactly_the_whole_response_tokens(encoder):
     prompt = {"prompt": "Q: compute. A: "}
     whole = encoder.encode(**prompt, response=ANSWER)
     texts = st.split_on_separator(ANSWER, "\n\n")
-    for spec in ({"steps": texts}, {"response": ANSWER, "step_separator": "\n\n"},
-                 {"response": ANSWER, "steps": texts}):
+    for spec in (
+        {"steps": texts},
+        {"response": ANSWER, "step_separator": "\n\n"},
+        {"response": ANSWER, "steps": texts},
+    ):
         pair = encode_with_steps(encoder, {**prompt, **spec}, lambda it: encoder.encode(**it))
         assert pair.response_ids == whole.response_ids
         assert len(pair.step_spans) == 3 and pair.step_texts == tuple(texts)
@@ -116,15 +119,18 @@ def test_text_steps_use_exactly_the_whole_response_tokens(encoder):
             assert e > s and offs[s][1] > start
 
 
-@pytest.mark.parametrize("item, param", [
-    ({"prompt": "Q", "steps": ["a", "b"], "response": "abc"}, "steps"),
-    ({"prompt": "Q", "response": "abc", "step_separator": "\n\n"}, "step_separator"),
-    ({"prompt": "Q", "response_ids": [5, 6], "step_ends": [3]}, "step_ends"),
-    ({"prompt": "Q", "response_ids": [5, 6, 7], "step_ends": [2, 2]}, "step_ends"),
-    ({"prompt": "Q", "response": "abc", "step_ends": [1]}, "step_ends"),
-    ({"prompt": "Q", "response_ids": [5, 6], "step_separator": "x"}, "step_separator"),
-    ({"prompt": "Q", "response": "a\n\nb", "step_separator": "\n\n", "step_ends": [1]}, "step_ends"),
-])
+@pytest.mark.parametrize(
+    "item, param",
+    [
+        ({"prompt": "Q", "steps": ["a", "b"], "response": "abc"}, "steps"),
+        ({"prompt": "Q", "response": "abc", "step_separator": "\n\n"}, "step_separator"),
+        ({"prompt": "Q", "response_ids": [5, 6], "step_ends": [3]}, "step_ends"),
+        ({"prompt": "Q", "response_ids": [5, 6, 7], "step_ends": [2, 2]}, "step_ends"),
+        ({"prompt": "Q", "response": "abc", "step_ends": [1]}, "step_ends"),
+        ({"prompt": "Q", "response_ids": [5, 6], "step_separator": "x"}, "step_separator"),
+        ({"prompt": "Q", "response": "a\n\nb", "step_separator": "\n\n", "step_ends": [1]}, "step_ends"),
+    ],
+)
 def test_bad_step_input(encoder, item, param):
     with pytest.raises(InputError) as e:
         encode_with_steps(encoder, item, lambda it: encoder.encode(**it))

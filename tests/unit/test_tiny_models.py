@@ -244,9 +244,7 @@ def test_gemma2_final_logit_softcapping(tiny_model):
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["final_logit_softcapping"] == 30.0
     assert cfg["attn_logit_softcapping"] is None
-    assert json.loads((tiny_model("gemma2") / "config.json").read_text())[
-        "final_logit_softcapping"
-    ] is None
+    assert json.loads((tiny_model("gemma2") / "config.json").read_text())["final_logit_softcapping"] is None
     model = AutoModelForCausalLM.from_pretrained(path)
     with torch.no_grad():
         logits = model(torch.arange(5, 300)[None]).logits

@@ -44,9 +44,7 @@ def enc(tok):
 
 
 def _template_prompt_ids(tok, msgs):
-    return list(
-        tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-    )
+    return list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
 def _template_full_ids(tok, msgs, response):

@@ -14,41 +14,77 @@ from endorm_server.scoring.aggregations import AGGREGATIONS, Aggregation
 ITEM = {"prompt": "2+3=", "response": "5"}
 
 
-@pytest.mark.parametrize("field, value", [
-    ("truncate", 1), ("truncate", "true"), ("gamma", "0.5"), ("beta", "0"), ("add_eos", 0), ("return_tokens", "yes"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("truncate", 1),
+        ("truncate", "true"),
+        ("gamma", "0.5"),
+        ("beta", "0"),
+        ("add_eos", 0),
+        ("return_tokens", "yes"),
+    ],
+)
 def test_score_body_rejects_coercion(field, value):
     with pytest.raises(ValidationError):
         ScoreRequest.model_validate({"items": [ITEM], field: value})
 
 
-@pytest.mark.parametrize("field, value", [
-    ("truncate", 1), ("truncate", "true"), ("gamma", "0.5"), ("beta", "0"), ("activation", 0),
-    ("use_activation", "false"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("truncate", 1),
+        ("truncate", "true"),
+        ("gamma", "0.5"),
+        ("beta", "0"),
+        ("activation", 0),
+        ("use_activation", "false"),
+    ],
+)
 def test_classify_body_rejects_coercion_like_score(field, value):
     with pytest.raises(ValidationError):
         ClassifyRequest.model_validate({"input": "x", field: value})
 
 
 def test_classify_body_takes_json_numbers_and_booleans():
-    body = ClassifyRequest.model_validate({"input": "x", "gamma": 1, "beta": 0.5, "truncate": True,
-                                           "activation": False})
+    body = ClassifyRequest.model_validate(
+        {"input": "x", "gamma": 1, "beta": 0.5, "truncate": True, "activation": False}
+    )
     assert (body.gamma, body.beta, body.truncate, body.activation) == (1.0, 0.5, True, False)
 
 
-@pytest.mark.parametrize("query", [
-    {"truncate": "1"}, {"truncate": "yes"}, {"truncate": "True"}, {"add_eos": "on"}, {"gamma": "inf"},
-    {"gamma": "nan"}, {"gamma": " 0.5"}, {"gamma": "1_0"}, {"beta": "0x1"}, {"gamma": "2"}, {"aggregation": "max"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"truncate": "1"},
+        {"truncate": "yes"},
+        {"truncate": "True"},
+        {"add_eos": "on"},
+        {"gamma": "inf"},
+        {"gamma": "nan"},
+        {"gamma": " 0.5"},
+        {"gamma": "1_0"},
+        {"beta": "0x1"},
+        {"gamma": "2"},
+        {"aggregation": "max"},
+    ],
+)
 def test_get_reward_query_string_is_as_strict_as_json(query):
     with pytest.raises(ValidationError):
         GetRewardOptions.model_validate(query)
 
 
 def test_get_reward_query_string_reads_json_spellings():
-    opts = GetRewardOptions.model_validate({"gamma": "0.9", "beta": "1e-2", "truncate": "true", "add_eos": "false",
-                                            "aggregation": "step_min", "terminal": "bootstrap"})
+    opts = GetRewardOptions.model_validate(
+        {
+            "gamma": "0.9",
+            "beta": "1e-2",
+            "truncate": "true",
+            "add_eos": "false",
+            "aggregation": "step_min",
+            "terminal": "bootstrap",
+        }
+    )
     assert (opts.gamma, opts.beta, opts.truncate, opts.add_eos) == (0.9, 0.01, True, False)
     assert GetRewardOptions.model_validate({"gamma": ".5"}).gamma == 0.5
 

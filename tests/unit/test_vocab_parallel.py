@@ -91,8 +91,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             assert got.shape == (ROWS, 2) and got.dtype == torch.float32
             ref = _reference(logits, targets, alpha)
             single = chunked_token_stats(
-                torch.arange(ROWS).unsqueeze(-1), targets, lambda r: logits[r.squeeze(-1)],
-                alpha=alpha, chunk_rows=CHUNK_ROWS,
+                torch.arange(ROWS).unsqueeze(-1),
+                targets,
+                lambda r: logits[r.squeeze(-1)],
+                alpha=alpha,
+                chunk_rows=CHUNK_ROWS,
             )
             # The single-process path agrees with the obvious reference ...
             torch.testing.assert_close(single.double(), ref, rtol=0, atol=TOL)
@@ -120,7 +123,7 @@ def test_reference_catches_wrong_reduction():
     naive_v = torch.logsumexp(logits[:, :SPLIT].double(), -1) + torch.logsumexp(logits[:, SPLIT:].double(), -1)
     assert float((naive_v - ref[:, 1]).abs().max()) > TOL
     # The targets hit both shards, and the spread is real (not all logits equal).
-    assert ((targets < SPLIT).any() and (targets >= SPLIT).any())
+    assert (targets < SPLIT).any() and (targets >= SPLIT).any()
     assert float(logits.std()) > 1.5
 
 

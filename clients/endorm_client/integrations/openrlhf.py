@@ -31,9 +31,16 @@ __all__ = ["make_reward_func", "reward_func", "get_rewards"]
 _OPTIONS = ("aggregation", "gamma", "beta", "terminal", "truncate", "add_eos", "step_separator")
 
 
-def get_rewards(client: RewardClient, queries: Sequence[str], prompts: Sequence[str] | None = None,
-                labels: Sequence[Any] | None = None, *, chunk_size: int | None = None,
-                max_concurrency: int | None = None, **options: Any) -> dict[str, Any]:
+def get_rewards(
+    client: RewardClient,
+    queries: Sequence[str],
+    prompts: Sequence[str] | None = None,
+    labels: Sequence[Any] | None = None,
+    *,
+    chunk_size: int | None = None,
+    max_concurrency: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """``POST /get_reward`` in chunks; returns ``{"rewards": [...], "scores": [...], "extra_logs": {k: [...]}}``."""
     unknown = set(options) - set(_OPTIONS)
     if unknown:
@@ -53,29 +60,47 @@ def get_rewards(client: RewardClient, queries: Sequence[str], prompts: Sequence[
         affinity = client._affinity([{"prompt": prompts[idx[0]]}]) if prompts is not None and idx else None
         out = client.request("POST", "/get_reward", json=body, params=params or None, affinity=affinity).json()
         logs = out.get("extra_logs") or {}
-        return [(out["rewards"][j], out.get("scores", out["rewards"])[j], {k: v[j] for k, v in logs.items()})
-                for j in range(len(idx))]
+        return [
+            (out["rewards"][j], out.get("scores", out["rewards"])[j], {k: v[j] for k, v in logs.items()})
+            for j in range(len(idx))
+        ]
 
     keys = [prompt_key({"prompt": p}) for p in prompts] if prompts is not None else None  # a group stays in one request
     rows = client.map_chunks(list(range(n)), send, chunk_size=chunk_size, max_concurrency=max_concurrency, keys=keys)
     keys = list(rows[0][2]) if rows else []
-    return {"rewards": [r[0] for r in rows], "scores": [r[1] for r in rows],
-            "extra_logs": {k: [r[2][k] for r in rows] for k in keys}}
+    return {
+        "rewards": [r[0] for r in rows],
+        "scores": [r[1] for r in rows],
+        "extra_logs": {k: [r[2][k] for r in rows] for k in keys},
+    }
 
 
 def _tensors(out: dict[str, Any]) -> dict[str, Any]:
     import torch  # OpenRLHF runs with torch; imported only here
 
     t = lambda xs: torch.tensor(xs, dtype=torch.float32)  # noqa: E731
-    return {"rewards": t(out["rewards"]), "scores": t(out["scores"]),
-            "extra_logs": {k: t(v) for k, v in out["extra_logs"].items()}}
+    return {
+        "rewards": t(out["rewards"]),
+        "scores": t(out["scores"]),
+        "extra_logs": {k: t(v) for k, v in out["extra_logs"].items()},
+    }
 
 
-def make_reward_func(client: RewardClient | str | Sequence[str] | None = None, *, return_tensors: bool = True,
-                     chunk_size: int | None = None, max_concurrency: int | None = None,
-                     aggregation: str | None = None, gamma: float | None = None, beta: float | None = None,
-                     terminal: str | None = None, truncate: bool | None = None, add_eos: bool | None = None,
-                     step_separator: str | None = None, **client_kwargs: Any) -> Callable[..., dict[str, Any]]:
+def make_reward_func(
+    client: RewardClient | str | Sequence[str] | None = None,
+    *,
+    return_tensors: bool = True,
+    chunk_size: int | None = None,
+    max_concurrency: int | None = None,
+    aggregation: str | None = None,
+    gamma: float | None = None,
+    beta: float | None = None,
+    terminal: str | None = None,
+    truncate: bool | None = None,
+    add_eos: bool | None = None,
+    step_separator: str | None = None,
+    **client_kwargs: Any,
+) -> Callable[..., dict[str, Any]]:
     """An OpenRLHF ``reward_func(queries, prompts, labels)`` backed by the server.
 
     client: a ``RewardClient``, or base URL(s) (None: ``ENDORM_BASE_URL``) with
@@ -86,18 +111,27 @@ def make_reward_func(client: RewardClient | str | Sequence[str] | None = None, *
     """
     if aggregation in ("step_min", "step_last") and step_separator is None:
         raise ValueError(f"aggregation={aggregation!r} needs step_separator")
-    options = dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal, truncate=truncate,
-                   add_eos=add_eos, step_separator=step_separator)
+    options = dict(
+        aggregation=aggregation,
+        gamma=gamma,
+        beta=beta,
+        terminal=terminal,
+        truncate=truncate,
+        add_eos=add_eos,
+        step_separator=step_separator,
+    )
     state: dict[str, Any] = {"client": client if isinstance(client, RewardClient) else None}
     lock = threading.Lock()
 
-    def reward_func(queries: Sequence[str], prompts: Sequence[str] | None = None,
-                    labels: Sequence[Any] | None = None, **_: Any) -> dict[str, Any]:
+    def reward_func(
+        queries: Sequence[str], prompts: Sequence[str] | None = None, labels: Sequence[Any] | None = None, **_: Any
+    ) -> dict[str, Any]:
         with lock:
             if state["client"] is None:
                 state["client"] = RewardClient(cast("str | Sequence[str] | None", client), **client_kwargs)
-        out = get_rewards(state["client"], queries, prompts, labels, chunk_size=chunk_size,
-                          max_concurrency=max_concurrency, **options)
+        out = get_rewards(
+            state["client"], queries, prompts, labels, chunk_size=chunk_size, max_concurrency=max_concurrency, **options
+        )
         return _tensors(out) if return_tensors else out
 
     return reward_func
@@ -117,15 +151,20 @@ def _env_text(name: str) -> str | None:
 _default: Callable[..., dict[str, Any]] | None = None
 
 
-def reward_func(queries: Sequence[str], prompts: Sequence[str] | None = None, labels: Sequence[Any] | None = None,
-                **kwargs: Any) -> dict[str, Any]:
+def reward_func(
+    queries: Sequence[str], prompts: Sequence[str] | None = None, labels: Sequence[Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
     """OpenRLHF's custom reward function, configured from the environment:
     ``ENDORM_BASE_URL`` (comma-separated replicas), ``ENDORM_API_KEY``, ``ENDORM_AGGREGATION``,
     ``ENDORM_GAMMA``, ``ENDORM_BETA``, ``ENDORM_TERMINAL``, ``ENDORM_STEP_SEPARATOR`` (escapes as ``\n``)."""
     global _default
     if _default is None:
-        _default = make_reward_func(None, aggregation=os.environ.get("ENDORM_AGGREGATION") or None,
-                                    gamma=_env_float("ENDORM_GAMMA"), beta=_env_float("ENDORM_BETA"),
-                                    terminal=os.environ.get("ENDORM_TERMINAL") or None,
-                                    step_separator=_env_text("ENDORM_STEP_SEPARATOR"))
+        _default = make_reward_func(
+            None,
+            aggregation=os.environ.get("ENDORM_AGGREGATION") or None,
+            gamma=_env_float("ENDORM_GAMMA"),
+            beta=_env_float("ENDORM_BETA"),
+            terminal=os.environ.get("ENDORM_TERMINAL") or None,
+            step_separator=_env_text("ENDORM_STEP_SEPARATOR"),
+        )
     return _default(queries, prompts, labels, **kwargs)

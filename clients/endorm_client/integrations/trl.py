@@ -57,9 +57,15 @@ def _completion_text(completion: Any) -> str:
     raise TypeError(f"unsupported completion type {type(completion).__name__}")
 
 
-def to_items(prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None = None,
-             *, system: str | None = None, use_completion_ids: bool = False,
-             step_separator: str | None = None) -> list[dict]:
+def to_items(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    completion_ids: Sequence[Sequence[int]] | None = None,
+    *,
+    system: str | None = None,
+    use_completion_ids: bool = False,
+    step_separator: str | None = None,
+) -> list[dict]:
     """TRL's (prompts, completions[, completion_ids]) -> ``/score`` items (``steps`` with a separator)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
@@ -90,9 +96,19 @@ def to_items(prompts: Sequence[Any], completions: Sequence[Any], completion_ids:
 
 
 class _Common:
-    def __init__(self, client: Any, base_url: Any, client_kwargs: dict, name: str, system: str | None,
-                 use_completion_ids: bool, options: dict, chunk_size: int | None, max_concurrency: int | None,
-                 step_separator: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        base_url: Any,
+        client_kwargs: dict,
+        name: str,
+        system: str | None,
+        use_completion_ids: bool,
+        options: dict,
+        chunk_size: int | None,
+        max_concurrency: int | None,
+        step_separator: str | None = None,
+    ) -> None:
         unknown = set(options) - set(_OPTIONS)
         if unknown:
             raise TypeError(f"unknown scoring options: {sorted(unknown)}")
@@ -109,8 +125,14 @@ class _Common:
         self.calls = 0
 
     def _items(self, prompts, completions, completion_ids) -> list[dict]:
-        return to_items(prompts, completions, completion_ids, system=self.system,
-                        use_completion_ids=self.use_completion_ids, step_separator=self.step_separator)
+        return to_items(
+            prompts,
+            completions,
+            completion_ids,
+            system=self.system,
+            use_completion_ids=self.use_completion_ids,
+            step_separator=self.step_separator,
+        )
 
     @staticmethod
     def _log(kwargs: dict, res: Any) -> None:
@@ -135,10 +157,13 @@ class EndoRMRewardFunction(_Common):
             self._owned = True
         return self._client
 
-    def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any) -> list[float]:
+    def __call__(
+        self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
+    ) -> list[float]:
         items = self._items(prompts, completions, completion_ids)
-        res = self._get_client().score_batch(items, chunk_size=self.chunk_size, max_concurrency=self.max_concurrency,
-                                             **self.options)
+        res = self._get_client().score_batch(
+            items, chunk_size=self.chunk_size, max_concurrency=self.max_concurrency, **self.options
+        )
         self.calls += 1
         self._log(kwargs, res)
         return [r.score for r in res.results]
@@ -154,25 +179,39 @@ class AsyncEndoRMRewardFunction(_Common):
             self._owned, self._loop = True, loop
         return self._client
 
-    async def __call__(self, prompts: list, completions: list, completion_ids: list | None = None,
-                       **kwargs: Any) -> list[float]:
+    async def __call__(
+        self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
+    ) -> list[float]:
         items = self._items(prompts, completions, completion_ids)
-        res = await self._get_client().score_batch(items, chunk_size=self.chunk_size,
-                                                   max_concurrency=self.max_concurrency, **self.options)
+        res = await self._get_client().score_batch(
+            items, chunk_size=self.chunk_size, max_concurrency=self.max_concurrency, **self.options
+        )
         self.calls += 1
         self._log(kwargs, res)
         return [r.score for r in res.results]
 
 
-def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequence[str] | None = None, *,
-                         asynchronous: bool = False, name: str = "endorm", system: str | None = None,
-                         use_completion_ids: bool = False, aggregation: str | None = None,
-                         gamma: float | None = None, beta: float | None = None, terminal: str | None = None,
-                         truncate: bool | None = None, add_eos: bool | None = None, model: str | None = None,
-                         chunk_size: int | None = None, max_concurrency: int | None = None,
-                         step_separator: str | None = None, contrast: bool | None = None,
-                         baseline_system: str | None = None,
-                         **client_kwargs: Any) -> EndoRMRewardFunction | AsyncEndoRMRewardFunction:
+def make_reward_function(
+    client: RewardClient | AsyncRewardClient | str | Sequence[str] | None = None,
+    *,
+    asynchronous: bool = False,
+    name: str = "endorm",
+    system: str | None = None,
+    use_completion_ids: bool = False,
+    aggregation: str | None = None,
+    gamma: float | None = None,
+    beta: float | None = None,
+    terminal: str | None = None,
+    truncate: bool | None = None,
+    add_eos: bool | None = None,
+    model: str | None = None,
+    chunk_size: int | None = None,
+    max_concurrency: int | None = None,
+    step_separator: str | None = None,
+    contrast: bool | None = None,
+    baseline_system: str | None = None,
+    **client_kwargs: Any,
+) -> EndoRMRewardFunction | AsyncEndoRMRewardFunction:
     """A TRL reward function backed by the EndoRM server.
 
     client: a ``RewardClient`` (sync) / ``AsyncRewardClient`` (async), or base URL(s) (None:
@@ -201,7 +240,26 @@ def make_reward_function(client: RewardClient | AsyncRewardClient | str | Sequen
     else:
         given, base_url = None, client
     cls = AsyncEndoRMRewardFunction if asynchronous else EndoRMRewardFunction
-    options = dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal, truncate=truncate,
-                   add_eos=add_eos, model=model, contrast=contrast, baseline_system=baseline_system)
-    return cls(given, base_url, client_kwargs, name, system, use_completion_ids, options, chunk_size, max_concurrency,
-               step_separator)
+    options = dict(
+        aggregation=aggregation,
+        gamma=gamma,
+        beta=beta,
+        terminal=terminal,
+        truncate=truncate,
+        add_eos=add_eos,
+        model=model,
+        contrast=contrast,
+        baseline_system=baseline_system,
+    )
+    return cls(
+        given,
+        base_url,
+        client_kwargs,
+        name,
+        system,
+        use_completion_ids,
+        options,
+        chunk_size,
+        max_concurrency,
+        step_separator,
+    )

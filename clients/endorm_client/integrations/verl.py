@@ -28,8 +28,9 @@ from endorm_client.loop_clients import PerLoopClients
 __all__ = ["make_compute_score", "to_item"]
 
 
-def to_item(solution_str: str, extra_info: dict | None, *, prompt_key: str, chat: bool,
-            system: str | None) -> dict[str, Any]:
+def to_item(
+    solution_str: str, extra_info: dict | None, *, prompt_key: str, chat: bool, system: str | None
+) -> dict[str, Any]:
     if not extra_info or prompt_key not in extra_info:
         raise KeyError(f"extra_info has no {prompt_key!r}: put the prompt there in your dataset, or set prompt_key")
     prompt = extra_info[prompt_key]
@@ -43,21 +44,41 @@ def to_item(solution_str: str, extra_info: dict | None, *, prompt_key: str, chat
     return item
 
 
-def make_compute_score(client: RewardClient | AsyncRewardClient | str | Sequence[str] | None = None, *,
-                       asynchronous: bool = True, prompt_key: str = "question", chat: bool = True,
-                       system: str | None = None, aggregation: str | None = None, gamma: float | None = None,
-                       beta: float | None = None, terminal: str | None = None, add_eos: bool | None = None,
-                       contrast: bool = False, baseline_system: str | None = None,
-                       **client_kwargs: Any) -> Callable[..., Any]:
+def make_compute_score(
+    client: RewardClient | AsyncRewardClient | str | Sequence[str] | None = None,
+    *,
+    asynchronous: bool = True,
+    prompt_key: str = "question",
+    chat: bool = True,
+    system: str | None = None,
+    aggregation: str | None = None,
+    gamma: float | None = None,
+    beta: float | None = None,
+    terminal: str | None = None,
+    add_eos: bool | None = None,
+    contrast: bool = False,
+    baseline_system: str | None = None,
+    **client_kwargs: Any,
+) -> Callable[..., Any]:
     """A verl ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw) -> float``
     (an ``async def`` when ``asynchronous``, which verl's reward loop awaits)."""
     if contrast and (system is None or not chat):
         raise ValueError("contrast=True needs chat prompts and system=<the criteria> (scored against the baseline)")
     if baseline_system is not None and not contrast:
         raise ValueError("baseline_system is only used with contrast=True")
-    options: dict[str, Any] = {k: v for k, v in dict(aggregation=aggregation, gamma=gamma, beta=beta, terminal=terminal,
-                                     add_eos=add_eos, contrast=contrast or None,
-                                     baseline_system=baseline_system).items() if v is not None}
+    options: dict[str, Any] = {
+        k: v
+        for k, v in dict(
+            aggregation=aggregation,
+            gamma=gamma,
+            beta=beta,
+            terminal=terminal,
+            add_eos=add_eos,
+            contrast=contrast or None,
+            baseline_system=baseline_system,
+        ).items()
+        if v is not None
+    }
     given = client if isinstance(client, (RewardClient, AsyncRewardClient)) else None
     state: dict[str, Any] = {"client": given}
 
@@ -65,16 +86,26 @@ def make_compute_score(client: RewardClient | AsyncRewardClient | str | Sequence
         # verl awaits this from its reward loop workers' loops: a client per loop, closed with it
         per_loop = PerLoopClients(lambda: AsyncRewardClient(client, **client_kwargs))  # type: ignore[arg-type]
 
-        async def compute_score(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
-                                extra_info: dict | None = None, **_: Any) -> float:
+        async def compute_score(
+            data_source: Any = None,
+            solution_str: str = "",
+            ground_truth: Any = None,
+            extra_info: dict | None = None,
+            **_: Any,
+        ) -> float:
             rm = given if isinstance(given, AsyncRewardClient) else await per_loop.get()
             item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)
             return (await rm.score([item], **options)).results[0].score
 
         return compute_score
 
-    def compute_score_sync(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
-                           extra_info: dict | None = None, **_: Any) -> float:
+    def compute_score_sync(
+        data_source: Any = None,
+        solution_str: str = "",
+        ground_truth: Any = None,
+        extra_info: dict | None = None,
+        **_: Any,
+    ) -> float:
         if state["client"] is None:
             state["client"] = RewardClient(cast("str | Sequence[str] | None", client), **client_kwargs)
         item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)

@@ -42,17 +42,23 @@ from endorm_client.client import AsyncRewardClient, RewardClient
 from endorm_client.loop_clients import PerLoopClients
 from endorm_client.steps import split_steps
 
-__all__ = ["EndoRMRewardManager", "EndoRMBatchRewardManager", "Options", "batch_rows", "reward_tensor",
-           "decoded_offsets"]
+__all__ = [
+    "EndoRMRewardManager",
+    "EndoRMBatchRewardManager",
+    "Options",
+    "batch_rows",
+    "reward_tensor",
+    "decoded_offsets",
+]
 
 
 @dataclass(frozen=True)
 class Options:
     base_url: str | None = None  # None: ENDORM_BASE_URL (comma-separated replicas)
-    api_key: str | None = None   # None: ENDORM_API_KEY
-    mode: str = "sparse"         # sparse | dense
-    input: str = "ids"           # ids | text
-    aggregation: str = "sum"     # the sparse score
+    api_key: str | None = None  # None: ENDORM_API_KEY
+    mode: str = "sparse"  # sparse | dense
+    input: str = "ids"  # ids | text
+    aggregation: str = "sum"  # the sparse score
     step_separator: str | None = None
     chunk_size: int | None = None
 
@@ -119,7 +125,9 @@ def batch_rows(batch: Any) -> list[Row]:
     return rows
 
 
-def reward_tensor(responses: torch.Tensor, rows: Sequence[Row], values: Sequence[float | Sequence[float]]) -> torch.Tensor:
+def reward_tensor(
+    responses: torch.Tensor, rows: Sequence[Row], values: Sequence[float | Sequence[float]]
+) -> torch.Tensor:
     """[B, R] float32: a float per row -> at its last valid token; a list -> on its first L_i tokens."""
     out = torch.zeros_like(responses, dtype=torch.float32)
     for i, (row, v) in enumerate(zip(rows, values)):
@@ -135,24 +143,30 @@ def reward_tensor(responses: torch.Tensor, rows: Sequence[Row], values: Sequence
     return out
 
 
-def decoded_offsets(tokenizer: Any, ids: Sequence[int], *, skip_special_tokens: bool = True) -> tuple[str, list[tuple[int, int]]]:
+def decoded_offsets(
+    tokenizer: Any, ids: Sequence[int], *, skip_special_tokens: bool = True
+) -> tuple[str, list[tuple[int, int]]]:
     """(decoded text, each token's [start, end) in it), by incremental decoding (a sliding window)."""
     ids = [int(i) for i in ids]
-    dec = lambda xs: tokenizer.decode(xs, skip_special_tokens=skip_special_tokens,  # noqa: E731
-                                      clean_up_tokenization_spaces=False) if xs else ""
+
+    def dec(xs: list[int]) -> str:
+        if not xs:
+            return ""
+        return tokenizer.decode(xs, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+
     spans, text, prefix, read = [], "", 0, 0
     for k in range(len(ids)):
         prefix_text = dec(ids[prefix:read])
-        new_text = dec(ids[prefix:k + 1])
+        new_text = dec(ids[prefix : k + 1])
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            piece = new_text[len(prefix_text):]
+            piece = new_text[len(prefix_text) :]
             spans.append((len(text), len(text) + len(piece)))
             text += piece
             prefix, read = read, k + 1
         else:
             spans.append((len(text), len(text)))
     if read < len(ids):  # trailing bytes that never complete a character
-        piece = dec(ids[prefix:])[len(dec(ids[prefix:read])):]
+        piece = dec(ids[prefix:])[len(dec(ids[prefix:read])) :]
         spans[-1] = (len(text), len(text) + len(piece))
         text += piece
     return text, spans
@@ -197,8 +211,12 @@ class _Core:
 
     def score_kwargs(self, add_eos: bool) -> dict[str, Any]:
         o = self.options
-        return {"aggregation": o.aggregation, "return_tokens": o.mode == "dense",
-                "add_eos": add_eos if o.input == "text" else None, "chunk_size": o.chunk_size}
+        return {
+            "aggregation": o.aggregation,
+            "return_tokens": o.mode == "dense",
+            "add_eos": add_eos if o.input == "text" else None,
+            "chunk_size": o.chunk_size,
+        }
 
     def client_kwargs(self) -> dict[str, Any]:
         return {"api_key": self.options.api_key} if self.options.api_key else {}
@@ -237,13 +255,21 @@ from verl.workers.reward_manager.abstract import AbstractRewardManager  # noqa: 
 class EndoRMRewardManager(RewardManagerBase):
     """verl's reward loop: ``run_single`` per sample (async), ``assemble_rm_scores`` per batch."""
 
-    def __init__(self, config: Any, tokenizer: Any, compute_score: Any = None, reward_router_address: Any = None,
-                 reward_model_tokenizer: Any = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: Any,
+        tokenizer: Any,
+        compute_score: Any = None,
+        reward_router_address: Any = None,
+        reward_model_tokenizer: Any = None,
+        **overrides: Any,
+    ) -> None:
         super().__init__(config, tokenizer, compute_score)
         self.core = _Core(tokenizer, Options.of(config, **overrides))
         # a client per event loop that awaits run_single, closed when that loop shuts down
-        self._clients = PerLoopClients(lambda: AsyncRewardClient(self.core.options.base_url,
-                                                                 **self.core.client_kwargs()))
+        self._clients = PerLoopClients(
+            lambda: AsyncRewardClient(self.core.options.base_url, **self.core.client_kwargs())
+        )
 
     async def run_single(self, data: DataProto) -> dict:
         rows = batch_rows(data[-1:].batch)
@@ -260,9 +286,16 @@ class EndoRMBatchRewardManager(AbstractRewardManager):
     """verl's batch reward-manager API (``reward_fn(data, return_dict)``): the whole batch in
     ``score_batch`` calls (chunked, in parallel), not one request per sample."""
 
-    def __init__(self, tokenizer: Any, num_examine: int = 0, compute_score: Any = None,
-                 reward_fn_key: str = "data_source", config: Any = None, client: RewardClient | None = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        num_examine: int = 0,
+        compute_score: Any = None,
+        reward_fn_key: str = "data_source",
+        config: Any = None,
+        client: RewardClient | None = None,
+        **overrides: Any,
+    ) -> None:
         self.tokenizer = tokenizer
         self.core = _Core(tokenizer, Options.of(config, **overrides))
         self.client = client or RewardClient(self.core.options.base_url, **self.core.client_kwargs())

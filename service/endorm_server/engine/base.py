@@ -74,5 +74,11 @@ class PrefixReuseEngine(TokenStatsEngine, Protocol):
     """An engine with ``supports_prefix_reuse``: positions from ``first`` on, reading the prefix cache, and
     the logits of extra (position, token) pairs (scoring/grouping.py's group-aware path)."""
 
-    async def token_stats(self, token_ids: Sequence[int], *, first: int = 0, read_cache: bool = False,  # type: ignore[override]
-                          extra_targets: Sequence[tuple[int, int]] = ()) -> SequenceStats: ...
+    async def token_stats(
+        self,
+        token_ids: Sequence[int],
+        *,
+        first: int = 0,
+        read_cache: bool = False,  # type: ignore[override]
+        extra_targets: Sequence[tuple[int, int]] = (),
+    ) -> SequenceStats: ...

@@ -55,15 +55,16 @@ def cpu_list(cpus: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def default_binding(cpus: Sequence[int], tp: int, env: Mapping[str, str],
-                    all_cores_up_to: int | None = None) -> dict[str, str]:
+def default_binding(
+    cpus: Sequence[int], tp: int, env: Mapping[str, str], all_cores_up_to: int | None = None
+) -> dict[str, str]:
     """The environment variables to set (empty: leave vLLM's choice, or the user's)."""
     if BIND_ENV in env or RESERVED_ENV in env:
         return {}
     cpus = sorted(cpus)
     if tp > 1:
         per_rank = max(1, len(cpus) // tp)
-        lists = [cpus[i * per_rank:(i + 1) * per_rank] or cpus[-1:] for i in range(tp)]
+        lists = [cpus[i * per_rank : (i + 1) * per_rank] or cpus[-1:] for i in range(tp)]
         return {BIND_ENV: "|".join(cpu_list(cl) for cl in lists)}
     if all_cores_up_to is None:
         all_cores_up_to = _all_cores_up_to(env)
@@ -79,8 +80,9 @@ def _all_cores_up_to(env: Mapping[str, str]) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{ALL_CORES_ENV} must be a whole number of CPUs (0: keep vLLM's auto binding), "
-                         f"got {raw!r}") from None
+        raise ValueError(
+            f"{ALL_CORES_ENV} must be a whole number of CPUs (0: keep vLLM's auto binding), got {raw!r}"
+        ) from None
 
 
 _SET_HERE: dict[str, str] = {}  # what this process set, so a later engine start (another TP size) redoes it

@@ -34,8 +34,16 @@ DeviceKind = Literal["cpu", "cuda", "rocm", "other"]
 # /proc/cpuinfo flag names (x86 "flags", Arm "Features") of native bf16 matrix / dot-product instructions.
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 _FLOAT = {"float32", "float", "fp32"}
-_CANONICAL = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16",
-              "torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}
+_CANONICAL = {
+    "float": "float32",
+    "fp32": "float32",
+    "half": "float16",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "torch.float32": "float32",
+    "torch.float16": "float16",
+    "torch.bfloat16": "bfloat16",
+}
 
 
 @dataclass(frozen=True)
@@ -55,9 +63,15 @@ def canonical(name: str | None) -> str | None:
     return _CANONICAL.get(name, name)
 
 
-def resolve_dtype(requested: str, *, device: DeviceKind, cpu_flags: Iterable[str] = (),
-                  checkpoint_dtype: str | None = None, gpu_bf16: bool | None = None,
-                  engine: str = "vllm") -> DtypeChoice:
+def resolve_dtype(
+    requested: str,
+    *,
+    device: DeviceKind,
+    cpu_flags: Iterable[str] = (),
+    checkpoint_dtype: str | None = None,
+    gpu_bf16: bool | None = None,
+    engine: str = "vllm",
+) -> DtypeChoice:
     """The compute dtype for ``requested`` (``auto`` or a dtype name) on the device described."""
     requested = canonical(requested) or "auto"
     if requested != "auto":
@@ -70,8 +84,11 @@ def resolve_dtype(requested: str, *, device: DeviceKind, cpu_flags: Iterable[str
         native = [f for f in CPU_BF16_FLAGS if f in flags]
         if native:
             return DtypeChoice("bfloat16", f"the CPU computes bf16 natively ({', '.join(native)})")
-        return DtypeChoice("float32", "the CPU has no native bf16 matrix instructions (no amx_bf16 / avx512_bf16 / "
-                           "bf16 flag); float16 would be emulated")
+        return DtypeChoice(
+            "float32",
+            "the CPU has no native bf16 matrix instructions (no amx_bf16 / avx512_bf16 / "
+            "bf16 flag); float16 would be emulated",
+        )
     if device in ("cuda", "rocm"):
         bf16 = bool(gpu_bf16) if gpu_bf16 is not None else device == "rocm"
         if ckpt in _FLOAT or ckpt == "float64":
@@ -79,12 +96,15 @@ def resolve_dtype(requested: str, *, device: DeviceKind, cpu_flags: Iterable[str
                 return DtypeChoice("bfloat16", f"{ckpt} checkpoint on a GPU with native bf16")
             return DtypeChoice("float32", f"{ckpt} checkpoint on a GPU without native bf16")
         if ckpt == "bfloat16" and not bf16:
-            return DtypeChoice("float32", "bfloat16 checkpoint on a GPU without native bf16 (float16 would narrow its range)")
+            return DtypeChoice(
+                "float32", "bfloat16 checkpoint on a GPU without native bf16 (float16 would narrow its range)"
+            )
         return DtypeChoice(ckpt, "the checkpoint's dtype")
     return DtypeChoice("float32", f"no dtype rule for device {device!r}")
 
 
 # --- this machine's facts ---------------------------------------------------------------
+
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
     """The first processor's flags (x86 ``flags``, Arm ``Features``); empty where unreadable."""
@@ -137,5 +157,11 @@ def machine_dtype(requested: str, model_path: str | Path, engine: str = "vllm") 
     if canonical(requested) not in (None, "auto") or engine == "transformers":
         return resolve_dtype(requested, device="cpu", engine=engine)
     device, gpu_bf16 = _device()
-    return resolve_dtype(requested, device=device, cpu_flags=cpu_flags() if device == "cpu" else (),
-                         checkpoint_dtype=checkpoint_dtype(model_path), gpu_bf16=gpu_bf16, engine=engine)
+    return resolve_dtype(
+        requested,
+        device=device,
+        cpu_flags=cpu_flags() if device == "cpu" else (),
+        checkpoint_dtype=checkpoint_dtype(model_path),
+        gpu_bf16=gpu_bf16,
+        engine=engine,
+    )

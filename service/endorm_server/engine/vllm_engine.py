@@ -158,11 +158,15 @@ class VllmEngine:
         extra_kwargs: dict[str, Any] = {FIRST_KEY: int(first)}
         if extra_targets:
             extra_kwargs[EXTRA_KEY] = [[int(p), int(t)] for p, t in extra_targets]
-        params = PoolingParams(task="token_classify", skip_reading_prefix_cache=not read_cache, extra_kwargs=extra_kwargs)
+        params = PoolingParams(
+            task="token_classify", skip_reading_prefix_cache=not read_cache, extra_kwargs=extra_kwargs
+        )
         request_id = f"endorm-{next(self._ids)}"
         final = None
         try:
-            async for out in engine.encode(TokensPrompt(prompt_token_ids=list(token_ids)), params, request_id=request_id):
+            async for out in engine.encode(
+                TokensPrompt(prompt_token_ids=list(token_ids)), params, request_id=request_id
+            ):
                 final = out
         except asyncio.CancelledError:
             raise  # AsyncLLM.encode has already aborted the request in the engine

@@ -29,11 +29,16 @@ class Discount:
     baseline_system: str | None = None
 
 
-def all_aggregations(tr: rewards.TokenRewards, aggregations: Sequence[str], d: Discount,
-                     item_steps: Sequence[steps.Step] | None = None) -> dict[str, float]:
+def all_aggregations(
+    tr: rewards.TokenRewards, aggregations: Sequence[str], d: Discount, item_steps: Sequence[steps.Step] | None = None
+) -> dict[str, float]:
     """Every asked aggregation from one response's per-token rewards (and its steps, if given as steps)."""
-    return {agg: steps.aggregate_steps(item_steps or [], agg) if agg in steps.STEP_AGGREGATIONS
-            else rewards.aggregate(tr, agg, gamma=d.gamma, beta=d.beta) for agg in aggregations}
+    return {
+        agg: steps.aggregate_steps(item_steps or [], agg)
+        if agg in steps.STEP_AGGREGATIONS
+        else rewards.aggregate(tr, agg, gamma=d.gamma, beta=d.beta)
+        for agg in aggregations
+    }
 
 
 class Backend(Protocol):
@@ -65,8 +70,12 @@ class InProcessBackend:
         from endorm_server.scoring.scorer import ScoreOptions
 
         d = self.discount
-        options = ScoreOptions(aggregation=cast(Aggregation, aggregations[0]), gamma=d.gamma, beta=d.beta,
-                               terminal=cast(Terminal, d.terminal))
+        options = ScoreOptions(
+            aggregation=cast(Aggregation, aggregations[0]),
+            gamma=d.gamma,
+            beta=d.beta,
+            terminal=cast(Terminal, d.terminal),
+        )
         if d.contrast:
             from endorm_server.scoring.contrast import score_contrast
 
@@ -90,8 +99,16 @@ class HttpBackend:
     request asks for the per-token rewards and log-probs and every aggregation is computed
     here from them, so each response is still scored once."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 300.0,
-                 max_retries: int = 20, client=None, discount: Discount = Discount()) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 300.0,
+        max_retries: int = 20,
+        client=None,
+        discount: Discount = Discount(),
+    ) -> None:
         self.discount = discount
         import httpx
 
@@ -131,9 +148,17 @@ class HttpBackend:
 
     async def score(self, items: Sequence[dict[str, Any]], aggregations: Sequence[str]) -> dict[str, list[float]]:
         d = self.discount
-        body = await self._post({"items": list(items), "aggregation": aggregations[0], "gamma": d.gamma,
-                                 "beta": d.beta, "terminal": d.terminal, "return_tokens": len(aggregations) > 1,
-                                 **({"contrast": True, "baseline_system": d.baseline_system} if d.contrast else {})})
+        body = await self._post(
+            {
+                "items": list(items),
+                "aggregation": aggregations[0],
+                "gamma": d.gamma,
+                "beta": d.beta,
+                "terminal": d.terminal,
+                "return_tokens": len(aggregations) > 1,
+                **({"contrast": True, "baseline_system": d.baseline_system} if d.contrast else {}),
+            }
+        )
         results = body["results"]
         if len(results) != len(items):
             raise ServerError(f"asked for {len(items)} scores, got {len(results)}")
@@ -142,11 +167,15 @@ class HttpBackend:
         per_item = []
         for r in results:
             toks = r.get("tokens") or []
-            tr = rewards.TokenRewards(rewards=np.array([t["reward"] for t in toks], dtype=np.float64),
-                                      logprobs=np.array([t["logprob"] for t in toks], dtype=np.float64),
-                                      v0=float("nan"))  # V(s_0) is not needed by any aggregation
-            item_steps = [steps.Step(start=st["start"], end=st["end"], reward=float(st["reward"]),
-                                     logprob=float(st["logprob"])) for st in (r.get("steps") or [])]
+            tr = rewards.TokenRewards(
+                rewards=np.array([t["reward"] for t in toks], dtype=np.float64),
+                logprobs=np.array([t["logprob"] for t in toks], dtype=np.float64),
+                v0=float("nan"),
+            )  # V(s_0) is not needed by any aggregation
+            item_steps = [
+                steps.Step(start=st["start"], end=st["end"], reward=float(st["reward"]), logprob=float(st["logprob"]))
+                for st in (r.get("steps") or [])
+            ]
             per_item.append(all_aggregations(tr, aggregations, d, item_steps or None))
         return {agg: [p[agg] for p in per_item] for agg in aggregations}
 

@@ -31,48 +31,85 @@ def expand_aggregations(chosen: list[str] | None, *, with_steps: bool = False) -
 
 def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     """What decides the scores besides the model: the aggregation(s), the discount, V(s_H)."""
-    p.add_argument("--aggregation", action="append", choices=(*AGGREGATIONS, "all"), default=None,
-                   help="score(s) to evaluate, repeatable; 'all' = every one, from the same forward pass "
-                        "(default: sum, the endogenous reward)")
-    p.add_argument("--gamma", type=float, default=1.0,
-                   help="discount of aggregation 'discounted': w_h = max(gamma^h, beta) (default 1.0 as the API; "
-                        "a published re-implementation uses 0.93-0.95)")
+    p.add_argument(
+        "--aggregation",
+        action="append",
+        choices=(*AGGREGATIONS, "all"),
+        default=None,
+        help="score(s) to evaluate, repeatable; 'all' = every one, from the same forward pass "
+        "(default: sum, the endogenous reward)",
+    )
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=1.0,
+        help="discount of aggregation 'discounted': w_h = max(gamma^h, beta) (default 1.0 as the API; "
+        "a published re-implementation uses 0.93-0.95)",
+    )
     p.add_argument("--beta", type=float, default=0.0, help="floor on the discount weight (default 0)")
-    p.add_argument("--terminal", default="zero", choices=["zero", "bootstrap"],
-                   help="V(s_H): zero (the paper) or bootstrap")
-    p.add_argument("--contrast", action="store_true",
-                   help="criteria contrast: score r(x, system, y) - r(x, baseline, y) per token (needs chat prompts "
-                        "with a system text; see docs/dense-rewards.md)")
-    p.add_argument("--baseline-system", default=None,
-                   help="with --contrast: the baseline's system text (default: none, the chat template's own)")
+    p.add_argument(
+        "--terminal", default="zero", choices=["zero", "bootstrap"], help="V(s_H): zero (the paper) or bootstrap"
+    )
+    p.add_argument(
+        "--contrast",
+        action="store_true",
+        help="criteria contrast: score r(x, system, y) - r(x, baseline, y) per token (needs chat prompts "
+        "with a system text; see docs/dense-rewards.md)",
+    )
+    p.add_argument(
+        "--baseline-system",
+        default=None,
+        help="with --contrast: the baseline's system text (default: none, the chat template's own)",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="preference file: JSONL or a JSON array; RM-Bench form {prompt, chosen: [k], "
-                                 "rejected: [k], domain} or RewardBench form {prompt, chosen, rejected, subset}")
+    p.add_argument(
+        "input",
+        help="preference file: JSONL or a JSON array; RM-Bench form {prompt, chosen: [k], "
+        "rejected: [k], domain} or RewardBench form {prompt, chosen, rejected, subset}",
+    )
     p.add_argument("-o", "--output-dir", default="eval-results", help="where the reports go (default: eval-results)")
     p.add_argument("--name", default=None, help="report file name stem (default: the input file's)")
     p.add_argument("--format", default="auto", choices=["auto", "rm-bench", "rewardbench"])
     add_scoring_arguments(p)
-    p.add_argument("--system", default=None,
-                   help="system text (the reward's criteria) for every row, replacing the rows' own")
-    p.add_argument("--prompt-format", default="chat", choices=["chat", "raw"],
-                   help="chat: the prompt is a user turn in the model's chat template (default); raw: text as is")
-    p.add_argument("--step-separator", default=None,
-                   help="score responses as steps split after this text (escapes like \\n allowed; a response "
-                        "without it is one step); needed by the step_min / step_last aggregations")
-    p.add_argument("--server", default=None, help="score through a running endorm server at this URL "
-                                                  "(with --api-key KEY if it needs one) instead of in process")
+    p.add_argument(
+        "--system", default=None, help="system text (the reward's criteria) for every row, replacing the rows' own"
+    )
+    p.add_argument(
+        "--prompt-format",
+        default="chat",
+        choices=["chat", "raw"],
+        help="chat: the prompt is a user turn in the model's chat template (default); raw: text as is",
+    )
+    p.add_argument(
+        "--step-separator",
+        default=None,
+        help="score responses as steps split after this text (escapes like \\n allowed; a response "
+        "without it is one step); needed by the step_min / step_last aggregations",
+    )
+    p.add_argument(
+        "--server",
+        default=None,
+        help="score through a running endorm server at this URL "
+        "(with --api-key KEY if it needs one) instead of in process",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="responses per scoring call")
     p.add_argument("--concurrency", type=int, default=4, help="scoring calls in flight")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--cache", default=None, help="per-response score file to resume from and append to "
-                                                 "(default: <output-dir>/<name>.scores.jsonl)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="per-response score file to resume from and append to (default: <output-dir>/<name>.scores.jsonl)",
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the score cache")
-    p.add_argument("--cached-only", action="store_true",
-                   help="start no engine: report from the cache alone (an error if a score is missing); "
-                        "e.g. the first --limit N rows of a run still going on")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="start no engine: report from the cache alone (an error if a score is missing); "
+        "e.g. the first --limit N rows of a run still going on",
+    )
 
 
 def discount_of(args: argparse.Namespace):
@@ -83,8 +120,13 @@ def discount_of(args: argparse.Namespace):
     contrast = bool(getattr(args, "contrast", False))
     if getattr(args, "baseline_system", None) is not None and not contrast:
         raise ValueError("--baseline-system is only used with --contrast")
-    return Discount(gamma=args.gamma, beta=args.beta, terminal=args.terminal, contrast=contrast,
-                    baseline_system=getattr(args, "baseline_system", None))
+    return Discount(
+        gamma=args.gamma,
+        beta=args.beta,
+        terminal=args.terminal,
+        contrast=contrast,
+        baseline_system=getattr(args, "baseline_system", None),
+    )
 
 
 def cache_config(args: argparse.Namespace, model: str, fingerprint: str | None) -> dict:
@@ -93,8 +135,14 @@ def cache_config(args: argparse.Namespace, model: str, fingerprint: str | None) 
     running the same model) and the request's options. A server that reports no fingerprint is keyed by
     its URL instead."""
     served = {"system_fingerprint": fingerprint} if fingerprint else {"server": args.server}
-    return {"model": model, **served, "gamma": args.gamma, "beta": args.beta, "terminal": args.terminal,
-            **({"contrast": True, "baseline_system": args.baseline_system} if getattr(args, "contrast", False) else {})}
+    return {
+        "model": model,
+        **served,
+        "gamma": args.gamma,
+        "beta": args.beta,
+        "terminal": args.terminal,
+        **({"contrast": True, "baseline_system": args.baseline_system} if getattr(args, "contrast", False) else {}),
+    }
 
 
 def open_cache(args: argparse.Namespace, backend, name: str):
@@ -149,10 +197,18 @@ async def _run(args, settings, dataset, aggregations, name):
     backend = cached_backend(args, settings) if args.cached_only else await start_backend(args, settings)
     try:
         return backend.model_name, await evaluate_dataset(
-            backend, dataset, aggregations, system=args.system, prompt_mode=args.prompt_format,
-            step_separator=step_separator(args), batch_size=args.batch_size, concurrency=args.concurrency,
+            backend,
+            dataset,
+            aggregations,
+            system=args.system,
+            prompt_mode=args.prompt_format,
+            step_separator=step_separator(args),
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
             progress=not args.no_progress,
-            desc=f"scoring {Path(args.input).name}", cache=open_cache(args, backend, name))
+            desc=f"scoring {Path(args.input).name}",
+            cache=open_cache(args, backend, name),
+        )
     finally:
         await backend.close()
 

@@ -155,8 +155,9 @@ def response(problem: Problem, style: str, value: int | None = None) -> str:
     raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 
-def sample_problem(rng: random.Random, *, heldout: bool = False, size: str | None = None,
-                   op: str | None = None) -> Problem:
+def sample_problem(
+    rng: random.Random, *, heldout: bool = False, size: str | None = None, op: str | None = None
+) -> Problem:
     """A random problem from the training split (or the held-out split)."""
     while True:
         o = op or rng.choices(OPS, weights=(0.4, 0.3, 0.3))[0]
@@ -217,12 +218,14 @@ def correctness_set(n_per_domain: int = 100, seed: int = 1) -> list[dict[str, An
             for _ in range(n_per_domain):
                 p = sample_problem(rng, heldout=True, size=size)
                 w = _wrong_value(rng, p, error)
-                rows.append({
-                    "prompt": p.question,
-                    "chosen": [response(p, s) for s in CORRECTNESS_STYLES],
-                    "rejected": [response(p, s, w) for s in CORRECTNESS_STYLES],
-                    "domain": f"{size}, {error}",
-                })
+                rows.append(
+                    {
+                        "prompt": p.question,
+                        "chosen": [response(p, s) for s in CORRECTNESS_STYLES],
+                        "rejected": [response(p, s, w) for s in CORRECTNESS_STYLES],
+                        "domain": f"{size}, {error}",
+                    }
+                )
     return rows
 
 
@@ -236,10 +239,12 @@ def style_set(n_per_subset: int = 100, seed: int = 2) -> list[dict[str, Any]]:
         others = [s for s in STYLES if s != style]
         for i in range(n_per_subset):
             p = sample_problem(rng, heldout=True)
-            rows.append({
-                "prompt": p.question,
-                "chosen": response(p, style),
-                "rejected": response(p, others[i % len(others)]),
-                "subset": style,
-            })
+            rows.append(
+                {
+                    "prompt": p.question,
+                    "chosen": response(p, style),
+                    "rejected": response(p, others[i % len(others)]),
+                    "subset": style,
+                }
+            )
     return rows

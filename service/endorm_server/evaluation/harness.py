@@ -95,8 +95,12 @@ def _check_prompt(value: Any, where: str) -> str | list[dict[str, str]]:
         if not value:
             raise ValueError(f"{where}: 'prompt' is empty")
         return value
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
     ):
         return [{"role": m["role"], "content": m["content"]} for m in value]
     raise ValueError(f"{where}: 'prompt' must be text or a non-empty list of {{role, content}} messages")
@@ -110,8 +114,10 @@ def _detect(row: dict[str, Any], where: str) -> Format:
         return "rewardbench"
     if "chosen" not in row:
         raise ValueError(f"{where}: missing 'chosen'")
-    raise ValueError(f"{where}: 'chosen' must be a list of texts (RM-Bench form) or a text (RewardBench form), "
-                     f"got {type(chosen).__name__}")
+    raise ValueError(
+        f"{where}: 'chosen' must be a list of texts (RM-Bench form) or a text (RewardBench form), "
+        f"got {type(chosen).__name__}"
+    )
 
 
 def _parse_row(row: Any, fmt: Format, where: str) -> PreferenceRow:
@@ -121,8 +127,10 @@ def _parse_row(row: Any, fmt: Format, where: str) -> PreferenceRow:
     missing = [k for k in ("prompt", "chosen", "rejected", group_key) if k not in row]
     if missing:
         form = "RM-Bench" if fmt == "rm-bench" else "RewardBench"
-        raise ValueError(f"{where}: missing {', '.join(repr(m) for m in missing)} ({form} form needs "
-                         f"prompt, chosen, rejected, {group_key})")
+        raise ValueError(
+            f"{where}: missing {', '.join(repr(m) for m in missing)} ({form} form needs "
+            f"prompt, chosen, rejected, {group_key})"
+        )
     prompt = _check_prompt(row["prompt"], where)
     if fmt == "rm-bench":
         chosen, rejected = row["chosen"], row["rejected"]
@@ -143,12 +151,14 @@ def _parse_row(row: Any, fmt: Format, where: str) -> PreferenceRow:
     system = row.get("system")
     if system is not None and not isinstance(system, str):
         raise ValueError(f"{where}: 'system' must be a text")
-    return PreferenceRow(prompt=prompt, chosen=tuple(chosen), rejected=tuple(rejected), group=group,
-                         system=system, id=row.get("id"))
+    return PreferenceRow(
+        prompt=prompt, chosen=tuple(chosen), rejected=tuple(rejected), group=group, system=system, id=row.get("id")
+    )
 
 
-def parse_rows(raw: Sequence[Any], fmt: str = "auto", source: str = "", first_line: int = 1,
-               linenos: Sequence[int] | None = None) -> Dataset:
+def parse_rows(
+    raw: Sequence[Any], fmt: str = "auto", source: str = "", first_line: int = 1, linenos: Sequence[int] | None = None
+) -> Dataset:
     """Validate decoded rows (dicts) into a :class:`Dataset`; ``ValueError`` names the bad row."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -171,8 +181,10 @@ def parse_rows(raw: Sequence[Any], fmt: str = "auto", source: str = "", first_li
     k = len(rows[0].chosen)
     for lineno, r in zip(lines, rows):
         if len(r.chosen) != k:
-            raise ValueError(f"{_where(source, lineno)}: {len(r.chosen)} responses per side, but the first row "
-                             f"has {k} (the k x k matrix needs the same k on every row)")
+            raise ValueError(
+                f"{_where(source, lineno)}: {len(r.chosen)} responses per side, but the first row "
+                f"has {k} (the k x k matrix needs the same k on every row)"
+            )
     return Dataset(format=cast(Format, fmt), rows=rows, source=source)
 
 
@@ -207,13 +219,16 @@ def is_correct(chosen: float, rejected: float) -> bool:
     return bool(chosen > rejected)
 
 
-def accuracy_matrix(chosen: Sequence[Sequence[float]] | np.ndarray,
-                    rejected: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+def accuracy_matrix(
+    chosen: Sequence[Sequence[float]] | np.ndarray, rejected: Sequence[Sequence[float]] | np.ndarray
+) -> np.ndarray:
     """k x k matrix: ``M[i][j]`` = fraction of rows with ``chosen[i] > rejected[j]``."""
     c = np.asarray(chosen, dtype=np.float64)
     r = np.asarray(rejected, dtype=np.float64)
     if c.ndim != 2 or c.shape != r.shape or c.shape[0] == 0:
-        raise ValueError(f"chosen and rejected scores must both be [rows, k] with rows >= 1, got {c.shape} and {r.shape}")
+        raise ValueError(
+            f"chosen and rejected scores must both be [rows, k] with rows >= 1, got {c.shape} and {r.shape}"
+        )
     with np.errstate(invalid="ignore"):
         wins = c[:, :, None] > r[:, None, :]  # NaN compares False: wrong
     return wins.mean(axis=0)
@@ -278,12 +293,17 @@ def _group_result(name: str, chosen: np.ndarray, rejected: np.ndarray) -> GroupR
     k = m.shape[0]
     if k == 1:
         return GroupResult(name=name, rows=len(chosen), accuracy=float(m[0, 0]))
-    return GroupResult(name=name, rows=len(chosen), accuracy=float(np.mean(m)), matrix=m.tolist(),
-                       summary=rm_bench_summary(m))
+    return GroupResult(
+        name=name, rows=len(chosen), accuracy=float(np.mean(m)), matrix=m.tolist(), summary=rm_bench_summary(m)
+    )
 
 
-def evaluate(dataset: Dataset, chosen_scores: Sequence[Sequence[float]], rejected_scores: Sequence[Sequence[float]],
-             aggregation: str = "sum") -> EvalResult:
+def evaluate(
+    dataset: Dataset,
+    chosen_scores: Sequence[Sequence[float]],
+    rejected_scores: Sequence[Sequence[float]],
+    aggregation: str = "sum",
+) -> EvalResult:
     """Accuracies of one set of scores: per group (domain / subset), pooled, mean over groups.
 
     ``chosen_scores[n]`` / ``rejected_scores[n]`` are the k scores of row n's responses.
@@ -297,5 +317,6 @@ def evaluate(dataset: Dataset, chosen_scores: Sequence[Sequence[float]], rejecte
     groups = [_group_result(g, c[names == g], r[names == g]) for g in dataset.groups()]
     overall = _group_result("all", c, r)
     mean = float(np.mean([g.accuracy for g in groups])) if groups else math.nan
-    return EvalResult(format=dataset.format, k=k, aggregation=aggregation, groups=groups, overall=overall,
-                      mean_over_groups=mean)
+    return EvalResult(
+        format=dataset.format, k=k, aggregation=aggregation, groups=groups, overall=overall, mean_over_groups=mean
+    )

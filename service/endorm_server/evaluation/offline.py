@@ -42,8 +42,10 @@ class Summary:
 
     def describe(self) -> str:
         if self.correct_by_aggregation:
-            accs = ", ".join(f"{a} {c / self.pairs if self.pairs else float('nan'):.4f} ({c}/{self.pairs})"
-                             for a, c in self.correct_by_aggregation.items())
+            accs = ", ".join(
+                f"{a} {c / self.pairs if self.pairs else float('nan'):.4f} ({c}/{self.pairs})"
+                for a, c in self.correct_by_aggregation.items()
+            )
             return f"{self.pairs} pairs, accuracy {accs}; wrote {self.output}"
         return f"{self.pairs} pairs, accuracy {self.accuracy:.4f} ({self.correct}/{self.pairs}); wrote {self.output}"
 
@@ -53,8 +55,9 @@ def _scores(item, options: ScoreOptions, every: bool) -> float | dict[str, float
     (the step aggregations too when the response was given as steps)."""
     if not every:
         return item.score
-    out = {a: rewards.aggregate(item.token_rewards, a, gamma=options.gamma, beta=options.beta)
-           for a in TOKEN_AGGREGATIONS}
+    out = {
+        a: rewards.aggregate(item.token_rewards, a, gamma=options.gamma, beta=options.beta) for a in TOKEN_AGGREGATIONS
+    }
     if item.steps is not None:
         out.update({a: aggregate_steps(item.steps, a) for a in STEP_AGGREGATIONS})
     return out
@@ -84,10 +87,17 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreOptions, batch_size: int,
-                     progress: tqdm | None = None, step_separator: str | None = None,
-                     every_aggregation: bool = False, contrast: bool = False,
-                     baseline_system: str | None = None) -> list[dict[str, Any]]:
+async def score_rows(
+    scorer: Scorer,
+    rows: list[dict[str, Any]],
+    options: ScoreOptions,
+    batch_size: int,
+    progress: tqdm | None = None,
+    step_separator: str | None = None,
+    every_aggregation: bool = False,
+    contrast: bool = False,
+    baseline_system: str | None = None,
+) -> list[dict[str, Any]]:
     """Score chosen and rejected of every row; ``batch_size`` pairs in flight at once.
 
     With ``step_separator`` text responses are scored as steps (``chosen_steps`` /
@@ -99,8 +109,10 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
     async def one(i: int, row: dict[str, Any]) -> None:
         async with limit:
             prompt = {k: row[k] for k in PROMPT_KEYS if k in row}
-            pair = [{**prompt, **_response(row["chosen"], step_separator)},
-                    {**prompt, **_response(row["rejected"], step_separator)}]
+            pair = [
+                {**prompt, **_response(row["chosen"], step_separator)},
+                {**prompt, **_response(row["rejected"], step_separator)},
+            ]
             chosen: Any
             rejected: Any
             if contrast:  # r(x, system, y) - r(x, baseline, y), both contexts in one call (scoring/contrast.py)
@@ -111,8 +123,13 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
             r: Any
             c, r = _scores(chosen, options, every_aggregation), _scores(rejected, options, every_aggregation)
             if every_aggregation:
-                out[i] = {**row, "chosen_score": c, "rejected_score": r, "margin": {a: c[a] - r[a] for a in c},
-                          "correct": {a: c[a] > r[a] for a in c}}
+                out[i] = {
+                    **row,
+                    "chosen_score": c,
+                    "rejected_score": r,
+                    "margin": {a: c[a] - r[a] for a in c},
+                    "correct": {a: c[a] > r[a] for a in c},
+                }
             else:
                 out[i] = {**row, "chosen_score": c, "rejected_score": r, "margin": c - r, "correct": c > r}
             for name, s in (("chosen_steps", chosen), ("rejected_steps", rejected)):
@@ -125,10 +142,19 @@ async def score_rows(scorer: Scorer, rows: list[dict[str, Any]], options: ScoreO
     return out
 
 
-def score_file(settings: Settings, input_path: str, output_path: str, *, aggregation: str = "sum",
-               batch_size: int = 64, gamma: float = 1.0, beta: float = 0.0,
-               step_separator: str | None = None, contrast: bool = False,
-               baseline_system: str | None = None) -> Summary:
+def score_file(
+    settings: Settings,
+    input_path: str,
+    output_path: str,
+    *,
+    aggregation: str = "sum",
+    batch_size: int = 64,
+    gamma: float = 1.0,
+    beta: float = 0.0,
+    step_separator: str | None = None,
+    contrast: bool = False,
+    baseline_system: str | None = None,
+) -> Summary:
     """``aggregation="all"``: every aggregation per pair, from one forward pass per response."""
     every = aggregation == "all"
     options = ScoreOptions(aggregation="sum" if every else cast(Aggregation, aggregation), gamma=gamma, beta=beta)
@@ -146,8 +172,17 @@ def score_file(settings: Settings, input_path: str, output_path: str, *, aggrega
         scorer = await Scorer.start(settings)
         try:
             with tqdm(total=len(rows), desc="scoring pairs", unit="pair") as bar:
-                return await score_rows(scorer, rows, options, batch_size, bar, step_separator=step_separator,
-                                        every_aggregation=every, contrast=contrast, baseline_system=baseline_system)
+                return await score_rows(
+                    scorer,
+                    rows,
+                    options,
+                    batch_size,
+                    bar,
+                    step_separator=step_separator,
+                    every_aggregation=every,
+                    contrast=contrast,
+                    baseline_system=baseline_system,
+                )
         finally:
             await scorer.shutdown()
 

@@ -32,15 +32,15 @@ NO_SYSTEM = "none"
 # One criteria text per domain, used for every row of the table (and written in the report).
 CRITERIA: dict[str, str] = {
     "academy": "You are a strict reviewer for an academic journal. The best answer is written in an academic "
-               "style: formal, precise and objective, with technical terminology, careful reasoning and a "
-               "scholarly, well-structured explanation.",
+    "style: formal, precise and objective, with technical terminology, careful reasoning and a "
+    "scholarly, well-structured explanation.",
     "business": "You are a business consultant. The best answer is written for business: professional and "
-                "practical, focused on markets, customers, costs, profit and strategy, with concrete, "
-                "actionable recommendations.",
+    "practical, focused on markets, customers, costs, profit and strategy, with concrete, "
+    "actionable recommendations.",
     "entertainment": "You are an entertainment writer. The best answer is entertaining: casual, humorous and "
-                     "lively, playful and engaging, with jokes, fun facts and pop-culture references.",
+    "lively, playful and engaging, with jokes, fun facts and pop-culture references.",
     "literature": "You are a literary critic. The best answer is written as literature and art: vivid, "
-                  "imaginative and expressive, with rich imagery, metaphor, emotion and a poetic voice.",
+    "imaginative and expressive, with rich imagery, metaphor, emotion and a poetic voice.",
 }
 
 
@@ -63,9 +63,15 @@ def read_dsp(path: str | Path) -> tuple[list[DspQuery], list[int]]:
     out, skipped = [], []
     for i, row in enumerate(raw):
         resp = row.get("responses") if isinstance(row, dict) else None
-        if not isinstance(row, dict) or not isinstance(row.get("query"), str) or not isinstance(resp, dict) or any(
-                not isinstance(resp.get(k), str) for k in RESPONSE_KEYS):
-            raise ValueError(f"{path}: row {i}: needs 'query' and 'responses' with texts for {', '.join(RESPONSE_KEYS)}")
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("query"), str)
+            or not isinstance(resp, dict)
+            or any(not isinstance(resp.get(k), str) for k in RESPONSE_KEYS)
+        ):
+            raise ValueError(
+                f"{path}: row {i}: needs 'query' and 'responses' with texts for {', '.join(RESPONSE_KEYS)}"
+            )
         if not row["query"].strip() or any(not resp[k].strip() for k in RESPONSE_KEYS):
             skipped.append(i)
             continue
@@ -125,19 +131,40 @@ def table(scores: Sequence[float], n_queries: int, sys_names: Sequence[str]) -> 
     return out
 
 
-def markdown(tables: Mapping[str, Mapping[str, Mapping[str, float]]], meta: Mapping[str, Any],
-             sys_texts: Mapping[str, str | None]) -> str:
+def markdown(
+    tables: Mapping[str, Mapping[str, Mapping[str, float]]],
+    meta: Mapping[str, Any],
+    sys_texts: Mapping[str, str | None],
+) -> str:
     from endorm_server.evaluation.report import md_table, pct
 
     out = ["# Promptable reward on DSP (the paper's Table 2 layout)", ""]
-    for key in ("model", "input", "queries", "seed", "usable_rows", "skipped_rows_with_an_empty_text", "pairs_per_cell",
-                "backend", "alpha", "gamma", "beta", "terminal", "contrast", "baseline_system"):
+    for key in (
+        "model",
+        "input",
+        "queries",
+        "seed",
+        "usable_rows",
+        "skipped_rows_with_an_empty_text",
+        "pairs_per_cell",
+        "backend",
+        "alpha",
+        "gamma",
+        "beta",
+        "terminal",
+        "contrast",
+        "baseline_system",
+    ):
         if meta.get(key) is not None:
             out.append(f"- {key}: `{meta[key]}`")
-    out += ["", "Accuracy (%): row = system prompt (criteria) given to the reward, column = data domain D "
-            "(D's response must score strictly above each of the other four responses to the same query). "
-            "A promptable reward has the highest value of each column on the diagonal (bold); † marks an "
-            "off-diagonal cell that reaches its column's maximum.", ""]
+    out += [
+        "",
+        "Accuracy (%): row = system prompt (criteria) given to the reward, column = data domain D "
+        "(D's response must score strictly above each of the other four responses to the same query). "
+        "A promptable reward has the highest value of each column on the diagonal (bold); † marks an "
+        "off-diagonal cell that reaches its column's maximum.",
+        "",
+    ]
     for agg, t in tables.items():
         rows = []
         for name in t:
@@ -150,12 +177,17 @@ def markdown(tables: Mapping[str, Mapping[str, Mapping[str, float]]], meta: Mapp
         out += [f"## `{agg}`", "", md_table(["system \\ data", *DOMAINS, "mean"], rows), ""]
         diag = [t[d][d] for d in DOMAINS if d in t]
         none = f"no-system mean {pct(float(np.mean(list(t[NO_SYSTEM].values()))))}; " if NO_SYSTEM in t else ""
-        out += [f"Diagonal mean {pct(float(np.mean(diag)))}; {none}columns whose maximum is on the diagonal: "
-                f"{sum(t[d][d] > max(t[r][d] for r in t if r != d) for d in DOMAINS if d in t)} of {len(diag)} "
-                "(strictly above every other row).", ""]
+        out += [
+            f"Diagonal mean {pct(float(np.mean(diag)))}; {none}columns whose maximum is on the diagonal: "
+            f"{sum(t[d][d] > max(t[r][d] for r in t if r != d) for d in DOMAINS if d in t)} of {len(diag)} "
+            "(strictly above every other row).",
+            "",
+        ]
     out += ["## Criteria texts (the system prompts of the rows)", ""]
-    out += [f"- **{name}**: " + (f"\"{text}\"" if text else "no system prompt (the chat template's own default)")
-            for name, text in sys_texts.items()]
+    out += [
+        f"- **{name}**: " + (f'"{text}"' if text else "no system prompt (the chat template's own default)")
+        for name, text in sys_texts.items()
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -171,8 +203,15 @@ def write_png(tables: Mapping[str, Mapping[str, Mapping[str, float]]], path: Pat
     fig, axes = plt.subplots(1, len(aggs), figsize=(4.2 * len(aggs), 3.6), squeeze=False)
     for ax, agg in zip(axes[0], aggs):
         t = tables[agg]
-        heatmap(ax, [[t[r][d] for d in DOMAINS] for r in t], list(t), list(DOMAINS), title=agg,
-                xlabel="data domain", ylabel="system prompt")
+        heatmap(
+            ax,
+            [[t[r][d] for d in DOMAINS] for r in t],
+            list(t),
+            list(DOMAINS),
+            title=agg,
+            xlabel="data domain",
+            ylabel="system prompt",
+        )
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -195,8 +234,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cache", default=None, help="per-response score file (default <output-dir>/<name>.scores.jsonl)")
     p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--cached-only", action="store_true",
-                   help="start no engine: report from the cache alone (an error if a score is missing)")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="start no engine: report from the cache alone (an error if a score is missing)",
+    )
 
 
 async def _score(args, settings, items, aggregations):
@@ -208,10 +250,18 @@ async def _score(args, settings, items, aggregations):
     backend = cached_backend(args, settings) if args.cached_only else await start_backend(args, settings)
     try:
         cache = open_cache(args, backend, args.name)
-        with tqdm(total=len(items), desc="scoring DSP", unit="resp", disable=args.no_progress,
-                  dynamic_ncols=True) as bar:
-            scores = await score_items(backend, items, aggregations, batch_size=args.batch_size,
-                                       concurrency=args.concurrency, progress=bar, cache=cache)
+        with tqdm(
+            total=len(items), desc="scoring DSP", unit="resp", disable=args.no_progress, dynamic_ncols=True
+        ) as bar:
+            scores = await score_items(
+                backend,
+                items,
+                aggregations,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                progress=bar,
+                cache=cache,
+            )
         return backend.model_name, scores
     finally:
         await backend.close()
@@ -242,18 +292,33 @@ def run(args: argparse.Namespace, settings) -> int:
         return 2
     names = list(sys_texts)
     tables = {agg: table(scores[agg], len(rows), names) for agg in aggregations}
-    meta = {"model": model, "input": str(args.input), "queries": len(rows), "seed": args.seed,
-            "usable_rows": len(usable), "skipped_rows_with_an_empty_text": skipped,
-            "query_indices": [q.index for q in rows], "pairs_per_cell": 4 * len(rows),
-            "backend": f"server {args.server}" if args.server else f"in-process ({settings.engine})",
-            "alpha": None if args.server else settings.alpha, "gamma": args.gamma, "beta": args.beta,
-            "terminal": args.terminal, "criteria": sys_texts,
-            "contrast": args.contrast or None, "baseline_system": args.baseline_system}
+    meta = {
+        "model": model,
+        "input": str(args.input),
+        "queries": len(rows),
+        "seed": args.seed,
+        "usable_rows": len(usable),
+        "skipped_rows_with_an_empty_text": skipped,
+        "query_indices": [q.index for q in rows],
+        "pairs_per_cell": 4 * len(rows),
+        "backend": f"server {args.server}" if args.server else f"in-process ({settings.engine})",
+        "alpha": None if args.server else settings.alpha,
+        "gamma": args.gamma,
+        "beta": args.beta,
+        "terminal": args.terminal,
+        "criteria": sys_texts,
+        "contrast": args.contrast or None,
+        "baseline_system": args.baseline_system,
+    }
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = np.asarray([scores[a] for a in aggregations]).reshape(len(aggregations), len(names), len(rows), -1)
-    data = {**meta, "tables": tables, "response_keys": list(RESPONSE_KEYS),
-            "scores": {a: s[i].tolist() for i, a in enumerate(aggregations)}}  # [system][query][response]
+    data = {
+        **meta,
+        "tables": tables,
+        "response_keys": list(RESPONSE_KEYS),
+        "scores": {a: s[i].tolist() for i, a in enumerate(aggregations)},
+    }  # [system][query][response]
     (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     (out / f"{args.name}.md").write_text(markdown(tables, meta, sys_texts), encoding="utf-8")
     from endorm_server.evaluation.report import have_matplotlib
@@ -269,7 +334,9 @@ def run(args: argparse.Namespace, settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     from endorm_server.cli import add_settings_flags, configure_logging, settings_from_args
 
-    p = argparse.ArgumentParser(prog="python -m endorm_server.evaluation.promptable", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m endorm_server.evaluation.promptable", description=__doc__.splitlines()[0]
+    )
     add_arguments(p)
     add_settings_flags(p)
     args = p.parse_args(argv)

@@ -44,8 +44,9 @@ def response_fields(text: str, step_separator: str | None = None) -> dict[str, A
     return {"steps": split_on_separator(text, step_separator, required=False)}
 
 
-def build_items(dataset: Dataset, *, system: str | None = None, prompt_mode: str = "chat",
-                step_separator: str | None = None) -> list[dict[str, Any]]:
+def build_items(
+    dataset: Dataset, *, system: str | None = None, prompt_mode: str = "chat", step_separator: str | None = None
+) -> list[dict[str, Any]]:
     """Every response of every row, in order: row 0's chosen[0..k-1], rejected[0..k-1], row 1's ..."""
     items = []
     for row in dataset.rows:
@@ -54,9 +55,16 @@ def build_items(dataset: Dataset, *, system: str | None = None, prompt_mode: str
     return items
 
 
-async def score_items(backend: Backend, items: Sequence[dict[str, Any]], aggregations: Sequence[str], *,
-                      batch_size: int = 32, concurrency: int = 4, progress=None,
-                      cache: ScoreCache | None = None) -> dict[str, list[float]]:
+async def score_items(
+    backend: Backend,
+    items: Sequence[dict[str, Any]],
+    aggregations: Sequence[str],
+    *,
+    batch_size: int = 32,
+    concurrency: int = 4,
+    progress=None,
+    cache: ScoreCache | None = None,
+) -> dict[str, list[float]]:
     """Scores of all items per aggregation; ``concurrency`` batches in flight at once.
 
     With a ``cache``, items already in it are not scored again and every finished batch is
@@ -73,7 +81,7 @@ async def score_items(backend: Backend, items: Sequence[dict[str, Any]], aggrega
                 out[agg][i] = hit[agg]
     if progress is not None and len(todo) < len(items):
         progress.update(len(items) - len(todo))
-    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     limit = asyncio.Semaphore(concurrency)
 
     async def one(idx: list[int]) -> None:
@@ -91,11 +99,20 @@ async def score_items(backend: Backend, items: Sequence[dict[str, Any]], aggrega
     return out
 
 
-async def evaluate_dataset(backend: Backend, dataset: Dataset, aggregations: Sequence[str], *,
-                           system: str | None = None, prompt_mode: str = "chat", step_separator: str | None = None,
-                           batch_size: int = 32,
-                           concurrency: int = 4, progress: bool = True, desc: str = "scoring",
-                           cache: ScoreCache | None = None) -> tuple[dict[str, EvalResult], dict[str, dict[str, list[list[float]]]]]:
+async def evaluate_dataset(
+    backend: Backend,
+    dataset: Dataset,
+    aggregations: Sequence[str],
+    *,
+    system: str | None = None,
+    prompt_mode: str = "chat",
+    step_separator: str | None = None,
+    batch_size: int = 32,
+    concurrency: int = 4,
+    progress: bool = True,
+    desc: str = "scoring",
+    cache: ScoreCache | None = None,
+) -> tuple[dict[str, EvalResult], dict[str, dict[str, list[list[float]]]]]:
     """Accuracies per aggregation, and the scores: ``{agg: {"chosen": [rows][k], "rejected": [rows][k]}}``.
 
     One scoring pass in process (every aggregation from the same per-token rewards).
@@ -105,13 +122,14 @@ async def evaluate_dataset(backend: Backend, dataset: Dataset, aggregations: Seq
     items = build_items(dataset, system=system, prompt_mode=prompt_mode, step_separator=step_separator)
     k = dataset.k
     with tqdm(total=len(items), desc=desc, unit="resp", disable=not progress, dynamic_ncols=True) as bar:
-        scores = await score_items(backend, items, aggregations, batch_size=batch_size, concurrency=concurrency,
-                                   progress=bar, cache=cache)
+        scores = await score_items(
+            backend, items, aggregations, batch_size=batch_size, concurrency=concurrency, progress=bar, cache=cache
+        )
     results, per_row = {}, {}
     for agg in aggregations:
         s = scores[agg]
-        chosen = [s[n * 2 * k: n * 2 * k + k] for n in range(len(dataset.rows))]
-        rejected = [s[n * 2 * k + k: (n + 1) * 2 * k] for n in range(len(dataset.rows))]
+        chosen = [s[n * 2 * k : n * 2 * k + k] for n in range(len(dataset.rows))]
+        rejected = [s[n * 2 * k + k : (n + 1) * 2 * k] for n in range(len(dataset.rows))]
         results[agg] = evaluate(dataset, chosen, rejected, aggregation=agg)
         per_row[agg] = {"chosen": chosen, "rejected": rejected}
     return results, per_row

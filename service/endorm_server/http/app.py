@@ -44,8 +44,9 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     async def start_engine() -> None:
         try:
             state.scorer = await Scorer.start(settings)
-            state.metrics.model_info.info({"model": state.scorer.model_name,
-                                           "system_fingerprint": state.scorer.system_fingerprint or ""})
+            state.metrics.model_info.info(
+                {"model": state.scorer.model_name, "system_fingerprint": state.scorer.system_fingerprint or ""}
+            )
         except Exception as exc:  # surfaced by /ready and the exit code
             state.startup_error = exc
             log.exception("engine failed to start")
@@ -84,8 +85,12 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     for router in ROUTERS:
         app.include_router(router)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessMiddleware, metrics=state.metrics)
     return app

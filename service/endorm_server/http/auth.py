@@ -21,5 +21,8 @@ def require_api_key(request: Request) -> None:
     for key in keys:
         ok |= hmac.compare_digest(presented, key)
     if scheme.lower() != "bearer" or not ok:
-        raise APIError(401, "missing or invalid API key (Authorization: Bearer <key>)",
-                       headers={"WWW-Authenticate": 'Bearer realm="endorm"'})
+        raise APIError(
+            401,
+            "missing or invalid API key (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": 'Bearer realm="endorm"'},
+        )

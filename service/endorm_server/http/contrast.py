@@ -26,16 +26,24 @@ def score_baselines(items: Sequence[dict[str, Any]], body: RequestOptions, param
     return contrast.baseline_items(items, body.baseline_system, param)
 
 
-def compare_baselines(prompt: dict[str, Any], responses: Sequence[dict[str, Any]],
-                      body: RequestOptions) -> list[dict[str, Any]]:
+def compare_baselines(
+    prompt: dict[str, Any], responses: Sequence[dict[str, Any]], body: RequestOptions
+) -> list[dict[str, Any]]:
     """/compare: the shared prompt needs messages and a system (422 names ``messages`` / ``system``)."""
     contrast.check_item(prompt)
     base = contrast.baseline_item(prompt, body.baseline_system)
     return [{**base, **r} for r in responses]
 
 
-def add_baselines(scorer: Scorer, baseline_items: list[dict[str, Any]], pairs: list[EncodedPair], dropped: list[int],
-                  options: ScoreOptions, add_eos: bool, param: str) -> tuple[list[EncodedPair], list[int]]:
+def add_baselines(
+    scorer: Scorer,
+    baseline_items: list[dict[str, Any]],
+    pairs: list[EncodedPair],
+    dropped: list[int],
+    options: ScoreOptions,
+    add_eos: bool,
+    param: str,
+) -> tuple[list[EncodedPair], list[int]]:
     """The criteria pairs followed by the baseline pairs: the one list the pipeline scores."""
     from endorm_server.http.pipeline import encode_items
 
@@ -52,6 +60,8 @@ def decorate(result: ScoreResult, item: ScoredItem) -> ScoreResult:
     if not isinstance(item, contrast.ContrastItem) or item.criteria is None or item.baseline is None:
         return result
     result.criteria_score, result.baseline_score = item.criteria.score, item.baseline.score
-    for tok, rc, rb in zip(result.tokens or [], item.criteria.token_rewards.rewards, item.baseline.token_rewards.rewards):
+    for tok, rc, rb in zip(
+        result.tokens or [], item.criteria.token_rewards.rewards, item.baseline.token_rewards.rewards
+    ):
         tok.criteria_reward, tok.baseline_reward = float(rc), float(rb)
     return result

@@ -33,8 +33,15 @@ _TYPES = {
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, type: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -43,8 +50,14 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, message: str, *, param: str | None = None, type: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    type: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"type": type or _TYPES.get(status, "error"), "message": message, "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -67,8 +80,9 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         # other body fails validation as "not an object", which would blame the JSON: 415 names the cause
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
-            return error_response(415, f"content type {media or 'missing'!r}: send application/json",
-                                  type="unsupported_media_type")
+            return error_response(
+                415, f"content type {media or 'missing'!r}: send application/json", type="unsupported_media_type"
+            )
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param = _loc_to_param(tuple(first.get("loc", ())))

@@ -19,7 +19,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     def __init__(self, max_inflight_tokens: int | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("endorm_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            "endorm_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
         self.latency = Histogram(
             "endorm_request_duration_seconds", "HTTP request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
         )
@@ -27,12 +29,17 @@ class Metrics:
             "endorm_admission_wait_seconds", "Time a request waited for admission", buckets=LATENCY_BUCKETS, registry=r
         )
         self.items_per_request = Histogram(
-            "endorm_request_items", "Sequences per scoring request (batch size)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r
+            "endorm_request_items",
+            "Sequences per scoring request (batch size)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
         )
         self.tokens = Counter("endorm_scored_tokens", "Tokens scored, by part of the sequence", ["part"], registry=r)
         self.sequences = Counter("endorm_scored_sequences", "Sequences scored", registry=r)
         self.rejections = Counter("endorm_rejections", "Requests turned away, by reason", ["reason"], registry=r)
-        self.in_flight_requests = Gauge("endorm_in_flight_requests", "Scoring requests admitted and not finished", registry=r)
+        self.in_flight_requests = Gauge(
+            "endorm_in_flight_requests", "Scoring requests admitted and not finished", registry=r
+        )
         self.in_flight_tokens = Gauge("endorm_in_flight_tokens", "Tokens admitted and not finished", registry=r)
         self.waiting_requests = Gauge("endorm_waiting_requests", "Requests waiting for admission", registry=r)
         self.load = Gauge(
@@ -41,8 +48,9 @@ class Metrics:
         self.engine_unfinished = Gauge("endorm_engine_unfinished_sequences", "Sequences in the engine", registry=r)
         self.ready = Gauge("endorm_ready", "1 when warm and not draining", registry=r)
         # endorm_model_info{model=..., system_fingerprint=...} 1, set once the model is loaded
-        self.token_budget = Gauge("endorm_max_inflight_tokens", "The admission budget in tokens (--max-inflight-tokens)",
-                                  registry=r)
+        self.token_budget = Gauge(
+            "endorm_max_inflight_tokens", "The admission budget in tokens (--max-inflight-tokens)", registry=r
+        )
         if max_inflight_tokens is not None:
             self.token_budget.set(max_inflight_tokens)
         for reason in REJECTION_REASONS:

@@ -37,29 +37,45 @@ def ready_scorer(state: ServiceState, request: Request) -> Scorer:
     if state.turns_away(request.state.arrived_at):
         raise Draining("server is draining")
     if state.scorer is None or not state.scorer.engine.healthy:
-        raise APIError(503, "model is loading or the engine is down", type="not_ready",
-                       headers={"Retry-After": str(state.settings.retry_after_s)})
+        raise APIError(
+            503,
+            "model is loading or the engine is down",
+            type="not_ready",
+            headers={"Retry-After": str(state.settings.retry_after_s)},
+        )
     return state.scorer
 
 
 def score_options(body: RequestOptions, scorer: Scorer) -> ScoreOptions:
     """Request options -> the scorer's options; a request for another model is a 404."""
     if body.model is not None and body.model != scorer.model_name:
-        raise APIError(404, f"model {body.model!r} is not served here (serving {scorer.model_name!r})",
-                       param="model", type="model_not_found")
-    return ScoreOptions(aggregation=body.aggregation, gamma=body.gamma, beta=body.beta, terminal=body.terminal,
-                        return_tokens=body.return_tokens, truncate=body.truncate)
+        raise APIError(
+            404,
+            f"model {body.model!r} is not served here (serving {scorer.model_name!r})",
+            param="model",
+            type="model_not_found",
+        )
+    return ScoreOptions(
+        aggregation=body.aggregation,
+        gamma=body.gamma,
+        beta=body.beta,
+        terminal=body.terminal,
+        return_tokens=body.return_tokens,
+        truncate=body.truncate,
+    )
 
 
 def check_item_count(state: ServiceState, n: int, param: str) -> None:
     limit = state.settings.max_items_per_request
     if n > limit:
-        raise APIError(413, f"{n} sequences in one request, over the limit of {limit}", param=param,
-                       type="too_many_items")
+        raise APIError(
+            413, f"{n} sequences in one request, over the limit of {limit}", param=param, type="too_many_items"
+        )
 
 
-def encode_items(scorer: Scorer, items: list[dict], options: ScoreOptions, add_eos: bool,
-                 param: str) -> tuple[list[EncodedPair], list[int]]:
+def encode_items(
+    scorer: Scorer, items: list[dict], options: ScoreOptions, add_eos: bool, param: str
+) -> tuple[list[EncodedPair], list[int]]:
     """Score items -> exact token ids, and how many prompt tokens truncation dropped from each.
 
     An input error names the item: ``items.3.response``.
@@ -76,8 +92,9 @@ def encode_items(scorer: Scorer, items: list[dict], options: ScoreOptions, add_e
     return pairs, dropped
 
 
-async def encode(scorer: Scorer, items: list[dict], options: ScoreOptions, add_eos: bool,
-                 param: str) -> tuple[list[EncodedPair], list[int]]:
+async def encode(
+    scorer: Scorer, items: list[dict], options: ScoreOptions, add_eos: bool, param: str
+) -> tuple[list[EncodedPair], list[int]]:
     """``encode_items`` in the scorer's front-end pool: tokenization and chat templating never block the
     event loop. Each item is tokenized once, here, before admission, which counts these token ids."""
     return await scorer.off_loop(encode_items, scorer, items, options, add_eos, param)
@@ -89,8 +106,9 @@ async def render(scorer: Scorer, build: Callable[[], BaseModel]) -> Response:
     return Response(body, media_type="application/json")
 
 
-async def score_pairs(request: Request, state: ServiceState, scorer: Scorer, pairs: list[EncodedPair],
-                      options: ScoreOptions) -> list[ScoredItem] | None:
+async def score_pairs(
+    request: Request, state: ServiceState, scorer: Scorer, pairs: list[EncodedPair], options: ScoreOptions
+) -> list[ScoredItem] | None:
     """Admission, then all pairs to the engine at once, bounded by disconnect and deadline.
 
     ``None``: the client went away; nobody is listening, so the route answers 499.

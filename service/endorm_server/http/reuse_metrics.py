@@ -22,7 +22,8 @@ class ReuseCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         c = self._counters() or ReuseCounters()
         yield CounterMetricFamily(
-            "endorm_prefix_cache_hit_tokens", "Prompt tokens of scored sequences served from the prefix cache",
+            "endorm_prefix_cache_hit_tokens",
+            "Prompt tokens of scored sequences served from the prefix cache",
             value=c.cached_prompt_tokens,
         )
         rows = CounterMetricFamily(
@@ -32,10 +33,12 @@ class ReuseCollector(Collector):
         rows.add_metric(["skipped"], c.lm_head_rows_skipped)
         yield rows
         yield CounterMetricFamily(
-            "endorm_rows_from_group_leader", "Rows a cache hit skipped, taken from the group's leader",
+            "endorm_rows_from_group_leader",
+            "Rows a cache hit skipped, taken from the group's leader",
             value=c.rows_from_leader,
         )
         yield CounterMetricFamily(
-            "endorm_resubmissions", "Sequences re-run without the prefix cache because needed rows were skipped",
+            "endorm_resubmissions",
+            "Sequences re-run without the prefix cache because needed rows were skipped",
             value=c.resubmissions,
         )

@@ -33,7 +33,9 @@ def _not_null(f: str) -> dict[str, Any]:
 
 
 # the response: response_ids, or text given as response and/or steps (service/endorm_server/scoring/steps.py)
-_RESPONSE_FORMS: dict[str, Any] = {"oneOf": [_not_null("response_ids"), {"anyOf": [_not_null("response"), _not_null("steps")]}]}
+_RESPONSE_FORMS: dict[str, Any] = {
+    "oneOf": [_not_null("response_ids"), {"anyOf": [_not_null("response"), _not_null("steps")]}]
+}
 
 
 class Message(BaseModel):
@@ -47,7 +49,9 @@ class PromptFields(BaseModel):
 
     model_config = _STRICT
     prompt: StrictStr | None = Field(None, description="Raw prompt text (tokenized as is, no chat template)")
-    messages: list[Message] | None = Field(None, min_length=1, description="Chat turns, rendered with the model's chat template")
+    messages: list[Message] | None = Field(
+        None, min_length=1, description="Chat turns, rendered with the model's chat template"
+    )
     prompt_ids: list[TokenId] | None = Field(None, min_length=1, description="Prompt token ids, used exactly as given")
     system: StrictStr | None = Field(None, description="System text (the reward's criteria) for chat prompts")
 
@@ -73,16 +77,30 @@ class PromptFields(BaseModel):
 
 class ScoreItem(PromptFields):
     response: StrictStr | None = Field(None, description="Response text")
-    response_ids: list[TokenId] | None = Field(None, min_length=1, description="Response token ids, used exactly as given")
-    steps: list[StepText] | None = Field(None, min_length=1, description="The response as a list of steps: scored as "
-                                         "their concatenation (equal to response if both are given); results gain steps")
-    step_separator: StrictStr | None = Field(None, min_length=1, description="Split the text response into steps "
-                                             "after each occurrence (kept with the step it ends)")
-    step_ends: list[StepEnd] | None = Field(None, min_length=1, description="Steps of response_ids: exclusive end "
-                                            "indices, strictly increasing, in [1, H]; later tokens join the last step")
+    response_ids: list[TokenId] | None = Field(
+        None, min_length=1, description="Response token ids, used exactly as given"
+    )
+    steps: list[StepText] | None = Field(
+        None,
+        min_length=1,
+        description="The response as a list of steps: scored as "
+        "their concatenation (equal to response if both are given); results gain steps",
+    )
+    step_separator: StrictStr | None = Field(
+        None,
+        min_length=1,
+        description="Split the text response into steps after each occurrence (kept with the step it ends)",
+    )
+    step_ends: list[StepEnd] | None = Field(
+        None,
+        min_length=1,
+        description="Steps of response_ids: exclusive end "
+        "indices, strictly increasing, in [1, H]; later tokens join the last step",
+    )
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "allOf": [_exactly_one_of(*PROMPT_FORMS), _RESPONSE_FORMS]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"allOf": [_exactly_one_of(*PROMPT_FORMS), _RESPONSE_FORMS]}
+    )
 
     @model_validator(mode="after")
     def _one_response(self):
@@ -114,10 +132,16 @@ class RequestOptions(BaseModel):
     return_tokens: StrictBool = Field(False, description="Include per-token rewards")
     truncate: StrictBool = Field(False, description="Drop the start of the prompt to fit max_model_len")
     add_eos: StrictBool = Field(True, description="End text responses with the end-of-turn token")
-    contrast: StrictBool = Field(False, description="Criteria contrast: score = the aggregation of r_h(criteria) - "
-                                 "r_h(baseline), per token; needs messages and a criteria system (scoring/contrast.py)")
-    baseline_system: StrictStr | None = Field(None, description="With contrast: the baseline's system turn (default: "
-                                              "the item without system, i.e. the chat template's default)")
+    contrast: StrictBool = Field(
+        False,
+        description="Criteria contrast: score = the aggregation of r_h(criteria) - "
+        "r_h(baseline), per token; needs messages and a criteria system (scoring/contrast.py)",
+    )
+    baseline_system: StrictStr | None = Field(
+        None,
+        description="With contrast: the baseline's system turn (default: "
+        "the item without system, i.e. the chat template's default)",
+    )
 
 
 class ScoreRequest(RequestOptions):
@@ -145,7 +169,8 @@ class CompareRequest(RequestOptions, PromptFields):
     responses_ids: list[Annotated[list[TokenId], Field(min_length=1)]] | None = Field(None, min_length=2)
     step_separator: StrictStr | None = Field(None, min_length=1, description="Split each text response into steps")
     responses_step_ends: list[Annotated[list[StepEnd], Field(min_length=1)]] | None = Field(
-        None, min_length=2, description="step_ends of each of responses_ids")
+        None, min_length=2, description="step_ends of each of responses_ids"
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -157,7 +182,7 @@ class CompareRequest(RequestOptions, PromptFields):
                     "system": "Answer with digits only.",
                     "responses": ["5", "five", "6"],
                 }
-            ]
+            ],
         },
     )
 
@@ -179,8 +204,10 @@ class CompareRequest(RequestOptions, PromptFields):
             if len(self.responses_step_ends) != len(out):
                 from endorm_server.inputs.tokenization import InputError
 
-                raise InputError(f"{len(self.responses_step_ends)} responses_step_ends for {len(out)} responses",
-                                 "responses_step_ends")
+                raise InputError(
+                    f"{len(self.responses_step_ends)} responses_step_ends for {len(out)} responses",
+                    "responses_step_ends",
+                )
             out = [{**r, "step_ends": e} for r, e in zip(out, self.responses_step_ends)]
         return out
 
@@ -193,9 +220,14 @@ class TokenReward(BaseModel):
     text: str
     reward: float
     logprob: float
-    offset: tuple[int, int] | None = Field(None, description="[start, end) of the token in the response text "
-                                           "(text responses; appended end-of-turn: zero-width at the end)")
-    criteria_reward: float | None = Field(None, description="contrast: r_h under the criteria (reward = this - baseline)")
+    offset: tuple[int, int] | None = Field(
+        None,
+        description="[start, end) of the token in the response text "
+        "(text responses; appended end-of-turn: zero-width at the end)",
+    )
+    criteria_reward: float | None = Field(
+        None, description="contrast: r_h under the criteria (reward = this - baseline)"
+    )
     baseline_reward: float | None = Field(None, description="contrast: r_h under the baseline context")
 
 
@@ -254,7 +286,9 @@ class ModelCard(BaseModel):
     alpha: float
     engine: str
     vocab_size: int
-    dtype: str | None = Field(None, description="The dtype the engine computes in (--dtype auto resolved for this device)")
+    dtype: str | None = Field(
+        None, description="The dtype the engine computes in (--dtype auto resolved for this device)"
+    )
     system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
 
 

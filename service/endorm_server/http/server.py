@@ -64,8 +64,11 @@ class DrainingServer(uvicorn.Server):
         state.drain_started_at = time.monotonic()
         await state.admission.start_draining()
         state.refresh_gauges()
-        log.info("draining: waiting up to %.0f s for %d in-flight requests",
-                 self.settings.drain_timeout_s, state.http_in_flight)
+        log.info(
+            "draining: waiting up to %.0f s for %d in-flight requests",
+            self.settings.drain_timeout_s,
+            state.http_in_flight,
+        )
         deadline = state.drain_started_at + self.settings.drain_timeout_s
         # Requests that arrived before the signal finish, including those still being
         # read or parsed; later ones are answered 503 meanwhile.
@@ -83,8 +86,14 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: Settings) -> int:
     holder: dict[str, DrainingServer] = {}
     app = create_app(settings, on_fatal=lambda reason: holder["server"].fail(reason))
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+    )
     server = DrainingServer(config, settings, app.state.service)
     holder["server"] = server
     server.run()

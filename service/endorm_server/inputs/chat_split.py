@@ -55,14 +55,21 @@ def _probe(encoder: PairEncoder) -> ChatBoundaries | None:
         return None
     if not gen.startswith(nogen) or len(gen) == len(nogen) or _B not in full:
         return None
-    header = gen[len(nogen):]
-    suffix = full[full.rindex(_B) + len(_B):]
+    header = gen[len(nogen) :]
+    suffix = full[full.rindex(_B) + len(_B) :]
     eot_id = encoder.chat_eot_id
     eot_text = tok.decode([eot_id], skip_special_tokens=False) if eot_id is not None else ""
     bos = encoder.bos_token if encoder.bos_token and gen.startswith(encoder.bos_token) else ""
     enc = lambda s: list(tok.encode(s, add_special_tokens=False)) if s else []  # noqa: E731
-    return ChatBoundaries(header=header, suffix=suffix, eot_text=eot_text, eot_id=eot_id, bos=bos,
-                     header_ids=enc(header), suffix_ids=enc(suffix))
+    return ChatBoundaries(
+        header=header,
+        suffix=suffix,
+        eot_text=eot_text,
+        eot_id=eot_id,
+        bos=bos,
+        header_ids=enc(header),
+        suffix_ids=enc(suffix),
+    )
 
 
 def _no_turn(param: str, why: str) -> InputError:
@@ -76,7 +83,7 @@ def split_text(t: ChatBoundaries | None, text: str, param: str) -> dict:
     at = text.rfind(t.header)
     if at < 0:
         raise _no_turn(param, f"no assistant turn (the chat template's {t.header!r}) in the text")
-    prompt, response = text[: at + len(t.header)], text[at + len(t.header):]
+    prompt, response = text[: at + len(t.header)], text[at + len(t.header) :]
     if t.suffix and response.endswith(t.suffix):
         response = response[: -len(t.suffix)] + (t.eot_text if t.suffix.startswith(t.eot_text) else "")
     if t.bos and not prompt.startswith(t.bos):
@@ -88,11 +95,11 @@ def split_ids(t: ChatBoundaries | None, ids: list[int], param: str) -> dict:
     if t is None or not t.header_ids:
         raise _no_turn(param, "the model has no usable chat template (use /score with prompt_ids and response_ids)")
     h = t.header_ids
-    at = next((i for i in range(len(ids) - len(h), -1, -1) if ids[i: i + len(h)] == h), -1)
+    at = next((i for i in range(len(ids) - len(h), -1, -1) if ids[i : i + len(h)] == h), -1)
     if at < 0:
         raise _no_turn(param, "no assistant header tokens of the chat template in the ids")
-    prompt, response = ids[: at + len(h)], ids[at + len(h):]
+    prompt, response = ids[: at + len(h)], ids[at + len(h) :]
     s = t.suffix_ids
-    if s and len(response) >= len(s) and response[-len(s):] == s:
+    if s and len(response) >= len(s) and response[-len(s) :] == s:
         response = response[: -len(s)] + ([t.eot_id] if t.eot_id is not None and s[0] == t.eot_id else [])
     return {"prompt_ids": prompt, "response_ids": response}

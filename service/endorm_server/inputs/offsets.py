@@ -48,10 +48,10 @@ def _mapped_ends(encoder: PairEncoder, pair: EncodedPair) -> list[int] | None:
     except (NotImplementedError, ValueError, TypeError):
         return None
     ids, offs = list(enc["input_ids"]), list(enc["offset_mapping"])
-    if len(ids) < n or ids[len(ids) - n:] != pair.response_ids[:n]:
+    if len(ids) < n or ids[len(ids) - n :] != pair.response_ids[:n]:
         return None
     shift = len(pair.text_prefix)
-    return [max(int(b) - shift, 0) for _, b in offs[len(offs) - n:]]
+    return [max(int(b) - shift, 0) for _, b in offs[len(offs) - n :]]
 
 
 def _decoded_ends(encoder: PairEncoder, pair: EncodedPair) -> list[int] | None:

@@ -26,8 +26,7 @@ def pop_step_fields(item: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def prepare(item: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
     """Check the step fields against the response form; -> (encoder item, step texts or None)."""
     if len(spec) > 1:
-        raise InputError(f"give at most one of steps, step_separator, step_ends (got {', '.join(spec)})",
-                         list(spec)[1])
+        raise InputError(f"give at most one of steps, step_separator, step_ends (got {', '.join(spec)})", list(spec)[1])
     if "steps" in spec:
         if item.get("response_ids") is not None:
             raise InputError("steps are text: give them with a text response (or use step_ends)", "steps")
@@ -35,16 +34,16 @@ def prepare(item: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any],
         return {**item, "response": response}, list(spec["steps"])
     if "step_separator" in spec:
         if not isinstance(item.get("response"), str):
-            raise InputError("step_separator needs a text response (use step_ends with response_ids)",
-                             "step_separator")
+            raise InputError("step_separator needs a text response (use step_ends with response_ids)", "step_separator")
         return item, st.split_on_separator(item["response"], spec["step_separator"])
     if "step_ends" in spec and item.get("response_ids") is None:
         raise InputError("step_ends index response_ids: give them with response_ids (or use steps)", "step_ends")
     return item, None
 
 
-def encode_with_steps(encoder: PairEncoder, item: dict[str, Any],
-                      encode: Callable[[dict[str, Any]], EncodedPair]) -> EncodedPair:
+def encode_with_steps(
+    encoder: PairEncoder, item: dict[str, Any], encode: Callable[[dict[str, Any]], EncodedPair]
+) -> EncodedPair:
     """Encode the item (``encode``) and attach its step spans, if it has step fields."""
     item, spec = pop_step_fields(item)
     if not spec:
@@ -56,7 +55,8 @@ def encode_with_steps(encoder: PairEncoder, item: dict[str, Any],
     else:
         offsets = response_offsets(encoder, pair)
         if offsets is None:
-            raise InputError("the tokenizer gives no character offsets for this response: "
-                             "send response_ids with step_ends", "steps")
+            raise InputError(
+                "the tokenizer gives no character offsets for this response: send response_ids with step_ends", "steps"
+            )
         spans = st.spans_from_char_starts(offsets, st.step_char_starts(texts), len(pair.response_text or ""))
     return dataclasses.replace(pair, step_spans=tuple(spans), step_texts=tuple(texts) if texts else None)

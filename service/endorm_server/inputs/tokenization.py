@@ -134,16 +134,16 @@ class PairEncoder:
             raise ValueError("vocab_size must be a positive int")
         largest = max(tokenizer.get_vocab().values(), default=-1)
         if largest >= vocab_size:  # an id past the embedding table would fail some request, deep in the engine
-            raise ValueError(f"the tokenizer has token ids up to {largest}, beyond the model's vocabulary of "
-                             f"{vocab_size} (config.vocab_size): tokenizer and weights do not belong together")
+            raise ValueError(
+                f"the tokenizer has token ids up to {largest}, beyond the model's vocabulary of "
+                f"{vocab_size} (config.vocab_size): tokenizer and weights do not belong together"
+            )
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_id: int | None = tokenizer.eos_token_id
         self.bos_token: str | None = getattr(tokenizer, "bos_token", None)
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
-        self.chat_eot_id: int | None = (
-            end_of_turn_id if end_of_turn_id is not None else self._detect_chat_eot()
-        )
+        self.chat_eot_id: int | None = end_of_turn_id if end_of_turn_id is not None else self._detect_chat_eot()
 
     # ------------------------------------------------------------------ helpers
 
@@ -204,9 +204,7 @@ class PairEncoder:
                 raise InputError(f"{param}[{i}] is not an integer token id: {t!r}", param)
             t = int(t)
             if not 0 <= t < self.vocab_size:
-                raise InputError(
-                    f"{param}[{i}] = {t} is out of range [0, {self.vocab_size})", param
-                )
+                raise InputError(f"{param}[{i}] = {t} is out of range [0, {self.vocab_size})", param)
             out.append(t)
         if not out:
             raise InputError(f"{param} is empty", param)
@@ -239,13 +237,10 @@ class PairEncoder:
             raise InputError("messages is empty", "messages")
         for i, m in enumerate(msgs):
             if m["role"] == "system" and i != 0:
-                raise InputError(
-                    "a system message is only allowed as the first turn", "messages"
-                )
+                raise InputError("a system message is only allowed as the first turn", "messages")
         if msgs[-1]["role"] == "assistant":
             raise InputError(
-                "the last message is an assistant turn: give the response separately "
-                "(response or response_ids)",
+                "the last message is an assistant turn: give the response separately (response or response_ids)",
                 "messages",
             )
         if msgs[-1]["role"] == "system":
@@ -255,9 +250,7 @@ class PairEncoder:
     def _finish(self, ids: list[int], eot: int | None, add_eos: bool) -> list[int]:
         if add_eos:
             if eot is None:
-                raise InputError(
-                    "the model has no end-of-sequence token; pass add_eos=false", "add_eos"
-                )
+                raise InputError("the model has no end-of-sequence token; pass add_eos=false", "add_eos")
             if not ids or ids[-1] != eot:
                 ids = [*ids, eot]
         return ids
@@ -277,9 +270,7 @@ class PairEncoder:
     ) -> EncodedPair:
         """Encode one pair; see the module docstring for the exact rules."""
         given = [
-            n
-            for n, v in (("messages", messages), ("prompt", prompt), ("prompt_ids", prompt_ids))
-            if v is not None
+            n for n, v in (("messages", messages), ("prompt", prompt), ("prompt_ids", prompt_ids)) if v is not None
         ]
         if not given:
             raise InputError("one of messages, prompt or prompt_ids is required", "prompt")
@@ -293,9 +284,7 @@ class PairEncoder:
         if response is not None and response_ids is not None:
             raise InputError("give either response or response_ids, not both", "response_ids")
         if system is not None and messages is None:
-            raise InputError(
-                "system is only supported with messages (it becomes the system turn)", "system"
-            )
+            raise InputError("system is only supported with messages (it becomes the system turn)", "system")
         if response is not None and not isinstance(response, str):
             raise InputError("response must be a string", "response")
 
@@ -304,9 +293,7 @@ class PairEncoder:
         prompt_text: str | None = None
         if messages is not None:
             if not self.has_chat_template:
-                raise InputError(
-                    "this model has no chat template: give prompt or prompt_ids", "messages"
-                )
+                raise InputError("this model has no chat template: give prompt or prompt_ids", "messages")
             msgs = self._check_messages(messages, system)
             prompt_text = self._render(msgs, add_generation_prompt=True)
             p_ids = self._encode_text(prompt_text, add_special_tokens=False)
@@ -339,16 +326,19 @@ class PairEncoder:
             r_ids = self._finish(r_ids, self.eos_id, add_eos)
         if not r_ids:
             raise InputError("the response encodes to zero tokens", "response")
-        return EncodedPair(prompt_ids=p_ids, response_ids=r_ids, response_text=response, text_prefix=prefix,
-                           text_tokens=min(n_text, len(r_ids)))
+        return EncodedPair(
+            prompt_ids=p_ids,
+            response_ids=r_ids,
+            response_text=response,
+            text_prefix=prefix,
+            text_tokens=min(n_text, len(r_ids)),
+        )
 
     def _chat_response_ids(
         self, msgs: list[dict], prompt_text: str, p_ids: list[int], response: str
     ) -> tuple[list[int], bool]:
         """-> (response ids, whether they were tokenized after prompt_text in one string)."""
-        full = self._render(
-            [*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False
-        )
+        full = self._render([*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False)
         head = prompt_text + response
         if full.startswith(head):
             head_ids = self._encode_text(head, add_special_tokens=False)
@@ -383,6 +373,4 @@ class PairEncoder:
     def _decode(self, ids: list[int]) -> str:
         if not ids:
             return ""
-        return self.tokenizer.decode(
-            ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
-        )
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -37,8 +37,9 @@ FINGERPRINT_PATTERNS = (
 )
 
 
-def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | None = None, dtype: str = "float32",
-                      engine: str = "vllm") -> str:
+def model_fingerprint(
+    model_path: str | Path, alpha: float, cache_dir: Path | None = None, dtype: str = "float32", engine: str = "vllm"
+) -> str:
     """``fp_`` + 16 hex digits of SHA-256 over the model's reward-relevant files, alpha, the resolved compute
     dtype and the engine (bfloat16 and float32 give different rewards from the same weights, and so do vLLM's
     kernels and the float64 transformers reference). ``dtype`` is what the engine computes in, never ``auto``:
@@ -55,5 +56,7 @@ def model_fingerprint(model_path: str | Path, alpha: float, cache_dir: Path | No
                     files[f.name] = cached_file_sha256(f, cache_dir)
     else:  # a hub id the engine resolves itself: only its name is known here
         files["hub-id"] = str(model_path)
-    payload = json.dumps({"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype), "engine": str(engine)}, sort_keys=True)
+    payload = json.dumps(
+        {"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype), "engine": str(engine)}, sort_keys=True
+    )
     return "fp_" + hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -32,9 +32,25 @@ GGUF_MAGIC = b"GGUF"
 CONVERSION_VERSION = 1
 
 # general.file_type (llama.cpp's LLAMA_FTYPE) -> name, for the log and the model card.
-_FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-               11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
-               17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
+_FILE_TYPES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    32: "BF16",
+}
 
 
 def describe_gguf(path: Path) -> dict[str, str]:
@@ -96,13 +112,23 @@ def ensure_converted(path: str | Path, cache_dir: Path) -> Path:
                 quantization = json.loads((final / "ENDORM_SOURCE.json").read_text())["quantization"]
             except (OSError, ValueError, KeyError):
                 quantization = "an unrecorded type"
-            log.warning("using %s, converted from %s: the weights are DEQUANTIZED from %s, not the original "
-                        "unquantized model", final, path.name, quantization)
+            log.warning(
+                "using %s, converted from %s: the weights are DEQUANTIZED from %s, not the original unquantized model",
+                final,
+                path.name,
+                quantization,
+            )
         else:
             meta = describe_gguf(path)
-            log.warning("converting %s (%s, %s) to a float32 checkpoint in %s: the weights are DEQUANTIZED "
-                        "from %s, not the original unquantized model", path.name, meta["name"], meta["architecture"],
-                        final, meta["quantization"])
+            log.warning(
+                "converting %s (%s, %s) to a float32 checkpoint in %s: the weights are DEQUANTIZED "
+                "from %s, not the original unquantized model",
+                path.name,
+                meta["name"],
+                meta["architecture"],
+                final,
+                meta["quantization"],
+            )
             build_into_place(final, lambda tmp: _convert(path, tmp, {**meta, "sha256": digest}))
     return final
 
@@ -124,8 +150,12 @@ def _convert(path: Path, out: Path, meta: dict[str, str]) -> None:
     tokenizer.save_pretrained(out)
     if not tokenizer.chat_template:
         log.warning("%s carries no chat template: chat `messages` will be refused for this model", path.name)
-    source = {"source": str(path), **meta, "dequantized": meta["quantization"] not in ("F32", "F16", "BF16"),
-              "note": f"weights dequantized from {meta['quantization']} to float32; not the original model"}
+    source = {
+        "source": str(path),
+        **meta,
+        "dequantized": meta["quantization"] not in ("F32", "F16", "BF16"),
+        "note": f"weights dequantized from {meta['quantization']} to float32; not the original model",
+    }
     (out / "ENDORM_SOURCE.json").write_text(json.dumps(source, indent=2) + "\n")
 
 

@@ -23,8 +23,16 @@ def file_sha256(path: Path, *, progress: bool = True) -> str:
 
     digest = hashlib.sha256()
     size = path.stat().st_size
-    with path.open("rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"hashing {path.name}",
-                                     disable=not progress or size < _PROGRESS_MIN_BYTES) as bar:
+    with (
+        path.open("rb") as f,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"hashing {path.name}",
+            disable=not progress or size < _PROGRESS_MIN_BYTES,
+        ) as bar,
+    ):
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
             bar.update(len(chunk))

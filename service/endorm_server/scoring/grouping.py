@@ -80,7 +80,9 @@ class GroupScheduler:
 
     async def _group(self, seqs: list[list[int]], first: int) -> list[SequenceStats]:
         leader, siblings = seqs[0], seqs[1:]
-        extras = sorted({(d - 1, s[d]) for s in siblings if first < (d := divergence(leader, s)) < min(len(leader), len(s))})
+        extras = sorted(
+            {(d - 1, s[d]) for s in siblings if first < (d := divergence(leader, s)) < min(len(leader), len(s))}
+        )
         lead = await self._complete(leader, first, extras)
         extra_c = dict(zip(extras, lead.extra_c if lead.extra_c is not None else []))
         rest = await asyncio.gather(*(self._sibling(s, first, leader, lead, extra_c) for s in siblings))
@@ -102,8 +104,9 @@ class GroupScheduler:
         self.counters.resubmissions += 1
         return await self._submit(seq, first, False, extras)
 
-    async def _sibling(self, seq: list[int], first: int, leader: list[int], lead: SequenceStats,
-                       extra_c: dict[tuple[int, int], float]) -> SequenceStats:
+    async def _sibling(
+        self, seq: list[int], first: int, leader: list[int], lead: SequenceStats, extra_c: dict[tuple[int, int], float]
+    ) -> SequenceStats:
         st = await self._submit(seq, first, True)
         if st.offset == first:
             return st
@@ -115,8 +118,14 @@ class GroupScheduler:
         return await self._submit(seq, first, False)
 
 
-def fill_from_leader(seq: Sequence[int], st: SequenceStats, first: int, leader: Sequence[int], lead: SequenceStats,
-                     extra_c: dict[tuple[int, int], float]) -> SequenceStats | None:
+def fill_from_leader(
+    seq: Sequence[int],
+    st: SequenceStats,
+    first: int,
+    leader: Sequence[int],
+    lead: SequenceStats,
+    extra_c: dict[tuple[int, int], float],
+) -> SequenceStats | None:
     """Rows first .. st.offset-1 of seq from the leader's rows (see the module docstring), or None."""
     d = divergence(leader, seq)
     k = st.offset
@@ -133,5 +142,10 @@ def fill_from_leader(seq: Sequence[int], st: SequenceStats, first: int, leader: 
             if got is None or not np.isfinite(got):
                 return None
             c[-1] = got
-    return SequenceStats(c=np.concatenate([c, st.c]), v=np.concatenate([v, st.v]), offset=first,
-                      extra_c=st.extra_c, cached_tokens=st.cached_tokens)
+    return SequenceStats(
+        c=np.concatenate([c, st.c]),
+        v=np.concatenate([v, st.v]),
+        offset=first,
+        extra_c=st.extra_c,
+        cached_tokens=st.cached_tokens,
+    )

@@ -40,9 +40,9 @@ class RewardInputError(ValueError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: identity equality/hash (fields are arrays)
 class TokenRewards:
-    rewards: np.ndarray   # r_h, float64 [H]
+    rewards: np.ndarray  # r_h, float64 [H]
     logprobs: np.ndarray  # log pi(a_h | s_h), float64 [H]
-    v0: float             # V(s_0), depends only on the prompt
+    v0: float  # V(s_0), depends only on the prompt
 
     @property
     def H(self) -> int:
@@ -51,6 +51,7 @@ class TokenRewards:
 
 # -----------------------------------------------------------------------------
 # validation helpers
+
 
 def _check_positive_finite(x: float, name: str) -> float:
     try:
@@ -96,8 +97,10 @@ def _check_finite(x: np.ndarray, name: str, offset: int) -> None:
 # -----------------------------------------------------------------------------
 # per-token rewards
 
-def token_rewards(c: np.ndarray, v: np.ndarray, prompt_len: int, *,
-                  alpha: float = 1.0, terminal: Terminal = "zero") -> TokenRewards:
+
+def token_rewards(
+    c: np.ndarray, v: np.ndarray, prompt_len: int, *, alpha: float = 1.0, terminal: Terminal = "zero"
+) -> TokenRewards:
     """Per-token rewards r_h and log-probs log pi(a_h|s_h) of the response x_P .. x_{N-1}."""
     c = np.asarray(c, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
@@ -119,20 +122,21 @@ def token_rewards(c: np.ndarray, v: np.ndarray, prompt_len: int, *,
     if H < 1:
         raise RewardInputError(f"the response is empty (sequence length {N}, prompt length {P})", "response")
 
-    q = c[P - 1:N - 1]            # Q(s_h, a_h) = c[P+h-1],  h = 0 .. H-1
-    v_h = v[P - 1:N - 1]          # V(s_h)      = v[P+h-1]
+    q = c[P - 1 : N - 1]  # Q(s_h, a_h) = c[P+h-1],  h = 0 .. H-1
+    v_h = v[P - 1 : N - 1]  # V(s_h)      = v[P+h-1]
     v_H = v[N - 1] if terminal == "bootstrap" else 0.0  # V(s_H): 0 (paper) or bootstrap
     _check_finite(q, "c", P - 1)
-    _check_finite(v[P - 1:N] if terminal == "bootstrap" else v_h, "v", P - 1)
+    _check_finite(v[P - 1 : N] if terminal == "bootstrap" else v_h, "v", P - 1)
 
     v_next = np.append(v_h[1:], v_H)  # V(s_{h+1}) = v[P+h] for h < H-1, then V(s_H)
-    r = q - v_next                    # r_h = Q(s_h, a_h) - V(s_{h+1})
-    logp = (q - v_h) / alpha          # log pi(a_h|s_h) = (Q(s_h, a_h) - V(s_h)) / alpha
+    r = q - v_next  # r_h = Q(s_h, a_h) - V(s_{h+1})
+    logp = (q - v_h) / alpha  # log pi(a_h|s_h) = (Q(s_h, a_h) - V(s_h)) / alpha
     return TokenRewards(rewards=r, logprobs=logp, v0=float(v_h[0]))
 
 
 # -----------------------------------------------------------------------------
 # sequence scores
+
 
 def discount_weights(H: int, gamma: float, beta: float) -> np.ndarray:
     """w_h = max(gamma^h, beta), h = 0 .. H-1 (beta is a floor on the weight)."""
@@ -143,32 +147,34 @@ def discount_weights(H: int, gamma: float, beta: float) -> np.ndarray:
     return np.maximum(np.power(gamma, np.arange(H, dtype=np.float64)), beta)
 
 
-def aggregate(tr: TokenRewards, aggregation: TokenAggregation | str = "sum", *,
-              gamma: float = 1.0, beta: float = 0.0) -> float:
+def aggregate(
+    tr: TokenRewards, aggregation: TokenAggregation | str = "sum", *, gamma: float = 1.0, beta: float = 0.0
+) -> float:
     """Sequence score R from per-token rewards (or log-probs for the loglik baselines)."""
     gamma, beta = _check_discount(gamma, beta)  # validated whatever the aggregation
     r, logp = tr.rewards, tr.logprobs
     if aggregation == "sum":
-        return float(np.sum(r))                 # sum_h r_h
+        return float(np.sum(r))  # sum_h r_h
     if aggregation == "mean":
-        return float(np.mean(r))                # sum_h r_h / H
+        return float(np.mean(r))  # sum_h r_h / H
     if aggregation == "discounted":
         w = discount_weights(len(r), gamma, beta)
-        return float(np.dot(w, r))              # sum_h w_h r_h
+        return float(np.dot(w, r))  # sum_h w_h r_h
     if aggregation == "loglik_sum":
-        return float(np.sum(logp))              # sum_h log pi(a_h|s_h)
+        return float(np.sum(logp))  # sum_h log pi(a_h|s_h)
     if aggregation == "loglik_mean":
-        return float(np.mean(logp))             # sum_h log pi(a_h|s_h) / H
+        return float(np.mean(logp))  # sum_h log pi(a_h|s_h) / H
     raise RewardInputError(f"aggregation must be one of {TOKEN_AGGREGATIONS}, got {aggregation!r}", "aggregation")
 
 
 # -----------------------------------------------------------------------------
 # preferences between responses to the same prompt
 
+
 def preference_probabilities(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     """Bradley-Terry matrix P[i, j] = P(i > j) = sigmoid(R_i - R_j); diagonal 0.5."""
     R = _as_scores(scores)
-    with np.errstate(over="ignore"):       # R_i - R_j may overflow to +-inf: fine below
+    with np.errstate(over="ignore"):  # R_i - R_j may overflow to +-inf: fine below
         d = R[:, None] - R[None, :]
     small = np.exp(-np.logaddexp(0.0, np.abs(d)))  # sigmoid(-|d|) in [0, 0.5], no overflow
     P = np.where(d >= 0, 1.0 - small, small)

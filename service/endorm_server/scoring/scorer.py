@@ -73,8 +73,14 @@ class ScoredItem:
 
 
 class Scorer:
-    def __init__(self, engine: TokenStatsEngine, encoder: PairEncoder, model_name: str,
-                 system_fingerprint: str | None = None, frontend_workers: int = DEFAULT_FRONTEND_WORKERS) -> None:
+    def __init__(
+        self,
+        engine: TokenStatsEngine,
+        encoder: PairEncoder,
+        model_name: str,
+        system_fingerprint: str | None = None,
+        frontend_workers: int = DEFAULT_FRONTEND_WORKERS,
+    ) -> None:
         self.engine = engine
         self.encoder = encoder
         self.model_name = model_name
@@ -105,8 +111,13 @@ class Scorer:
         assert engine.info is not None  # set by start()
         encoder = PairEncoder(tokenizer, vocab_size=engine.info.vocab_size)
         log.info("engine ready: %s, system_fingerprint %s", engine.info, fingerprint)
-        return cls(engine, encoder, settings.served_model_name or settings.model_name, fingerprint,
-                   frontend_workers=settings.frontend_workers)
+        return cls(
+            engine,
+            encoder,
+            settings.served_model_name or settings.model_name,
+            fingerprint,
+            frontend_workers=settings.frontend_workers,
+        )
 
     @property
     def info(self) -> EngineInfo:
@@ -133,7 +144,8 @@ class Scorer:
         if not truncate or excess >= len(pair.prompt_ids):
             why = "" if not truncate else " even after dropping the whole prompt but one token"
             raise SequenceTooLongError(
-                f"prompt + response is {total} tokens, over max_model_len {limit}{why}", param="response" if truncate else None
+                f"prompt + response is {total} tokens, over max_model_len {limit}{why}",
+                param="response" if truncate else None,
             )
         return dataclasses.replace(pair, prompt_ids=pair.prompt_ids[excess:]), excess
 
@@ -142,8 +154,11 @@ class Scorer:
     async def score_pairs(self, pairs: Sequence[EncodedPair], options: ScoreOptions) -> list[ScoredItem]:
         """Pairs go to the engine together (one leader per shared prompt first); the engine batches them with every other caller."""
         if options.aggregation in steps.STEP_AGGREGATIONS and any(p.step_spans is None for p in pairs):
-            raise InputError(f"aggregation {options.aggregation} needs steps: give steps, step_separator "
-                             "or step_ends with every response", "aggregation")
+            raise InputError(
+                f"aggregation {options.aggregation} needs steps: give steps, step_separator "
+                "or step_ends with every response",
+                "aggregation",
+            )
         stats = await self.groups.stats(pairs)
         return await self.off_loop(self._finish, pairs, stats, options)
 
@@ -152,7 +167,9 @@ class Scorer:
         items = []
         for pair, st in zip(pairs, stats):
             # st covers positions st.offset .. N-1, so the prompt length in its indexing is P - offset
-            tr = rewards.token_rewards(st.c, st.v, len(pair.prompt_ids) - st.offset, alpha=self.info.alpha, terminal=options.terminal)
+            tr = rewards.token_rewards(
+                st.c, st.v, len(pair.prompt_ids) - st.offset, alpha=self.info.alpha, terminal=options.terminal
+            )
             stp = None
             if pair.step_spans is not None:
                 stp = steps.step_stats(tr.rewards, tr.logprobs, pair.step_spans, pair.step_texts)
@@ -163,8 +180,9 @@ class Scorer:
                 score = rewards.aggregate(tr, options.aggregation, gamma=options.gamma, beta=options.beta)
             texts = self.encoder.decode_tokens(pair.response_ids) if options.return_tokens else None
             offs = response_offsets(self.encoder, pair) if options.return_tokens else None
-            items.append(ScoredItem(score=score, pair=pair, token_rewards=tr, token_texts=texts,
-                                    token_offsets=offs, steps=stp))
+            items.append(
+                ScoredItem(score=score, pair=pair, token_rewards=tr, token_texts=texts, token_offsets=offs, steps=stp)
+            )
         return items
 
     async def score(self, items: Sequence[dict[str, Any]], options: ScoreOptions = ScoreOptions()) -> list[ScoredItem]:
@@ -174,7 +192,9 @@ class Scorer:
             item.truncated_tokens = dropped
         return scored
 
-    async def compare(self, prompt: dict[str, Any], responses: Sequence[dict[str, Any]], options: ScoreOptions = ScoreOptions()):
+    async def compare(
+        self, prompt: dict[str, Any], responses: Sequence[dict[str, Any]], options: ScoreOptions = ScoreOptions()
+    ):
         """Scores, ranking (best first) and Bradley-Terry matrix P[i, j] = sigmoid(R_i - R_j)."""
         scored = await self.score([{**prompt, **r} for r in responses], options)
         scores = np.array([s.score for s in scored])

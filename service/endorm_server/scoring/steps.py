@@ -54,7 +54,7 @@ class Step:
 
     start: int
     end: int
-    reward: float   # R_k = sum of r_h over the span
+    reward: float  # R_k = sum of r_h over the span
     logprob: float  # L_k = sum of log pi(a_h|s_h) over the span
     text: str | None = None  # the step's text (text steps only)
 
@@ -115,7 +115,7 @@ def spans_from_char_starts(offsets: Sequence[Span], char_starts: Sequence[int], 
     S, H = len(char_starts), len(offsets)
     owner = []
     for a, b in offsets:
-        c = b - 1 if b > a else a         # the token's last character, or where a zero-width token sits
+        c = b - 1 if b > a else a  # the token's last character, or where a zero-width token sits
         c = min(c, max(text_len - 1, 0))  # at the very end of the text: the last step
         owner.append(bisect_right(char_starts, c) - 1)
     if any(x > y for x, y in zip(owner, owner[1:])):
@@ -149,17 +149,26 @@ def spans_from_ends(step_ends: Sequence[int], H: int) -> list[Span]:
 # ----------------------------------------------------------------------------- rewards
 
 
-def step_stats(rewards: np.ndarray, logprobs: np.ndarray, spans: Sequence[Span],
-               texts: Sequence[str] | None = None) -> list[Step]:
+def step_stats(
+    rewards: np.ndarray, logprobs: np.ndarray, spans: Sequence[Span], texts: Sequence[str] | None = None
+) -> list[Step]:
     """R_k and L_k for each span (float64 sums of the per-token values)."""
     r = np.asarray(rewards, dtype=np.float64)
     lp = np.asarray(logprobs, dtype=np.float64)
-    if spans and (spans[0][0] != 0 or spans[-1][1] != len(r)
-                  or any(e != s2 for (_, e), (s2, _) in zip(spans, spans[1:]))):
+    if spans and (
+        spans[0][0] != 0 or spans[-1][1] != len(r) or any(e != s2 for (_, e), (s2, _) in zip(spans, spans[1:]))
+    ):
         raise ValueError(f"step spans must tile [0, {len(r)}), got {list(spans)}")
-    return [Step(start=s, end=e, reward=float(np.sum(r[s:e])), logprob=float(np.sum(lp[s:e])),
-                 text=texts[k] if texts is not None else None)
-            for k, (s, e) in enumerate(spans)]
+    return [
+        Step(
+            start=s,
+            end=e,
+            reward=float(np.sum(r[s:e])),
+            logprob=float(np.sum(lp[s:e])),
+            text=texts[k] if texts is not None else None,
+        )
+        for k, (s, e) in enumerate(spans)
+    ]
 
 
 def aggregate_steps(steps: Sequence[Step], aggregation: str) -> float:

@@ -86,14 +86,18 @@ class _PoolerMixin:
         device = hidden_states.device
         empty = torch.zeros(0, dtype=torch.long)
         index = torch.cat(sel) if sel else empty
-        stats = self._stats(hidden_states.index_select(0, index.to(device)), (torch.cat(targets) if targets else empty).to(device))
+        stats = self._stats(
+            hidden_states.index_select(0, index.to(device)), (torch.cat(targets) if targets else empty).to(device)
+        )
         mask = (torch.cat(has_next) if has_next else empty.bool()).to(device)
         stats[:, 0] = torch.where(mask, stats[:, 0], torch.nan)  # c_{N-1} undefined
 
         outputs: list[torch.Tensor | None] = []
         finished = cursor.get_finished_mask()
         at = 0
-        for state, asm, (start, end, n_rows, extra), done in zip(pooling_metadata.pooling_states, states, plan, finished):
+        for state, asm, (start, end, n_rows, extra), done in zip(
+            pooling_metadata.pooling_states, states, plan, finished
+        ):
             rows = stats[at : at + n_rows]
             extra_c = {i: float(stats[at + n_rows + j, 0]) for j, i in enumerate(extra)}
             at += n_rows + len(extra)
@@ -163,8 +167,13 @@ class _VocabParallelLogits:
             logits = self.model.compute_logits(hidden_states[a:b])
             assert self.shard is not None
             part = chunked_token_stats(
-                logits, targets[a:b], lambda x: x, alpha=alpha, chunk_rows=b - a,
-                vocab_start=self.shard[0], group=self.group,
+                logits,
+                targets[a:b],
+                lambda x: x,
+                alpha=alpha,
+                chunk_rows=b - a,
+                vocab_start=self.shard[0],
+                group=self.group,
             )
             out[a:b] = part
         return out

@@ -3,7 +3,6 @@
 
 from endorm_server.http.routes import classify, inspect, meta, openrlhf, score
 
-ROUTERS = (meta.open_router, meta.keyed_router, score.router, openrlhf.router, classify.router,
-           inspect.router)
+ROUTERS = (meta.open_router, meta.keyed_router, score.router, openrlhf.router, classify.router, inspect.router)
 
 __all__ = ["ROUTERS"]

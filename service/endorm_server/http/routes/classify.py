@@ -24,8 +24,9 @@ from endorm_server.http.schemas import Aggregation, ErrorResponse, Message, Requ
 from endorm_server.inputs.chat_split import chat_boundaries, split_ids, split_text
 from endorm_server.scoring.scorer import Scorer
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES,
-                   tags=["trainer integrations"])
+router = APIRouter(
+    dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"]
+)
 
 
 def _messages_item(messages: list[Message], param: str) -> dict:
@@ -34,23 +35,35 @@ def _messages_item(messages: list[Message], param: str) -> dict:
     return {"messages": [m.model_dump() for m in messages[:-1]], "response": messages[-1].content}
 
 
-
 class ClassifyRequest(BaseModel):
     """vLLM's ClassificationRequest (completion form ``input`` or chat form ``messages``),
     plus this service's scoring options. Other vLLM fields are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "model": "my-model",
-        "input": "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n",
-        "activation": False,
-    }]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "my-model",
+                    "input": "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n",
+                    "activation": False,
+                }
+            ]
+        },
+    )
     model: StrictStr | None = None
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]] | list[Message] | None = Field(
-        None, description="Templated conversation text(s) or token ids (split at the last assistant header), "
-                          "or a conversation (list of messages ending with the assistant turn)")
-    messages: list[Message] | None = Field(None, min_length=1, description="A conversation ending with the assistant turn")
+        None,
+        description="Templated conversation text(s) or token ids (split at the last assistant header), "
+        "or a conversation (list of messages ending with the assistant turn)",
+    )
+    messages: list[Message] | None = Field(
+        None, min_length=1, description="A conversation ending with the assistant turn"
+    )
     activation: StrictBool | None = Field(None, description="verl's name (vLLM < 0.11.2) for use_activation")
-    use_activation: StrictBool | None = Field(None, description="Sigmoid of the reward (vLLM default when unset); false: the raw reward")
+    use_activation: StrictBool | None = Field(
+        None, description="Sigmoid of the reward (vLLM default when unset); false: the raw reward"
+    )
     aggregation: Aggregation = "sum"
     gamma: StrictFloat = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     beta: StrictFloat = Field(0.0, ge=0, allow_inf_nan=False)
@@ -113,18 +126,38 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-@router.post("/classify", response_model=ClassificationResponse, responses={404: {"model": ErrorResponse}},
-             summary="vLLM-compatible classification (verl's reward loop): one class, the sequence's reward")
-@router.post("/v1/classify", response_model=ClassificationResponse, responses={404: {"model": ErrorResponse}},
-             include_in_schema=False)
+@router.post(
+    "/classify",
+    response_model=ClassificationResponse,
+    responses={404: {"model": ErrorResponse}},
+    summary="vLLM-compatible classification (verl's reward loop): one class, the sequence's reward",
+)
+@router.post(
+    "/v1/classify",
+    response_model=ClassificationResponse,
+    responses={404: {"model": ErrorResponse}},
+    include_in_schema=False,
+)
 async def classify(body: ClassifyRequest, request: Request):
     state = pipeline.service_state(request)
     scorer = pipeline.ready_scorer(state, request)
     if not _model_ok(body.model, scorer, state.settings.model):
-        raise APIError(404, f"model {body.model!r} is not served here (serving {scorer.model_name!r})",
-                       param="model", type="model_not_found")
-    options = pipeline.score_options(RequestOptions(aggregation=body.aggregation, gamma=body.gamma, beta=body.beta,
-                                      terminal=body.terminal, truncate=body.truncate), scorer)
+        raise APIError(
+            404,
+            f"model {body.model!r} is not served here (serving {scorer.model_name!r})",
+            param="model",
+            type="model_not_found",
+        )
+    options = pipeline.score_options(
+        RequestOptions(
+            aggregation=body.aggregation,
+            gamma=body.gamma,
+            beta=body.beta,
+            terminal=body.terminal,
+            truncate=body.truncate,
+        ),
+        scorer,
+    )
     items, param, add_eos = _classify_items(body, scorer)
     pipeline.check_item_count(state, len(items), param)
     pairs, _ = await pipeline.encode(scorer, items, options, add_eos, param)
@@ -135,7 +168,10 @@ async def classify(body: ClassifyRequest, request: Request):
     squash = _sigmoid if activation is None or activation else float
     tokens = sum(len(p.prompt_ids) + len(p.response_ids) for p in pairs)
     return ClassificationResponse(
-        id=f"classify-{uuid.uuid4().hex}", created=int(time.time()), model=scorer.model_name,
+        id=f"classify-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=scorer.model_name,
         data=[ClassificationData(index=i, probs=[squash(s.score)], num_classes=1) for i, s in enumerate(scored)],
-        usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens), system_fingerprint=scorer.system_fingerprint,
+        usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens),
+        system_fingerprint=scorer.system_fingerprint,
     )

@@ -19,9 +19,19 @@ keyed_router = APIRouter(dependencies=[Depends(require_api_key)], responses=pipe
 async def models(request: Request):
     scorer = pipeline.ready_scorer(pipeline.service_state(request), request)
     info = scorer.info
-    return ModelList(data=[ModelCard(id=scorer.model_name, max_model_len=info.max_model_len, alpha=info.alpha,
-                                     engine=info.name, vocab_size=info.vocab_size, dtype=info.dtype,
-                                     system_fingerprint=scorer.system_fingerprint)])
+    return ModelList(
+        data=[
+            ModelCard(
+                id=scorer.model_name,
+                max_model_len=info.max_model_len,
+                alpha=info.alpha,
+                engine=info.name,
+                vocab_size=info.vocab_size,
+                dtype=info.dtype,
+                system_fingerprint=scorer.system_fingerprint,
+            )
+        ]
+    )
 
 
 @open_router.get("/health", response_model=Status, summary="Process alive")
@@ -29,8 +39,9 @@ async def health():
     return Status(status="ok")
 
 
-@open_router.get("/ready", response_model=Status, responses={503: {"model": Status}},
-                 summary="Model warm and not draining")
+@open_router.get(
+    "/ready", response_model=Status, responses={503: {"model": Status}}, summary="Model warm and not draining"
+)
 async def ready(request: Request):
     state = pipeline.service_state(request)
     state.refresh_gauges()
@@ -39,8 +50,7 @@ async def ready(request: Request):
     status = "draining" if state.draining else ("failed" if state.startup_error else "loading")
     if state.engine_dead:
         status = "engine_dead"
-    return JSONResponse({"status": status}, status_code=503,
-                        headers={"Retry-After": str(state.settings.retry_after_s)})
+    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": str(state.settings.retry_after_s)})
 
 
 @open_router.get("/metrics", summary="Prometheus metrics (service and vLLM)", response_class=Response)

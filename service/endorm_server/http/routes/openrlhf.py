@@ -24,9 +24,9 @@ from endorm_server.http.errors import APIError
 from endorm_server.http.schemas import Aggregation, RequestOptions, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_text
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES,
-                   tags=["trainer integrations"])
-
+router = APIRouter(
+    dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"]
+)
 
 
 _NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -55,18 +55,31 @@ class GetRewardOptions(BaseModel):
     beta: QueryFloat = Field(0.0, ge=0, allow_inf_nan=False)
     terminal: Terminal = "zero"
     truncate: QueryBool = False
-    add_eos: QueryBool = Field(False, description="Append EOS to the response (the query already holds what was generated)")
-    step_separator: StrictStr | None = Field(None, min_length=1, description="Score responses as steps split after this "
-                                       "text (for step_min / step_last); a response without it is one step")
+    add_eos: QueryBool = Field(
+        False, description="Append EOS to the response (the query already holds what was generated)"
+    )
+    step_separator: StrictStr | None = Field(
+        None,
+        min_length=1,
+        description="Score responses as steps split after this "
+        "text (for step_min / step_last); a response without it is one step",
+    )
 
 
 class GetRewardRequest(BaseModel):
     # OpenRLHF variants send more fields (metadata, ...): accepted and ignored.
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "query": ["<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>"],
-        "prompts": ["<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"],
-        "labels": ["5"],
-    }]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": ["<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>"],
+                    "prompts": ["<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"],
+                    "labels": ["5"],
+                }
+            ]
+        },
+    )
     query: list[StrictStr] = Field(description="Full decoded sequences: prompt + response")
     prompts: list[StrictStr] | None = Field(None, description="Prompt text of each query (the split point)")
     labels: list[Any] | None = Field(None, description="Ignored: the endogenous reward needs no label")
@@ -93,47 +106,69 @@ def _query_options(request: Request) -> GetRewardOptions:
 
 def _split_query(query: str, prompt: str, bos: str | None, i: int) -> dict:
     if query.startswith(prompt):
-        return {"prompt": prompt, "response": query[len(prompt):]}
+        return {"prompt": prompt, "response": query[len(prompt) :]}
     if bos:  # a BOS on one side only (decoded with special tokens vs the dataset's text)
-        q = query[len(bos):] if query.startswith(bos) else query
-        p = prompt[len(bos):] if prompt.startswith(bos) else prompt
+        q = query[len(bos) :] if query.startswith(bos) else query
+        p = prompt[len(bos) :] if prompt.startswith(bos) else prompt
         if q.startswith(p):
-            return {"prompt": prompt, "response": q[len(p):]}
+            return {"prompt": prompt, "response": q[len(p) :]}
     raise APIError(422, f"query[{i}] does not start with prompts[{i}]", param=f"query.{i}")
 
 
-@router.post("/get_reward", response_model=GetRewardResponse,
-             summary="OpenRLHF remote reward model: rewards for decoded prompt+response texts")
+@router.post(
+    "/get_reward",
+    response_model=GetRewardResponse,
+    summary="OpenRLHF remote reward model: rewards for decoded prompt+response texts",
+)
 async def get_reward(body: GetRewardRequest, request: Request):
     """Options go in the query string: ``aggregation``, ``gamma``, ``beta``, ``terminal``,
     ``truncate``, ``add_eos`` (default false: the query holds exactly what was generated)."""
     opts = _query_options(request)
     state = pipeline.service_state(request)
     scorer = pipeline.ready_scorer(state, request)
-    options = pipeline.score_options(RequestOptions(aggregation=opts.aggregation, gamma=opts.gamma, beta=opts.beta,
-                                      terminal=opts.terminal, truncate=opts.truncate), scorer)
+    options = pipeline.score_options(
+        RequestOptions(
+            aggregation=opts.aggregation,
+            gamma=opts.gamma,
+            beta=opts.beta,
+            terminal=opts.terminal,
+            truncate=opts.truncate,
+        ),
+        scorer,
+    )
     if body.prompts is not None and len(body.prompts) != len(body.query):
         raise APIError(422, f"{len(body.prompts)} prompts for {len(body.query)} queries", param="prompts")
     pipeline.check_item_count(state, len(body.query), "query")
     if not body.query:  # OpenRLHF splits a batch over its servers: a server can get an empty slice
         return GetRewardResponse(rewards=[], scores=[], extra_logs={}, system_fingerprint=scorer.system_fingerprint)
     if body.prompts is not None:
-        items = [_split_query(q, p, scorer.encoder.bos_token, i) for i, (q, p) in enumerate(zip(body.query, body.prompts))]
+        items = [
+            _split_query(q, p, scorer.encoder.bos_token, i) for i, (q, p) in enumerate(zip(body.query, body.prompts))
+        ]
     else:
         t = chat_boundaries(scorer.encoder)
         items = [split_text(t, q, f"query.{i}") for i, q in enumerate(body.query)]
     if opts.step_separator is not None:  # lenient: a policy's sample must not fail the batch
         from endorm_server.scoring.steps import split_on_separator
 
-        items = [{k: v for k, v in it.items() if k != "response"}
-                 | {"steps": split_on_separator(it["response"], opts.step_separator, required=False)}
-                 if it.get("response") else it for it in items]
+        items = [
+            {k: v for k, v in it.items() if k != "response"}
+            | {"steps": split_on_separator(it["response"], opts.step_separator, required=False)}
+            if it.get("response")
+            else it
+            for it in items
+        ]
     pairs, dropped = await pipeline.encode(scorer, items, options, opts.add_eos, "query")
     scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
     if scored is None:
         return Response(status_code=499)
     scores = [s.score for s in scored]
-    return GetRewardResponse(rewards=scores, scores=scores, system_fingerprint=scorer.system_fingerprint, extra_logs={
-        "endorm_response_tokens": [float(s.num_tokens) for s in scored],
-        "endorm_truncated_tokens": [float(d) for d in dropped],
-    })
+    return GetRewardResponse(
+        rewards=scores,
+        scores=scores,
+        system_fingerprint=scorer.system_fingerprint,
+        extra_logs={
+            "endorm_response_tokens": [float(s.num_tokens) for s in scored],
+            "endorm_truncated_tokens": [float(d) for d in dropped],
+        },
+    )

@@ -1,7 +1,7 @@
 """``POST /score`` and ``POST /compare``: the API's own scoring routes.
 
-    ScoreRequest (schema) -> pipeline.encode (token ids, in the front-end pool) -> admission
-    -> Scorer.score_pairs (engine; reward math in the pool) -> ScoreResponse (built in the pool)
+ScoreRequest (schema) -> pipeline.encode (token ids, in the front-end pool) -> admission
+-> Scorer.score_pairs (engine; reward math in the pool) -> ScoreResponse (built in the pool)
 """
 
 from __future__ import annotations
@@ -33,19 +33,33 @@ def _result(index: int, item: ScoredItem, dropped: int) -> ScoreResult:
     tokens = None
     if item.token_texts is not None:
         tr = item.token_rewards
-        offsets: list[tuple[int, int] | None] = (list(item.token_offsets) if item.token_offsets
-                                                 else [None] * len(item.token_texts))
+        offsets: list[tuple[int, int] | None] = (
+            list(item.token_offsets) if item.token_offsets else [None] * len(item.token_texts)
+        )
         tokens = [
             TokenReward(id=int(t), text=text, reward=float(r), logprob=float(lp), offset=off)
             for t, text, r, lp, off in zip(item.pair.response_ids, item.token_texts, tr.rewards, tr.logprobs, offsets)
         ]
     steps = None
     if item.steps is not None:
-        steps = [StepResult(start=s.start, end=s.end, num_tokens=s.num_tokens, reward=s.reward, logprob=s.logprob,
-                            text=s.text) for s in item.steps]
-    return contrast_http.decorate(ScoreResult(index=index, score=item.score, num_tokens=item.num_tokens,
-                                  prompt_tokens=len(item.pair.prompt_ids), truncated_tokens=dropped, tokens=tokens,
-                                  steps=steps), item)
+        steps = [
+            StepResult(
+                start=s.start, end=s.end, num_tokens=s.num_tokens, reward=s.reward, logprob=s.logprob, text=s.text
+            )
+            for s in item.steps
+        ]
+    return contrast_http.decorate(
+        ScoreResult(
+            index=index,
+            score=item.score,
+            num_tokens=item.num_tokens,
+            prompt_tokens=len(item.pair.prompt_ids),
+            truncated_tokens=dropped,
+            tokens=tokens,
+            steps=steps,
+        ),
+        item,
+    )
 
 
 def _usage(pairs: list[EncodedPair]) -> Usage:
@@ -71,10 +85,17 @@ async def score(body: ScoreRequest, request: Request):
         return Response(status_code=499)
     if base is not None:
         scored = contrast_http.combine(scored, options)
-    return await pipeline.render(scorer, lambda: ScoreResponse(
-        model=scorer.model_name, alpha=scorer.info.alpha, system_fingerprint=scorer.system_fingerprint,
-        aggregation=body.aggregation, results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
-    ))
+    return await pipeline.render(
+        scorer,
+        lambda: ScoreResponse(
+            model=scorer.model_name,
+            alpha=scorer.info.alpha,
+            system_fingerprint=scorer.system_fingerprint,
+            aggregation=body.aggregation,
+            results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))],
+            usage=_usage(pairs),
+        ),
+    )
 
 
 @router.post("/compare", response_model=CompareResponse, summary="Rank N responses to one prompt")
@@ -99,9 +120,18 @@ async def compare(body: CompareRequest, request: Request):
         scored = contrast_http.combine(scored, options)
     scores = [s.score for s in scored]
     order = rewards.ranking(scores)
-    return await pipeline.render(scorer, lambda: CompareResponse(
-        model=scorer.model_name, alpha=scorer.info.alpha, system_fingerprint=scorer.system_fingerprint,
-        aggregation=body.aggregation, scores=scores,
-        ranking=order, best=order[0], probabilities=rewards.preference_probabilities(scores).tolist(),
-        results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))], usage=_usage(pairs),
-    ))
+    return await pipeline.render(
+        scorer,
+        lambda: CompareResponse(
+            model=scorer.model_name,
+            alpha=scorer.info.alpha,
+            system_fingerprint=scorer.system_fingerprint,
+            aggregation=body.aggregation,
+            scores=scores,
+            ranking=order,
+            best=order[0],
+            probabilities=rewards.preference_probabilities(scores).tolist(),
+            results=[_result(i, s, d) for i, (s, d) in enumerate(zip(scored, dropped))],
+            usage=_usage(pairs),
+        ),
+    )
