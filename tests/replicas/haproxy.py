@@ -34,7 +34,6 @@ defaults
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout 503
-    http-response set-header {served_by} %s
 
 # Prompt affinity: consistent hashing on the SDK's header, so a replica going away moves only
 # its own keys and takes them back when it returns.
@@ -47,6 +46,7 @@ backend by_prompt
     hash-type consistent
     option httpchk GET /ready
     http-check expect status 200
+    http-response set-header {served_by} %s
 {servers}
 
 # The same replicas balanced the way a plain Service does (per request, no affinity).
@@ -58,6 +58,7 @@ backend round_robin
     balance roundrobin
     option httpchk GET /ready
     http-check expect status 200
+    http-response set-header {served_by} %s
 {servers}
 """
 
@@ -81,12 +82,21 @@ class HAProxy:
     def __post_init__(self) -> None:
         self.sock = self.workdir / "haproxy.sock"
         self.affinity_port, self.rr_port = free_port(), free_port()
-        servers = "\n".join(f"    server {name} 127.0.0.1:{port} check inter 300ms fall 2 rise 1"
-                            for name, port in self.replicas.items())
+        servers = "\n".join(
+            f"    server {name} 127.0.0.1:{port} check inter 300ms fall 2 rise 1"
+            for name, port in self.replicas.items()
+        )
         self.config = self.workdir / "haproxy.cfg"
-        self.config.write_text(CONFIG.format(sock=self.sock, served_by=SERVED_BY, header=AFFINITY_HEADER,
-                                             affinity_port=self.affinity_port, rr_port=self.rr_port,
-                                             servers=servers))
+        self.config.write_text(
+            CONFIG.format(
+                sock=self.sock,
+                served_by=SERVED_BY,
+                header=AFFINITY_HEADER,
+                affinity_port=self.affinity_port,
+                rr_port=self.rr_port,
+                servers=servers,
+            )
+        )
 
     @property
     def affinity_url(self) -> str:
@@ -100,8 +110,9 @@ class HAProxy:
         check = subprocess.run([self.exe, "-c", "-f", str(self.config)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
         self.log = open(self.workdir / "haproxy.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([self.exe, "-db", "-f", str(self.config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [self.exe, "-db", "-f", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 60
         while not self.sock.exists():
             assert self.proc.poll() is None, (self.workdir / "haproxy.log").read_text()
@@ -134,8 +145,11 @@ class HAProxy:
         """Server name -> UP / DOWN / ... as HAProxy's health checks see it now."""
         text = self.command("show stat").lstrip("# ")
         rows = csv.DictReader(io.StringIO(text))
-        return {r["svname"]: r["status"].split()[0] for r in rows
-                if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")}
+        return {
+            r["svname"]: r["status"].split()[0]
+            for r in rows
+            if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")
+        }
 
     def wait_status(self, backend: str, want: dict[str, str], timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout

@@ -37,7 +37,6 @@ VICTIM = "r1"
 PROMPT_LEN, RESPONSE_LEN, GROUPS, GROUP_SIZE = 384, 8, 12, 8  # GRPO-like: 12 prompts x 8 samples
 HIT_METRIC = "endorm_prefix_cache_hit_tokens"
 # Not yet run end to end (3 vLLM replicas): kept out of `make test` until it has passed here.
-pytestmark = pytest.mark.slow
 
 
 def replica(name: str, port: int | None, workdir: Path) -> LocalServer:
@@ -168,6 +167,8 @@ def in_flight(url: str) -> float:
     )
 
 
+# slow: fails as written (its load never reached the victim before the kill); fix pending
+@pytest.mark.slow
 def test_killed_replica_loses_no_request_and_only_its_keys_move(cluster, tmp_path):
     servers, proxy = cluster
     keys = [g[0] for g in group_items(3, 30, 1, 32)]
