@@ -33,9 +33,7 @@ pytestmark = pytest.mark.slow
 
 
 def _podman(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["podman", *args], env=ENV, check=check, text=True, capture_output=True, timeout=timeout
-    )
+    return subprocess.run(["podman", *args], env=ENV, check=check, text=True, capture_output=True, timeout=timeout)
 
 
 def _inputs_hash(build_args: dict[str, str]) -> str:
@@ -84,9 +82,20 @@ def image() -> Iterator[str]:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             idx = _torch_index(Path(tmp))
-            cmd = ["build", "--network=host", "-f", "Dockerfile.cpu", "-t", tag,
-                   "-v", f"{idx / 'simple'}:/wheels/simple:ro", "-v", f"{TORCH_WHEEL_DIR}:/wheels/files:ro",
-                   "-v", "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/build-ca.crt:ro"]
+            cmd = [
+                "build",
+                "--network=host",
+                "-f",
+                "Dockerfile.cpu",
+                "-t",
+                tag,
+                "-v",
+                f"{idx / 'simple'}:/wheels/simple:ro",
+                "-v",
+                f"{TORCH_WHEEL_DIR}:/wheels/files:ro",
+                "-v",
+                "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/build-ca.crt:ro",
+            ]
             for k, v in build_args.items():
                 cmd += ["--build-arg", f"{k}={v}"]
             t0 = time.monotonic()
@@ -128,9 +137,28 @@ class Pod:
         self.grace = int(spec["terminationGracePeriodSeconds"])
         c = spec["containers"][0]
         self.ready, self.live = c["readinessProbe"], c["livenessProbe"]
-        cmd = ["run", "-d", "--name", name, "--user", "10001:10001", "--read-only",
-               "--network=host", "-v", f"{volume}:/models", "--tmpfs", "/tmp", "--tmpfs", "/home/endorm",
-               "--shm-size", "1g", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+        cmd = [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--user",
+            "10001:10001",
+            "--read-only",
+            "--network=host",
+            "-v",
+            f"{volume}:/models",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/home/endorm",
+            "--shm-size",
+            "1g",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+        ]
         for k, v in _container_env().items():
             cmd += ["-e", f"{k}={v}"]
         cmd += [image, *c["args"]]
