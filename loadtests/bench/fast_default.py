@@ -46,7 +46,7 @@ from loadtests.bench.machine import footer, loadavg, machine_info
 from loadtests.server import LocalServer
 
 CONCURRENCY = 16
-LLAMA_WORKER = r'''
+LLAMA_WORKER = r"""
 import json, sys, time
 import numpy as np
 from llama_cpp import Llama
@@ -68,7 +68,7 @@ for line in sys.stdin:
         for s in msg["seqs"]:
             stats(s)
         print(json.dumps({"s": time.perf_counter() - t0}), flush=True)
-'''
+"""
 
 
 def log(msg: str) -> None:
@@ -89,14 +89,19 @@ def workload(data: Path, n: int, prompt_words: int, response_words: int) -> list
             words += rows[j % len(rows)]["prompt"].split()
             if len(words) >= prompt_words:
                 break
-        out.append({"messages": [{"role": "user", "content": " ".join(words[:prompt_words])}],
-                    "response": " ".join(resp[:response_words])})
+        out.append(
+            {
+                "messages": [{"role": "user", "content": " ".join(words[:prompt_words])}],
+                "response": " ".join(resp[:response_words]),
+            }
+        )
         if len(out) == n:
             break
     return out
 
 
 # ------------------------------------------------------------------------------------------- FLOPs
+
 
 def model_flops_per_token(config: dict, context: float) -> dict:
     """2 x (matmul parameters) for body and LM head, attention 4 x layers x heads x head_dim x context."""
@@ -107,31 +112,57 @@ def model_flops_per_token(config: dict, context: float) -> dict:
     body = 2 * L * per_layer
     head = 2 * h * config["vocab_size"]
     attn = 4 * L * heads * hd * context
-    return {"body": body, "lm_head": head, "attention": attn, "total": body + head + attn,
-            "context_mean": context, "params_matmul_body": L * per_layer}
+    return {
+        "body": body,
+        "lm_head": head,
+        "attention": attn,
+        "total": body + head + attn,
+        "context_mean": context,
+        "params_matmul_body": L * per_layer,
+    }
 
 
 def peak(dtype: str, flags: set[str], cpus: int, ghz: float, family: int | None) -> dict:
     """The machine's theoretical peak for the instructions the served dtype uses (documented assumptions)."""
     zen4 = family == 25 and "avx512f" in flags  # AMD family 19h with AVX-512: Zen 4 (AVX-512 on 2 x 256-bit pipes)
     if dtype == "bfloat16" and "amx_bf16" in flags:
-        per_cycle, isa, src = 1024, "AMX-BF16 (TDPBF16PS)", ("Intel: one 16x16x32 bf16 tile product per 16 cycles "
-                                                             "per core = 1024 FLOPs/cycle (Intel optimization manual)")
+        per_cycle, isa, src = (
+            1024,
+            "AMX-BF16 (TDPBF16PS)",
+            (
+                "Intel: one 16x16x32 bf16 tile product per 16 cycles "
+                "per core = 1024 FLOPs/cycle (Intel optimization manual)"
+            ),
+        )
     elif dtype == "bfloat16" and "avx512_bf16" in flags:
         per_cycle = 64
         isa = "AVX512-BF16 (VDPBF16PS)"
-        src = ("Zen 4: two 256-bit VDPBF16PS per cycle, 8 fp32 lanes x 2 bf16 products x 2 FLOPs each = 64 "
-               "(AMD Zen 4 software optimization guide, no. 57647; uops.info)" if zen4 else
-               "one 512-bit VDPBF16PS per cycle: 16 lanes x 2 products x 2 FLOPs = 64 (assumed)")
+        src = (
+            "Zen 4: two 256-bit VDPBF16PS per cycle, 8 fp32 lanes x 2 bf16 products x 2 FLOPs each = 64 "
+            "(AMD Zen 4 software optimization guide, no. 57647; uops.info)"
+            if zen4
+            else "one 512-bit VDPBF16PS per cycle: 16 lanes x 2 products x 2 FLOPs = 64 (assumed)"
+        )
     else:
         per_cycle = 32 if zen4 else 64 if "avx512f" in flags else 32
         isa = "AVX-512 FP32 FMA" if "avx512f" in flags else "AVX2 FP32 FMA"
-        src = ("Zen 4: two 256-bit FMA pipes (AVX-512 double-pumped): 2 x 8 lanes x 2 FLOPs = 32"
-               if zen4 else "two 512-bit FMA units: 2 x 16 x 2 = 64 (DESIGN.md section 6)"
-               if "avx512f" in flags else "two 256-bit FMA units: 2 x 8 x 2 = 32")
-    return {"dtype": dtype, "isa": isa, "flops_per_cycle_per_core": per_cycle, "source": src, "cores": cpus,
-            "ghz": ghz, "ghz_source": "TSC / 'cpu MHz' of /proc/cpuinfo (KVM guest: nominal; boost unknown)",
-            "flops_per_s": cpus * ghz * 1e9 * per_cycle}
+        src = (
+            "Zen 4: two 256-bit FMA pipes (AVX-512 double-pumped): 2 x 8 lanes x 2 FLOPs = 32"
+            if zen4
+            else "two 512-bit FMA units: 2 x 16 x 2 = 64 (DESIGN.md section 6)"
+            if "avx512f" in flags
+            else "two 256-bit FMA units: 2 x 8 x 2 = 32"
+        )
+    return {
+        "dtype": dtype,
+        "isa": isa,
+        "flops_per_cycle_per_core": per_cycle,
+        "source": src,
+        "cores": cpus,
+        "ghz": ghz,
+        "ghz_source": "TSC / 'cpu MHz' of /proc/cpuinfo (KVM guest: nominal; boost unknown)",
+        "flops_per_s": cpus * ghz * 1e9 * per_cycle,
+    }
 
 
 def measured_gemm_peak(dtype: str, threads: int, n: int = 2048, reps: int = 5) -> float:
@@ -145,7 +176,7 @@ def measured_gemm_peak(dtype: str, threads: int, n: int = 2048, reps: int = 5) -
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def cpu_facts() -> tuple[set[str], float, int | None]:
@@ -164,6 +195,7 @@ def cpu_facts() -> tuple[set[str], float, int | None]:
 
 # ------------------------------------------------------------------------------------------- drivers
 
+
 async def run_concurrent(n: int, concurrency: int, send) -> float:
     it = iter(range(n))
 
@@ -181,8 +213,9 @@ class Http:
         import httpx
 
         self.name, self.server, self.items, self.return_tokens = name, server, items, return_tokens
-        self.client = httpx.AsyncClient(base_url=server.url, timeout=900,
-                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        self.client = httpx.AsyncClient(
+            base_url=server.url, timeout=900, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        )
         self.cpu: list[dict] = []
 
     async def run(self) -> float:
@@ -247,8 +280,13 @@ class LlamaCpp:
 
     def __init__(self, python: str, gguf: str, seqs, threads: int) -> None:
         n_ctx = max(len(s) for s in seqs) + 8
-        self.proc = subprocess.Popen([python, "-c", LLAMA_WORKER, gguf, str(n_ctx), str(threads)], text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [python, "-c", LLAMA_WORKER, gguf, str(n_ctx), str(threads)],
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.seqs = seqs
 
     def call(self, msg: dict) -> dict:
@@ -298,6 +336,7 @@ def torch_routes(model_path: str, dtype: str, threads: int):
 
 # ------------------------------------------------------------------------------------------- main
 
+
 async def main_async(args) -> dict:
     from transformers import AutoTokenizer
 
@@ -315,11 +354,19 @@ async def main_async(args) -> dict:
     tokens = sum(len(s) for s in seqs)
     served = machine_dtype("auto", model).dtype
     cpus = len(os.sched_getaffinity(0))
-    res: dict = {"workload": {"requests": len(seqs), "concurrency": CONCURRENCY, "tokens": tokens,
-                              "tokens_per_sequence": [min(map(len, seqs)), max(map(len, seqs))],
-                              "response_tokens": sum(len(p.response_ids) for p in pairs)},
-                 "served_dtype": served, "reason": machine_dtype("auto", model).reason,
-                 "loadavg_start": loadavg(), "skipped": {}}
+    res: dict = {
+        "workload": {
+            "requests": len(seqs),
+            "concurrency": CONCURRENCY,
+            "tokens": tokens,
+            "tokens_per_sequence": [min(map(len, seqs)), max(map(len, seqs))],
+            "response_tokens": sum(len(p.response_ids) for p in pairs),
+        },
+        "served_dtype": served,
+        "reason": machine_dtype("auto", model).reason,
+        "loadavg_start": loadavg(),
+        "skipped": {},
+    }
     log(f"workload: {res['workload']}; auto -> {served}")
     flags, ghz, family = cpu_facts()
     config = json.loads((Path(model) / "config.json").read_text())
@@ -327,11 +374,22 @@ async def main_async(args) -> dict:
     res["flops_per_token"] = model_flops_per_token(config, ctx)
     res["peak"] = {dt: peak(dt, flags, cpus, ghz, family) for dt in {served, "float32"}}
     res["gemm_peak_measured"] = {dt: measured_gemm_peak(dt, cpus) for dt in {served, "float32"}}
-    log(f"flops/token {res['flops_per_token']['total'] / 1e6:.0f} M; peak {res['peak']}; "
-        f"gemm {res['gemm_peak_measured']}")
+    log(
+        f"flops/token {res['flops_per_token']['total'] / 1e6:.0f} M; peak {res['peak']}; "
+        f"gemm {res['gemm_peak_measured']}"
+    )
 
-    common = ["--model", model, "--kv-cache-gb", str(args.kv_cache_gb), "--max-model-len", "2048",
-              "--served-model-name", "smollm2-135m-instruct", *(["--enforce-eager"] if args.enforce_eager else [])]
+    common = [
+        "--model",
+        model,
+        "--kv-cache-gb",
+        str(args.kv_cache_gb),
+        "--max-model-len",
+        "2048",
+        "--served-model-name",
+        "smollm2-135m-instruct",
+        *(["--enforce-eager"] if args.enforce_eager else []),
+    ]
     servers: dict[str, LocalServer] = {}
     routes = []
     llama = None
@@ -341,8 +399,9 @@ async def main_async(args) -> dict:
     try:
         for dt in args.dtypes.split(","):
             flags_dt = [] if dt == "auto" else ["--dtype", dt]
-            servers[dt] = LocalServer([*common, *flags_dt], log_path=workdir / f"server-{dt}.log",
-                                      new_session=False, ready_timeout_s=1800).start()
+            servers[dt] = LocalServer(
+                [*common, *flags_dt], log_path=workdir / f"server-{dt}.log", new_session=False, ready_timeout_s=1800
+            ).start()
             log(f"server --dtype {dt}: started on {servers[dt].url}")
         for dt, srv in servers.items():
             srv.wait_ready()
@@ -351,8 +410,10 @@ async def main_async(args) -> dict:
             log(f"server --dtype {dt} ready: {res['servers'][dt]}")
             routes.append(Http(f"http[{dt}]", srv, items, False))
         routes.append(Http("http[auto]+tokens", servers["auto"], items, True))
-        engine = VllmEngine(Settings(model=model, kv_cache_gb=args.kv_cache_gb, max_model_len=2048,
-                                     enforce_eager=args.enforce_eager), model)
+        engine = VllmEngine(
+            Settings(model=model, kv_cache_gb=args.kv_cache_gb, max_model_len=2048, enforce_eager=args.enforce_eager),
+            model,
+        )
         await engine.start()
         routes.append(Inproc(engine, seqs))
         if "stock" in args.peers:
@@ -360,8 +421,9 @@ async def main_async(args) -> dict:
             await stock.start()
             routes.append(Stock(stock, seqs))
         plain, compiled, hf = torch_routes(model, served, cpus)
-        routes += [Sequential(f"torch-{k}", {"eager": plain, "compile": compiled}[k], seqs)
-                   for k in args.torch.split(",") if k]
+        routes += [
+            Sequential(f"torch-{k}", {"eager": plain, "compile": compiled}[k], seqs) for k in args.torch.split(",") if k
+        ]
         if "transformers" in args.peers:
             routes.append(Sequential("hf", hf, seqs))
         if "llama.cpp" in args.peers and args.llama_python and args.gguf:
@@ -369,8 +431,10 @@ async def main_async(args) -> dict:
                 llama = LlamaCpp(args.llama_python, str(args.gguf), seqs, cpus)
                 got = llama.call({"op": "check", "seq": seqs[0]})
                 c_hf, v_hf = hf(seqs[0])
-                res["llama_cpp_vs_hf"] = {"max_dc": float(np.max(np.abs(np.array(got["c"]) - c_hf))),
-                                          "max_dv": float(np.max(np.abs(np.array(got["v"]) - v_hf)))}
+                res["llama_cpp_vs_hf"] = {
+                    "max_dc": float(np.max(np.abs(np.array(got["c"]) - c_hf))),
+                    "max_dv": float(np.max(np.abs(np.array(got["v"]) - v_hf))),
+                }
                 routes.append(llama)
             except Exception as exc:  # reported, not hidden
                 res["skipped"]["llama.cpp"] = repr(exc)[:3000]
@@ -380,7 +444,7 @@ async def main_async(args) -> dict:
             log(f"warm {r.name}")
         rounds = []
         for k in range(args.rounds):
-            order = routes[k % len(routes):] + routes[:k % len(routes)]
+            order = routes[k % len(routes) :] + routes[: k % len(routes)]
             times = {}
             for r in order:
                 times[r.name] = await r.run()
@@ -426,13 +490,18 @@ def report(res: dict, command: str, info: dict) -> str:
     served = res["served_dtype"]
     fpt = res["flops_per_token"]
     pk = res["peak"][served]
-    lines = [f"# Fast by default (issue 21): dtypes, front end, ceiling, peers — {time.strftime('%Y-%m-%d')}", "",
-             f"Workload: {res['workload']['requests']} `/score` requests of one chat item (RM-Bench: a 60-word user turn, "
-             f"a 200-word response; {res['workload']['tokens_per_sequence'][0]}-"
-             f"{res['workload']['tokens_per_sequence'][1]} tokens, {tokens} in all), {CONCURRENCY} in flight. "
-             f"`--dtype auto` here: **{served}** ({res['reason']}). {len(rounds)} interleaved rounds, order rotated; "
-             f"medians of per-round values. Load average {res['loadavg_start']} at start, {res['loadavg_end']} at end.", "",
-             "| route | tokens/s (median) | per round |", "|---|---|---|"]
+    lines = [
+        f"# Fast by default (issue 21): dtypes, front end, ceiling, peers — {time.strftime('%Y-%m-%d')}",
+        "",
+        f"Workload: {res['workload']['requests']} `/score` requests of one chat item (RM-Bench: a 60-word user turn, "
+        f"a 200-word response; {res['workload']['tokens_per_sequence'][0]}-"
+        f"{res['workload']['tokens_per_sequence'][1]} tokens, {tokens} in all), {CONCURRENCY} in flight. "
+        f"`--dtype auto` here: **{served}** ({res['reason']}). {len(rounds)} interleaved rounds, order rotated; "
+        f"medians of per-round values. Load average {res['loadavg_start']} at start, {res['loadavg_end']} at end.",
+        "",
+        "| route | tokens/s (median) | per round |",
+        "|---|---|---|",
+    ]
     for n in names:
         lines.append(f"| {n} | {tps[n]:.0f} | {', '.join(f'{tokens / r[n]:.0f}' for r in rounds)} |")
     lines += ["", "## Targets", "", "| measure | value (median, min-max) | target |", "|---|---|---|"]
@@ -449,48 +518,83 @@ def report(res: dict, command: str, info: dict) -> str:
     row("HTTP front end / in-process engine, return_tokens off", "http[auto]", "inproc", ">= 0.9")
     row("HTTP front end / in-process engine, return_tokens on", "http[auto]+tokens", "inproc", ">= 0.9")
     for peer in ("stock0", "hf", "llama.cpp", "torch-eager", "torch-compile"):
-        row(f"plugin (in-process) / {peer}", "inproc", peer, "> 1 (ahead)" if peer in ("stock0", "hf", "llama.cpp") else "")
+        row(
+            f"plugin (in-process) / {peer}",
+            "inproc",
+            peer,
+            "> 1 (ahead)" if peer in ("stock0", "hf", "llama.cpp") else "",
+        )
         row(f"plugin over HTTP (default) / {peer}", "http[auto]", peer)
-    lines += ["", "## Against the machine's peak", "",
-              f"Model FLOPs per token: body {fpt['body'] / 1e6:.1f} M + LM head {fpt['lm_head'] / 1e6:.1f} M + attention "
-              f"{fpt['attention'] / 1e6:.1f} M (mean causal context {fpt['context_mean']:.0f}) = **{fpt['total'] / 1e6:.1f} M** "
-              "(2 x matmul parameters; attention 4 x layers x heads x head_dim x context).", "",
-              f"Peak for {served}: {pk['cores']} cores x {pk['ghz']:.2f} GHz x {pk['flops_per_cycle_per_core']} FLOPs/cycle "
-              f"({pk['isa']}) = **{pk['flops_per_s'] / 1e9:.0f} GFLOP/s**. FLOPs/cycle: {pk['source']}. Clock: "
-              f"{pk['ghz_source']}. A large torch matmul ({served}, 2048^3) measured "
-              f"{res['gemm_peak_measured'][served] / 1e9:.0f} GFLOP/s here "
-              f"(float32: {res['gemm_peak_measured'].get('float32', 0) / 1e9:.0f}).", "",
-              "| route | tokens/s | GFLOP/s | fraction of peak | fraction of measured GEMM |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Against the machine's peak",
+        "",
+        f"Model FLOPs per token: body {fpt['body'] / 1e6:.1f} M + LM head {fpt['lm_head'] / 1e6:.1f} M + attention "
+        f"{fpt['attention'] / 1e6:.1f} M (mean causal context {fpt['context_mean']:.0f}) = **{fpt['total'] / 1e6:.1f} M** "
+        "(2 x matmul parameters; attention 4 x layers x heads x head_dim x context).",
+        "",
+        f"Peak for {served}: {pk['cores']} cores x {pk['ghz']:.2f} GHz x {pk['flops_per_cycle_per_core']} FLOPs/cycle "
+        f"({pk['isa']}) = **{pk['flops_per_s'] / 1e9:.0f} GFLOP/s**. FLOPs/cycle: {pk['source']}. Clock: "
+        f"{pk['ghz_source']}. A large torch matmul ({served}, 2048^3) measured "
+        f"{res['gemm_peak_measured'][served] / 1e9:.0f} GFLOP/s here "
+        f"(float32: {res['gemm_peak_measured'].get('float32', 0) / 1e9:.0f}).",
+        "",
+        "| route | tokens/s | GFLOP/s | fraction of peak | fraction of measured GEMM |",
+        "|---|---|---|---|---|",
+    ]
     for n in names:
         if n.startswith("http[") and n not in ("http[auto]", "http[auto]+tokens") and n != f"http[{served}]":
             continue
         g = tps[n] * fpt["total"]
-        lines.append(f"| {n} | {tps[n]:.0f} | {g / 1e9:.1f} | {g / pk['flops_per_s']:.2f} | "
-                     f"{g / res['gemm_peak_measured'][served]:.2f} |")
+        lines.append(
+            f"| {n} | {tps[n]:.0f} | {g / 1e9:.1f} | {g / pk['flops_per_s']:.2f} | "
+            f"{g / res['gemm_peak_measured'][served]:.2f} |"
+        )
     cpu = res.get("cpu_seconds_per_wall_second", {})
     if cpu:
-        lines += ["", "## CPU per HTTP run (CPU seconds per wall second, psutil; 2 cores = 2.0)", "",
-                  "| route | API process | engine core | worker |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## CPU per HTTP run (CPU seconds per wall second, psutil; 2 cores = 2.0)",
+            "",
+            "| route | API process | engine core | worker |",
+            "|---|---|---|---|",
+        ]
         for n, runs in cpu.items():
             for c in runs:
                 lines.append(f"| {n} | {c.get('api', 0):.2f} | {c.get('core', 0):.2f} | {c.get('worker', 0):.2f} |")
     if res.get("pyspy_api"):
-        lines += ["", "## py-spy on the default server (return_tokens on, 2 x the workload)", "",
-                  f"CPU seconds per wall second during the profiled run (psutil): {res.get('pyspy_api_cpu')}", "",
-                  "| process | samples | active share | top frames (share of its samples, inclusive) |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "## py-spy on the default server (return_tokens on, 2 x the workload)",
+            "",
+            f"CPU seconds per wall second during the profiled run (psutil): {res.get('pyspy_api_cpu')}",
+            "",
+            "| process | samples | active share | top frames (share of its samples, inclusive) |",
+            "|---|---|---|---|",
+        ]
         for proc, e in res["pyspy_api"].items():
             top = "; ".join(f"{f} {x:.0%}" for f, x in e.get("top", [])[:8])
             lines.append(f"| {proc} | {e['samples']} | {e['active_share']:.2f} | {top} |")
             if e.get("parts"):
                 lines.append(f"| {proc} parts | | | " + "; ".join(f"{k} {v:.0%}" for k, v in e["parts"].items()) + " |")
     if res.get("llama_cpp_vs_hf"):
-        lines += ["", f"llama.cpp (Q4_1 kernels on the GGUF) vs HF transformers ({served}, dequantized weights) on one "
-                  f"sequence: max |dc| {res['llama_cpp_vs_hf']['max_dc']:.3g}, max |dv| {res['llama_cpp_vs_hf']['max_dv']:.3g}."]
+        lines += [
+            "",
+            f"llama.cpp (Q4_1 kernels on the GGUF) vs HF transformers ({served}, dequantized weights) on one "
+            f"sequence: max |dc| {res['llama_cpp_vs_hf']['max_dc']:.3g}, max |dv| {res['llama_cpp_vs_hf']['max_dv']:.3g}.",
+        ]
     for k, v in res["skipped"].items():
         lines += ["", f"**{k} skipped**: `{v[:1500]}`"]
-    lines += ["", "Servers: " + ", ".join(f"`--dtype {k}` -> {v['dtype']} ({v['fingerprint']})"
-                                         for k, v in res.get("servers", {}).items()), "", "```", footer(info, "SmolLM2-135M-Instruct", command), "```", ""]
+    lines += [
+        "",
+        "Servers: "
+        + ", ".join(f"`--dtype {k}` -> {v['dtype']} ({v['fingerprint']})" for k, v in res.get("servers", {}).items()),
+        "",
+        "```",
+        footer(info, "SmolLM2-135M-Instruct", command),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
