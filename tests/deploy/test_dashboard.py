@@ -39,6 +39,7 @@ from endorm_server.http.reuse_metrics import ReuseCollector
 from tests.conftest import API_KEY, tiny_server
 from tests.deploy.kube import REPO, one, render
 from tests.freeze import processes_frozen, server_engine
+from tests.processes import stop_process
 from tests.server import ServerProcess, free_port
 
 DASHBOARD = REPO / "deploy" / "monitoring" / "dashboards" / "endorm.json"
@@ -248,13 +249,7 @@ class Prometheus:
         return logs[-1].read_text(errors="replace")[-3000:] if logs else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def api(self, path: str, **params: Any) -> Any:
         r = httpx.get(self.url + path, params=params, timeout=PATIENCE_S)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from endorm_client.affinity import AFFINITY_HEADER
+from tests.processes import stop_process
 from tests.server import free_port
 
 SERVED_BY = "X-Served-By"  # HAProxy adds the server's name to every response
@@ -121,13 +122,7 @@ class HAProxy:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         if self.proc is not None:
             self.log.close()
 
