@@ -293,37 +293,6 @@ def test_promptable_command_end_to_end(tmp_path):
     ]
     (tmp_path / "dsp.json").write_text(json.dumps(rows))
     out = tmp_path / "out"
-    assert (
-        promptable_main(
-            [
-                str(tmp_path / "dsp.json"),
-                "--queries",
-                "3",
-                "--engine",
-                "transformers",
-                "--model",
-                str(tiny_model("llama")),
-                "--dtype",
-                "float32",
-                "--aggregation",
-                "all",
-                "--no-progress",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    report = json.loads((out / "dsp-promptable.json").read_text())
-    assert report["queries"] == 3 and len(report["query_indices"]) == 3
-    assert set(report["tables"]) == set(rewards.TOKEN_AGGREGATIONS)
-    for agg, t in report["tables"].items():
-        assert list(t) == [*DOMAINS, NO_SYSTEM]
-        again = table(np.asarray(report["scores"][agg]).ravel(), 3, list(t))
-        assert again == t
-    assert (out / "dsp-promptable.png").read_bytes()[:4] == b"\x89PNG"
-    assert "Criteria texts" in (out / "dsp-promptable.md").read_text()
-    # a smaller nested table from the cache alone (no engine), the same numbers as scoring it
     common = [
         "--engine",
         "transformers",
@@ -337,6 +306,17 @@ def test_promptable_command_end_to_end(tmp_path):
         "-o",
         str(out),
     ]
+    assert promptable_main([str(tmp_path / "dsp.json"), "--queries", "3", *common]) == 0
+    report = json.loads((out / "dsp-promptable.json").read_text())
+    assert report["queries"] == 3 and len(report["query_indices"]) == 3
+    assert set(report["tables"]) == set(rewards.TOKEN_AGGREGATIONS)
+    for agg, t in report["tables"].items():
+        assert list(t) == [*DOMAINS, NO_SYSTEM]
+        again = table(np.asarray(report["scores"][agg]).ravel(), 3, list(t))
+        assert again == t
+    assert (out / "dsp-promptable.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Criteria texts" in (out / "dsp-promptable.md").read_text()
+    # a smaller nested table from the cache alone (no engine), the same numbers as scoring it
     assert (
         promptable_main(
             [
