@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,31 @@ class Dockerfile:
     comments: list[tuple[int, str]] = field(default_factory=list)
 
     def all(self, name: str) -> list[str]:
-        return [args for instr, args in self.instructions if instr == name]
+        """Arguments of each ``name``, with ``$ARG`` / ``${ARG}`` replaced by the ARG's default
+        as the build would see it without ``--build-arg``: in FROM the ARGs declared before the
+        first FROM, elsewhere those declared earlier in the same stage."""
+        found, scope = [], {}
+        for instr, args in self.instructions:
+            if instr == "FROM":
+                found += [_expand(args, self.global_args)] if name == "FROM" else []
+                scope = {}
+            elif instr == "ARG":
+                key, _, default = args.partition("=")
+                scope[key.strip()] = default.strip()
+            if instr == name and instr != "FROM":
+                found.append(_expand(args, scope))
+        return found
+
+    @property
+    def global_args(self) -> dict[str, str]:
+        args: dict[str, str] = {}
+        for instr, value in self.instructions:
+            if instr == "FROM":
+                break
+            if instr == "ARG":
+                key, _, default = value.partition("=")
+                args[key.strip()] = default.strip()
+        return args
 
     @property
     def env(self) -> dict[str, str]:
@@ -23,6 +48,10 @@ class Dockerfile:
                 key, _, value = item.partition("=")
                 env[key] = value
         return env
+
+
+def _expand(text: str, defaults: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults.get(m[1] or m[2], m[0]), text)
 
 
 def parse_dockerfile(path: Path) -> Dockerfile:

