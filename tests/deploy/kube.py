@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import jsonschema
 import pytest
 import yaml
 
@@ -29,11 +30,20 @@ DEPLOY = REPO / "deploy"
 DEBIAN_KUBECTL = REPO / ".cache" / "kubernetes-client" / "usr" / "bin" / "kubectl"
 
 # overlay -> the image flavour it runs (Dockerfile for gpu, Dockerfile.cpu for cpu)
-OVERLAYS = {"gpu": "gpu", "cpu": "cpu", "gpu-model-cache": "gpu"}
+OVERLAYS = {"gpu": "gpu", "cpu": "cpu", "gpu-model-cache": "gpu", "envoy-gateway": "gpu"}
 GPU_OVERLAYS = [name for name, flavour in OVERLAYS.items() if flavour == "gpu"]
 KUSTOMIZATIONS = {**{name: DEPLOY / "overlays" / name for name in OVERLAYS}, "monitoring": DEPLOY / "monitoring"}
 DOCKERFILES = {"gpu": REPO / "Dockerfile", "cpu": REPO / "Dockerfile.cpu"}
 SERVER_CONTAINER = "endorm"
+GATEWAY_SCHEMAS = Path(__file__).parent / "schemas" / "gateway"
+# (apiVersion, kind) of a custom resource -> its CRD's openAPIV3Schema (schemas/gateway/README.md)
+CRD_SCHEMAS = {
+    ("gateway.networking.k8s.io/v1", "Gateway"): GATEWAY_SCHEMAS / "gateway-gateway.networking.k8s.io-v1.json",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): GATEWAY_SCHEMAS / "httproute-gateway.networking.k8s.io-v1.json",
+    ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy"): (
+        GATEWAY_SCHEMAS / "backendtrafficpolicy-gateway.envoyproxy.io-v1alpha1.json"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -197,3 +207,32 @@ def pinned(extra: str, package: str) -> str:
         if match:
             return match.group(1)
     raise AssertionError(f"the {extra!r} extra pins no {package}==")
+
+
+def _strict(schema: dict) -> dict:
+    """A CRD schema that rejects unknown fields, as the API server's strict field validation
+    (kubectl's default since 1.27) does: every object schema of the structure (``properties``,
+    ``items``, ``additionalProperties``; not the value checks under ``allOf`` / ``anyOf`` /
+    ``oneOf`` / ``not``) that has ``properties`` and neither ``additionalProperties`` nor
+    ``x-kubernetes-preserve-unknown-fields`` gets ``additionalProperties: false``."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: _strict(sub) for name, sub in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = _strict(out[key])
+    return out
+
+
+@functools.cache
+def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
+    """A validator for one custom resource kind from its vendored CRD schema (strict, see
+    ``_strict``). The ``x-kubernetes-*`` keywords are unknown to JSON Schema and ignored, so the
+    CRD's CEL rules (``x-kubernetes-validations``) and list-type uniqueness are not checked."""
+    path = CRD_SCHEMAS.get((api_version, kind))
+    assert path is not None, f"no vendored CRD schema for {api_version} {kind}"
+    schema = _strict(json.loads(path.read_text()))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)

@@ -25,12 +25,14 @@ from endorm_server.http.metrics import Metrics
 from endorm_server.http.routes.meta import open_router
 from tests.deploy.dockerfiles import dockerfile_user, parse_dockerfile
 from tests.deploy.kube import (
+    CRD_SCHEMAS,
     DOCKERFILES,
     GPU_OVERLAYS,
     KUSTOMIZATIONS,
     OVERLAYS,
     by_kind,
     container_port,
+    crd_validator,
     identity,
     labels_match,
     one,
@@ -125,6 +127,9 @@ def validate_strict(doc: dict, version: str) -> None:
         schema = json.loads((SCHEMAS / "servicemonitor-monitoring-v1.json").read_text())
         assert doc["kind"] == "ServiceMonitor", f"no schema for {doc['kind']}"
         jsonschema.Draft202012Validator(schema).validate(doc)
+        return
+    if (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS:  # Gateway API, Envoy Gateway (test_gateway.py)
+        crd_validator(doc["apiVersion"], doc["kind"]).validate(doc)
         return
     kubernetes_validate.validate(doc, version, strict=True)
 
