@@ -14,8 +14,10 @@ session never connects two tests.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from endorm_server.engine.base import SequenceStats
@@ -23,6 +25,7 @@ from endorm_server.inputs.tokenization import EncodedPair
 from endorm_server.scoring import rewards
 from endorm_server.scoring.grouping import GroupScheduler, ReuseCounters, fill_from_leader
 from tests.engine.conftest import reference_engine
+from tests.freeze import processes_frozen
 
 TOL = 1e-4
 BLOCK = 128  # vLLM's CPU KV-cache block size: cache hits are multiples of it
@@ -43,7 +46,14 @@ def _rewards(st: SequenceStats, P: int, alpha: float) -> rewards.TokenRewards:
 async def _check(engine, pairs: list[EncodedPair], *, alpha: float = 1.0, name: str = "llama") -> ReuseCounters:
     """Score pairs group-aware; compare with the float64 reference and with today's path."""
     groups = GroupScheduler(engine)
-    got = await groups.stats(pairs)
+    await _verify(engine, pairs, await groups.stats(pairs), alpha=alpha, name=name)
+    return groups.counters
+
+
+async def _verify(
+    engine, pairs: list[EncodedPair], got: list[SequenceStats], *, alpha: float = 1.0, name: str = "llama"
+) -> None:
+    """``got`` (the group-aware stats of ``pairs``) against the float64 reference and today's unshared path."""
     ref = reference_engine(name, alpha=alpha)
     for pair, st in zip(pairs, got):
         P, seq = len(pair.prompt_ids), pair.prompt_ids + pair.response_ids
@@ -57,7 +67,6 @@ async def _check(engine, pairs: list[EncodedPair], *, alpha: float = 1.0, name: 
             assert abs(mine.v0 - other.v0) < TOL
         assert np.ptp(exact.rewards) > 0.5  # a real spread: agreement is not trivially true
     assert engine.num_unfinished() == 0
-    return groups.counters
 
 
 def _group(rng, P: int, G: int, lengths: list[int] | None = None) -> list[EncodedPair]:
@@ -192,15 +201,42 @@ async def tiny_kv_engine():
     await engine.shutdown()
 
 
+def _engine_processes(engine) -> list[psutil.Process]:
+    """This engine's EngineCore process(es) and their workers (not the other engines of the session)."""
+    manager = engine._engine.engine_core.resources.engine_manager
+    cores = [psutil.Process(p.pid) for p in manager.processes]
+    return cores + [c for core in cores for c in core.children(recursive=True)]
+
+
+async def _until(state, what: str, patience_s: float = 120) -> None:
+    """Poll for a state that must come; the deadline only guards against a hang."""
+    deadline = time.monotonic() + patience_s
+    while not state():
+        assert time.monotonic() < deadline, f"{what}: not within {patience_s} s"
+        await asyncio.sleep(0.01)
+
+
 async def test_preemption_keeps_results_exact(tiny_kv_engine):
-    """Rows computed before a preemption are never concatenated with the recomputed ones."""
+    """Rows computed before a preemption are never concatenated with the recomputed ones.
+
+    The preemption is forced, not hoped for: the engine is frozen (SIGSTOP) until the three group
+    leaders (330-460 tokens, 3-4 blocks each, 10 blocks together) are all queued, so they prefill side
+    by side, 64 tokens each per step, and the 6-block cache runs out before any of them can finish.
+    Free-running, whether they overlapped depended on how fast the engine got through the first one."""
+    engine = tiny_kv_engine
     before = _preemptions()
     rng = _rng(7)
     groups = [_group(rng, P, 3, lengths=[int(n) for n in rng.integers(200, 260, 3)]) for P in (BLOCK, 150, 200)]
     pairs = [g[i] for i in range(3) for g in groups]
-    counters = await _check(tiny_kv_engine, pairs)
-    deadline = asyncio.get_running_loop().time() + 60
-    while _preemptions() <= before and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.1)  # vLLM's stats reach the front end after the outputs
-    assert _preemptions() > before, "the tiny KV cache did not force a preemption"
-    assert counters.cached_prompt_tokens > 0
+    leaders = [g[0] for g in groups]
+    assert sum(-(-(len(p.prompt_ids) + len(p.response_ids)) // BLOCK) for p in leaders) > KV_BLOCKS
+    scheduler = GroupScheduler(engine)
+    with processes_frozen(_engine_processes(engine)):
+        scoring = asyncio.ensure_future(scheduler.stats(pairs))
+        await _until(lambda: engine.num_unfinished() == len(leaders), "the 3 group leaders queued in the frozen engine")
+    got = await scoring
+    # vLLM counts a preemption when the preempted request's output reaches the front end, before its
+    # caller resumes: the counter has moved by now; the poll only guards against a changed vLLM
+    await _until(lambda: _preemptions() > before, "vllm:num_preemptions_total to count the forced preemption")
+    await _verify(engine, pairs, got)
+    assert scheduler.counters.cached_prompt_tokens > 0
