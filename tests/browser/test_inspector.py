@@ -1,19 +1,23 @@
 """The reward inspector (GET /inspect) in a real headless Chromium against a live ``endorm serve``.
 
 The page's tokens, their shading values and the scores must be exactly the API's for the same
-request (made again here with httpx); the auth path; an API error shown as the API's message; no
-horizontal scroll at 1280 px; keyboard focus on a token shows its details.
+request (made again here with httpx); the auth path; an API error shown as the API's message;
+keyboard focus on a token shows its details; the issue's acceptance checks: the run control is reached
+with Tab and runs with Enter and with Space, a progress/busy state while a request is in flight (held
+by the test, not timed) and then the result, a response of 2000+ tokens wraps with no horizontal scroll
+on a 1280-px window, and the page reflows at 200% zoom (no horizontal scroll, no clipped control).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, tiny_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -22,6 +26,7 @@ DEADLINE_S = 300  # polling deadline (a state, not a speed)
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -58,6 +63,23 @@ def browser() -> Iterator[webdriver.Chrome]:
         yield drv
     finally:
         drv.quit()
+
+
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory):
+    """The tiny llama with its whole 2048-position context (the shared server stops at 512 tokens), so
+    a 2000-token response fits; same key as the shared server."""
+    with tiny_server(
+        tmp_path_factory,
+        "inspector-long",
+        "--api-key",
+        API_KEY,
+        "--max-model-len",
+        "2048",
+        "--request-timeout-s",
+        "600",
+    ) as proc:
+        yield proc
 
 
 def _wait(drv, cond):
@@ -217,16 +239,201 @@ def test_wrong_key_shows_401_and_asks_again(browser, server):
     assert "wrong-key" not in browser.execute_script("return document.cookie")
 
 
-def test_no_horizontal_scroll_at_1280_with_a_long_response(browser, server):
-    _open_with_key(browser, server.url)
-    # long words and an unbroken run, within the tiny server's 512-token context
-    long = " ".join(f"word{i}" for i in range(40)) + " " + "x" * 200
-    _fill(browser, [long])
-    _run(browser)
-    err = browser.find_element(By.ID, "error")
-    assert not err.is_displayed(), err.text
-    assert browser.find_elements(By.CSS_SELECTOR, ".tok")
-    width = browser.execute_script(
-        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+def _api(url: str, path: str, body: dict) -> dict:
+    r = httpx.post(url + path, json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=DEADLINE_S)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _score_body(response: str) -> dict:
+    """What the page sends for one response (a single user turn, the system, sum, tokens)."""
+    item = {"messages": [{"role": "user", "content": PROMPT}], "system": SYSTEM, "response": response}
+    return {"items": [item], "aggregation": "sum", "return_tokens": True}
+
+
+def _compare_body(responses: list[str]) -> dict:
+    return {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "system": SYSTEM,
+        "responses": responses,
+        "aggregation": "sum",
+        "return_tokens": True,
+    }
+
+
+def _clear_result(drv) -> None:
+    drv.execute_script(
+        "document.getElementById('responses-out').innerHTML = '';document.getElementById('progress').textContent = '';"
     )
-    assert width[0] <= width[1], width
+
+
+def _wait_done(drv) -> None:
+    _wait(
+        drv,
+        lambda d: d.find_element(By.ID, "progress").text == "Done." or d.find_element(By.ID, "error").is_displayed(),
+    )
+    err = drv.find_element(By.ID, "error")
+    assert not err.is_displayed(), err.text
+
+
+def _tab_to(drv, element_id: str, presses: int = 80) -> None:
+    """Tab from the top of the page (nothing focused) until ``element_id`` has focus."""
+    drv.execute_script("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0);")
+    for _ in range(presses):
+        ActionChains(drv).send_keys(Keys.TAB).perform()
+        if drv.switch_to.active_element.get_attribute("id") == element_id:
+            return
+    raise AssertionError(f"#{element_id} not reached in {presses} Tab presses")
+
+
+def test_keyboard_tab_to_run_and_enter_or_space_runs_it(browser, server):
+    _open_with_key(browser, server.url)
+    _fill(browser, RESPONSES)
+    api = _api(server.url, "/compare", _compare_body(RESPONSES))
+    for key in (Keys.ENTER, Keys.SPACE):
+        _clear_result(browser)
+        _tab_to(browser, "run")
+        ActionChains(browser).send_keys(key).perform()
+        _wait_done(browser)
+        sections = browser.find_elements(By.CSS_SELECTOR, ".response-out")
+        assert [float(s.get_attribute("data-score")) for s in sections] == api["scores"], key
+        assert [len(s.find_elements(By.CSS_SELECTOR, ".tok")) for s in sections] == [
+            len(r["tokens"]) for r in api["results"]
+        ]
+
+
+# Holds every fetch the page makes until the test calls window.__inspectorRelease(): the request is
+# in flight for as long as the test wants, whatever the machine's speed.
+HOLD_FETCH = """
+const orig = window.fetch;
+window.__inspectorOrigFetch = orig;
+window.__inspectorHeld = 0;
+let gate; const opened = new Promise((r) => { gate = r; });
+window.__inspectorRelease = () => gate();
+window.fetch = function (...args) {
+  window.__inspectorHeld += 1;
+  return opened.then(() => orig.apply(this, args));
+};
+"""
+
+
+def test_progress_state_while_a_request_is_in_flight_then_the_result(browser, server):
+    _open_with_key(browser, server.url)
+    _fill(browser, RESPONSES)
+    api = _api(server.url, "/compare", _compare_body(RESPONSES))
+    _clear_result(browser)
+    browser.execute_script(HOLD_FETCH)
+    try:
+        browser.find_element(By.ID, "run").click()
+        _wait(browser, lambda d: d.execute_script("return window.__inspectorHeld") == 1)
+        run, cancel, progress = (browser.find_element(By.ID, i) for i in ("run", "cancel", "progress"))
+        assert progress.is_displayed() and progress.text.startswith("Scoring")
+        assert progress.get_attribute("role") == "status"
+        assert not run.is_enabled() and cancel.is_enabled()
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("aria-busy") == "true"
+        assert not browser.find_elements(By.CSS_SELECTOR, ".tok")
+        # the page stays live while the request is held: its elapsed-time counter keeps ticking
+        _wait(browser, lambda d: re.fullmatch(r"Scoring… [1-9]\d* s", d.find_element(By.ID, "progress").text))
+        assert not run.is_enabled()
+        browser.execute_script("window.__inspectorRelease()")
+        _wait_done(browser)
+    finally:
+        browser.execute_script("if (window.__inspectorOrigFetch) window.fetch = window.__inspectorOrigFetch;")
+    assert browser.find_element(By.ID, "run").is_enabled()
+    assert not browser.find_element(By.ID, "cancel").is_enabled()
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("aria-busy") is None
+    sections = browser.find_elements(By.CSS_SELECTOR, ".response-out")
+    assert [float(s.get_attribute("data-score")) for s in sections] == api["scores"]
+
+
+def _long_response() -> str:
+    """About 2010 tokens of the tiny tokenizer: 300 distinct long-ish words, a 200-character run with no
+    break opportunity, then short lines (the API's count is what the tests check, not this estimate)."""
+    return " ".join(f"word{i}" for i in range(300)) + " " + "x" * 200 + "\n" + "The answer is 5.\n" * 20
+
+
+# Page geometry in CSS px: the document's scroll width against the viewport, and every visible control or
+# token whose box leaves the viewport horizontally, is empty, or (a button) clips its own label.
+GEOMETRY = """
+const de = document.documentElement, vw = de.clientWidth;
+const out = [];
+let checked = 0, tokRight = 0;
+for (const e of document.querySelectorAll(arguments[0])) {
+  if (e.offsetParent === null) continue;  // hidden (the key form once a key is accepted)
+  checked += 1;
+  const r = e.getBoundingClientRect();
+  const clipped = e.tagName === "BUTTON" && e.scrollWidth > e.clientWidth;
+  if (r.width <= 0 || r.height <= 0 || r.left < 0 || r.right > vw + 0.5 || clipped)
+    out.push([e.id || e.className || e.tagName, r.left, r.right, r.width, clipped]);
+}
+for (const e of document.querySelectorAll(".tok")) tokRight = Math.max(tokRight, e.getBoundingClientRect().right);
+return {scrollWidth: de.scrollWidth, clientWidth: vw, innerWidth: window.innerWidth,
+        dpr: window.devicePixelRatio, checked, offending: out, tokRight};
+"""
+CONTROLS = "#key-form input, #key-form button, #inputs input, #inputs textarea, #inputs select, #inputs button"
+
+
+def _geometry(drv, selector: str = CONTROLS) -> dict:
+    return drv.execute_script(GEOMETRY, selector)
+
+
+def _score_long_in_page(drv, url: str) -> tuple[dict, int]:
+    text = _long_response()
+    api = _api(url, "/score", _score_body(text))
+    n = api["results"][0]["num_tokens"]
+    assert n >= 2000 and len(api["results"][0]["tokens"]) == n, n
+    _fill(drv, [text])
+    _run(drv)
+    err = drv.find_element(By.ID, "error")
+    assert not err.is_displayed(), err.text
+    sec = drv.find_element(By.CSS_SELECTOR, ".response-out")
+    assert float(sec.get_attribute("data-score")) == api["results"][0]["score"]
+    assert len(sec.find_elements(By.CSS_SELECTOR, ".tok")) == n  # every token rendered
+    return api, n
+
+
+def test_2000_tokens_wrap_without_horizontal_scroll_at_1280(browser, long_server):
+    assert browser.execute_script("return window.innerWidth") == 1280
+    _open_with_key(browser, long_server.url)
+    _, n = _score_long_in_page(browser, long_server.url)
+    g = _geometry(browser)
+    print(f"1280 px, {n} tokens:", g)
+    assert g["innerWidth"] == 1280
+    assert g["scrollWidth"] <= g["clientWidth"] <= g["innerWidth"], g  # no horizontal scroll
+    assert g["tokRight"] <= g["clientWidth"], g  # the tokens wrap inside the viewport
+    assert g["checked"] and not g["offending"], g
+
+
+# 200% zoom: browser zoom on a 1280-px window lays the page out in a 640-CSS-px viewport (innerWidth,
+# vw units and media queries all see 640) with devicePixelRatio 2; DevTools' device-metrics override
+# with width 640 and deviceScaleFactor 2 is exactly that. Not deviceScaleFactor 2 alone (a denser screen,
+# same 1280-px layout) and not document.body.style.zoom (CSS zoom scales the body's boxes but leaves the
+# viewport, innerWidth, vw and media queries at 1280 px, so it tests a different layout).
+ZOOM_200 = {"width": 640, "height": 450, "deviceScaleFactor": 2, "mobile": False}
+
+
+def test_readable_at_200_percent_zoom(browser, long_server):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", ZOOM_200)
+    try:
+        browser.get(long_server.url + "/inspect")
+        _wait(browser, lambda d: d.find_element(By.ID, "key-form").is_displayed())
+        g = _geometry(browser)
+        print("200% zoom, key form:", g)
+        assert g["innerWidth"] == 640 and g["dpr"] == 2, g
+        assert g["scrollWidth"] <= g["clientWidth"], g
+        assert g["checked"] >= 2 and not g["offending"], g  # the key field and its button
+        _open_with_key(browser, long_server.url)
+        g = _geometry(browser)
+        print("200% zoom, inputs:", g)
+        assert g["scrollWidth"] <= g["clientWidth"], g
+        assert g["checked"] and not g["offending"], g
+        run = browser.find_element(By.ID, "run").rect
+        assert run["width"] > 0 and run["x"] >= 0 and run["x"] + run["width"] <= g["clientWidth"], run
+        _, n = _score_long_in_page(browser, long_server.url)
+        g = _geometry(browser, CONTROLS + ", #views input, #copy-curl")
+        print(f"200% zoom, {n} tokens:", g)
+        assert g["scrollWidth"] <= g["clientWidth"], g
+        assert g["tokRight"] <= g["clientWidth"], g
+        assert g["checked"] and not g["offending"], g
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
