@@ -190,6 +190,11 @@ class VllmEngine:
     def healthy(self) -> bool:
         return self._engine is not None and not self._engine.errored
 
+    async def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix, so that benchmarks compare requests that each start cold."""
+        assert self._engine is not None
+        return bool(await self._engine.reset_prefix_cache())
+
     async def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown(timeout=ENGINE_EXIT_GRACE_S)
