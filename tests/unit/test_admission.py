@@ -88,24 +88,69 @@ async def test_draining_turns_new_requests_away_but_keeps_waiters():
     assert admitted == [True] and ac.requests == 0 and ac.waiting == 0
 
 
+async def _steps(n: int) -> None:
+    """Let the event loop run ``n`` iterations: a point in the schedule, not a span of time."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_waiter_cancelled_at_any_step_around_its_wakeup_releases_everything():
+    """The race behind issue 11, swept by control: a holder lets go (which wakes the waiters) and one
+    waiter is cancelled 0, 1, 2, ... loop iterations later, so every interleaving of its wakeup, its
+    re-taking of the lock and its cancellation is visited. After each, nothing is held and the next
+    request is admitted."""
+    for cancel_at in range(12):
+        ac = AdmissionController(max_tokens=100, max_wait_s=600)  # the wait never runs out here
+        release = asyncio.Event()
+
+        async def holder(ac: AdmissionController, release: asyncio.Event) -> None:
+            async with ac.admit(100):
+                await release.wait()
+
+        async def waiter(ac: AdmissionController) -> None:
+            async with ac.admit(60):
+                await _steps(3)
+
+        h = asyncio.ensure_future(holder(ac, release))
+        await _until(lambda: ac.requests == 1)  # noqa: B023
+        waiters = [asyncio.ensure_future(waiter(ac)) for _ in range(3)]
+        await _until(lambda: ac.waiting == 3)  # noqa: B023
+        release.set()
+        await _steps(cancel_at)
+        waiters[0].cancel()
+        await asyncio.wait_for(asyncio.gather(h, *waiters, return_exceptions=True), 60)  # a guard: a hang is the bug
+        assert not ac._changed.locked() and ac.requests == 0 and ac.waiting == 0 and ac.tokens == 0, cancel_at
+        async with ac.admit(100):
+            pass
+
+
 async def test_cancelled_waiters_never_leave_the_lock_held():
     """Requests cancelled (client gone, deadline) around their admission timeout: with asyncio.wait_for
     the wait's own task re-took the condition's lock after the request let go, and every later
-    admission hung (39 of 60 of these rounds before the fix). After each round all is released."""
+    admission hung (39 of 60 of these rounds before the fix). Requests hold for seeded numbers of loop
+    iterations; the admission timeout is real (it is what is under test), and the outcome, no hang and
+    nothing held, must hold whenever it fires."""
     import random
 
-    loop = asyncio.get_running_loop()
     for seed in range(20):
         rnd = random.Random(seed)
         ac = AdmissionController(max_tokens=4000, max_wait_s=0.02)
 
-        async def request():
+        async def request(hold: int):
             async with ac.admit(1944):  # noqa: B023 (called within this iteration)
-                await asyncio.sleep(rnd.uniform(0, 0.03))  # noqa: B023 (called within this iteration)
+                await _steps(hold)
 
-        tasks = [asyncio.ensure_future(request()) for _ in range(64)]
-        for t in tasks:
+        tasks = [asyncio.ensure_future(request(rnd.randrange(50))) for _ in range(64)]
+        # half cancelled around the 0.02 s timeout (a wall-clock point: which interleavings are visited
+        # varies with the machine, the outcome must not), half at seeded loop iterations
+        loop = asyncio.get_running_loop()
+        for t in tasks[::2]:
             loop.call_later(rnd.uniform(0, 0.05), t.cancel)
+        step = 0
+        for at, t in sorted(((rnd.randrange(200), t) for t in tasks[1::2]), key=lambda x: x[0]):
+            await _steps(at - step)
+            step = at
+            t.cancel()
         _, pending = await asyncio.wait(tasks, timeout=120)  # a guard: a hang is the bug
         assert not pending, f"seed {seed}: {len(pending)} requests hung"
         for t in tasks:
