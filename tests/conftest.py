@@ -116,7 +116,7 @@ def tiny_server(tmp_path_factory, name: str, *flags: str) -> Iterator[ServerProc
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
-    """The shared server: auth on, generous admission limits, small body/items limits."""
+    """The shared server: auth on, generous admission limits, small body/items limits, a short body deadline."""
     with tiny_server(
         tmp_path_factory,
         "server",
@@ -126,6 +126,8 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
         "64",
         "--max-body-bytes",
         "1000000",
+        "--body-timeout-s",
+        "3",
         "--max-inflight-tokens",
         "100000",
         "--request-timeout-s",

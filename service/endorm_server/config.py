@@ -70,6 +70,9 @@ class Settings(BaseSettings):
 
     # --- limits and timeouts ---
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive whole within this long after its headers, else 408"
+    )
     max_items_per_request: int = Field(256, gt=0)
     max_inflight_tokens: int = Field(262_144, gt=0, description="Admission limit: tokens admitted and not finished")
     queue_timeout_s: float = Field(2.0, ge=0, description="How long a request may wait for admission before 429")

@@ -8,6 +8,7 @@ What needs real (c, v) values stays in test_api.py against a real vLLM server.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -417,6 +418,64 @@ async def test_504_at_the_deadline_and_the_engine_work_is_cancelled(make):
     assert 'endorm_rejections_total{reason="deadline"} 1.0' in metrics
 
 
+def _score_scope(content_length: int) -> dict:
+    """The ASGI scope of a POST /score with a JSON body of ``content_length`` bytes."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/score",
+        "raw_path": b"/score",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(content_length).encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("stub", 80),
+    }
+
+
+async def test_a_body_that_stops_half_way_gets_408_and_reaches_nothing(make):
+    """Slowloris: half a body, then nothing (the client keeps the connection open). Past the body
+    deadline the server answers 408 in the error shape and lets go; nothing was admitted or scored."""
+    app, engine = make(body_timeout_s=0.1)
+    body = b'{"items": [{"prompt_ids": [5, 6], "response_ids": [8]}]}'
+    first_half = [{"type": "http.request", "body": body[:10], "more_body": True}]
+    never = asyncio.Event()
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if first_half:
+            return first_half.pop()
+        await never.wait()  # the client neither sends the rest nor hangs up
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(_score_scope(len(body)), receive, send), 60)  # a guard: without the deadline, a hang
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
+    assert error["type"] == "request_timeout" and "body" in error["message"]
+    assert engine.calls == 0 and service(app).admission.requests == 0
+
+
+async def test_the_body_deadline_does_not_bound_the_scoring(make):
+    """The deadline covers the body's arrival only: a request whose body came whole and whose engine
+    work outlasts the deadline still gets its 200."""
+    app, engine = make(body_timeout_s=0.1)
+    engine.hold()
+    async with asgi_client(app) as c:
+        call = asyncio.create_task(c.post("/score", json={"items": [ITEM]}))
+        await engine.wait_entered(1)
+        await asyncio.sleep(0.3)  # past the body deadline while the engine holds the request
+        engine.release()
+        r = await asyncio.wait_for(call, 60)
+    assert r.status_code == 200, r.text
+
+
 async def test_a_client_disconnect_cancels_the_engine_work(make):
     """An ASGI http.disconnect while the engine holds the request: the work is cancelled (no engine call
     left unfinished, budget back) and counted, whatever the machine's speed."""
@@ -436,21 +495,7 @@ async def test_a_client_disconnect_cancels_the_engine_work(make):
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/score",
-        "raw_path": b"/score",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 5000),
-        "server": ("stub", 80),
-    }
-    call = asyncio.create_task(app(scope, receive, send))
+    call = asyncio.create_task(app(_score_scope(len(body)), receive, send))
     await engine.wait_entered(1)
     assert service(app).admission.requests == 1
     hung_up.set()

@@ -14,7 +14,7 @@ from endorm_server.config import Settings
 from endorm_server.http.admission import AdmissionController
 from endorm_server.http.errors import install_error_handlers
 from endorm_server.http.metrics import Metrics
-from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware
+from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware, BodyTimeoutMiddleware
 from endorm_server.http.reuse_metrics import ReuseCollector
 from endorm_server.http.routes import ROUTERS
 from endorm_server.http.state import ServiceState
@@ -92,5 +92,6 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(AccessMiddleware, metrics=state.metrics)
     return app

@@ -1,4 +1,4 @@
-"""ASGI middleware: request id + JSON access log + metrics, and the body-size limit.
+"""ASGI middleware: request id + JSON access log + metrics, the body-size limit and the body deadline.
 
 Pure ASGI (no BaseHTTPMiddleware) so that client disconnects still reach the
 route and the body limit is enforced while the body streams in, before any
@@ -7,6 +7,7 @@ JSON parsing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -67,6 +68,56 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, guarded_send)
         except Exception:
             if not exceeded:
+                raise
+
+
+class BodyTimeoutMiddleware:
+    """408 when a request body has not arrived whole ``timeout_s`` after the headers.
+
+    uvicorn bounds idle keep-alive connections but not a body that trickles in or stops half way
+    (slowloris): without this, each such client holds a connection and a task for as long as it likes.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        body_done = False
+        timed_out = False
+
+        async def bounded_receive() -> Message:
+            nonlocal body_done, timed_out
+            if timed_out:
+                return {"type": "http.disconnect"}
+            if body_done:  # after the body only a disconnect can come: no deadline on waiting for it
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                message_text = f"request body not received within {self.timeout_s:g} s"
+                await error_response(408, message_text, type="request_timeout", headers={"Connection": "close"})(
+                    scope, receive, send
+                )
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not timed_out:
+                await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except Exception:
+            if not timed_out:
                 raise
 
 
