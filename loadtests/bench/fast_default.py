@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtests.bench import profile
 from loadtests.bench.machine import footer, loadavg, machine_info
 from loadtests.server import LocalServer
 
@@ -149,7 +150,7 @@ def peak(dtype: str, flags: set[str], cpus: int, ghz: float, family: int | None)
         src = (
             "Zen 4: two 256-bit FMA pipes (AVX-512 double-pumped): 2 x 8 lanes x 2 FLOPs = 32"
             if zen4
-            else "two 512-bit FMA units: 2 x 16 x 2 = 64 (DESIGN.md section 6)"
+            else "two 512-bit FMA units (Xeon Scalable with two FMA ports): 2 x 16 lanes x 2 FLOPs = 64 (assumed)"
             if "avx512f" in flags
             else "two 256-bit FMA units: 2 x 8 x 2 = 32"
         )
@@ -396,6 +397,7 @@ async def main_async(args) -> dict:
     engine = stock = None
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    partial = workdir / "partial.json"
     try:
         for dt in args.dtypes.split(","):
             flags_dt = [] if dt == "auto" else ["--dtype", dt]
@@ -452,9 +454,10 @@ async def main_async(args) -> dict:
             rounds.append(times)
         res["rounds"] = rounds
         res["cpu_seconds_per_wall_second"] = {r.name: r.cpu for r in routes if isinstance(r, Http)}
-        if args.py_spy:
-            from loadtests.bench import profile
-
+        partial.write_text(json.dumps(res, indent=1) + "\n")  # the timed part is kept whatever follows
+        if args.py_spy and not profile.available():
+            res["skipped"]["py-spy"] = "py-spy is not installed (pip install py-spy)"
+        elif args.py_spy:
             pids = profile.server_processes(servers["auto"].proc.pid)
             spy = profile.start(pids, args.py_spy, workdir, "pyspy")
             http_tok = Http("pyspy", servers["auto"], items * 2, True)

@@ -13,6 +13,7 @@ import collections
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 RATE_HZ = 50
@@ -26,8 +27,14 @@ WORKER_PARTS = {
 _FRAME = re.compile(r"(?P<fn>\S+) \((?P<file>[^:)]*)")
 
 
+def executable() -> str | None:
+    """py-spy on PATH, or beside this Python (a venv's bin/ that is not on PATH)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return shutil.which("py-spy") or (str(beside) if beside.is_file() else None)
+
+
 def available() -> bool:
-    return shutil.which("py-spy") is not None
+    return executable() is not None
 
 
 def server_processes(pid: int) -> dict[str, int]:
@@ -52,7 +59,7 @@ def start(pids: dict[str, int], seconds: float, out_dir: Path, stem: str) -> dic
     for name, pid in pids.items():
         path = out_dir / f"{stem}-pyspy-{name}.txt"
         cmd = [
-            "py-spy",
+            executable() or "py-spy",
             "record",
             "--pid",
             str(pid),
