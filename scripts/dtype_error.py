@@ -1,10 +1,12 @@
 """Per-token reward error of the served dtypes against the float64 reference, on real chat text (issue 21).
 
     python scripts/dtype_error.py MODEL_DIR [--data ../shared/data/rm-bench-chat.jsonl] [--rows 6] [--json OUT]
+        [--variants float32,bfloat16,bfloat16+model-head]
 
 Sequences: the first ROWS RM-Bench chat prompts, each with its 3 chosen and 3 rejected responses, chat-templated
-as the service does (6 x ROWS sequences). Each is scored by a vLLM plugin engine in float32 and one in bfloat16
-(eager, 1024-token steps, CPU GEMM auto: torch for float32, oneDNN for bfloat16) and by the float64
+as the service does (6 x ROWS sequences). Each is scored by a vLLM plugin engine per variant: float32, bfloat16
+(float32 LM head) and bfloat16+model-head (logits in bfloat16) (eager, 1024-token steps, CPU GEMM auto: torch
+for float32, oneDNN for bfloat16) and by the float64
 transformers reference. Reported per dtype: |dr| per response token (median, p99, max), |r| itself for scale,
 |d score| of the sequence sum, and, per prompt, how many of the 9 chosen-vs-rejected orders (sum and mean)
 differ from float64's.
@@ -41,9 +43,17 @@ def pairs_from(path: str, model: str, rows: int):
     return out
 
 
-async def vllm_rewards(model: str, dtype: str, pairs) -> list[np.ndarray]:
+async def vllm_rewards(model: str, variant: str, pairs) -> list[np.ndarray]:
+    """``variant``: a dtype, or ``DTYPE+model-head`` for logits in that dtype (--head-dtype model)."""
+    dtype, _, head = variant.partition("+")
     s = Settings(
-        model=model, dtype=dtype, max_model_len=2048, max_num_batched_tokens=1024, kv_cache_gb=1, enforce_eager=True
+        model=model,
+        dtype=dtype,
+        head_dtype="model" if head == "model-head" else "float32",
+        max_model_len=2048,
+        max_num_batched_tokens=1024,
+        kv_cache_gb=1,
+        enforce_eager=True,
     )
     eng = VllmEngine(s, model)
     await eng.start()
@@ -56,7 +66,7 @@ async def vllm_rewards(model: str, dtype: str, pairs) -> list[np.ndarray]:
 
 def order_flips(a: list[float], b: list[float]) -> int:
     """Of the 9 chosen (0..2) vs rejected (3..5) comparisons, how many come out differently."""
-    return sum((a[i] > a[j]) != (b[i] > b[j]) for i in range(3) for j in range(3, 6))
+    return int(sum((a[i] > a[j]) != (b[i] > b[j]) for i in range(3) for j in range(3, 6)))
 
 
 async def main() -> None:
@@ -65,10 +75,11 @@ async def main() -> None:
     ap.add_argument("--data", default="../shared/data/rm-bench-chat.jsonl")
     ap.add_argument("--rows", type=int, default=6)
     ap.add_argument("--json")
+    ap.add_argument("--variants", default="float32,bfloat16,bfloat16+model-head")
     a = ap.parse_args()
     groups = pairs_from(a.data, a.model, a.rows)
     pairs = [p for g in groups for p in g]
-    got = {dt: await vllm_rewards(a.model, dt, pairs) for dt in ("float32", "bfloat16")}
+    got = {v: await vllm_rewards(a.model, v, pairs) for v in a.variants.split(",")}
     ref = TransformersEngine(Settings(model=a.model, dtype="float64", engine="transformers"), a.model)
     ref._load()
     r64 = []

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         description="CPU only: kernel for the model body's matrix products. auto: torch's (as exact as a "
         "plain float32 forward) when the engine computes in float32, vLLM's oneDNN otherwise (faster for 16-bit)",
     )
+    head_dtype: Literal["auto", "float32", "model"] = Field(
+        "auto",
+        description="vLLM engine: dtype of the LM head's logits. float32, or model (the compute dtype: logits "
+        "rounded to it). auto: model on CPU with a 16-bit --dtype (a float32 head costs about as much as the "
+        "model body there), float32 otherwise (engine/dtype.py)",
+    )
     trust_remote_code: bool = False
 
     # --- HTTP ---

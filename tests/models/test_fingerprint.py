@@ -57,6 +57,16 @@ def test_alpha_weights_config_tokenizer_and_template_change_it(model, tmp_path):
     assert len(seen) == 5
 
 
+def test_a_16_bit_lm_head_changes_it_and_a_float32_one_does_not(model, tmp_path):
+    """Logits rounded to bfloat16 are other rewards; a float32 head is what every earlier value meant,
+    and with a float32 body 'model' is float32 too, so those values stay."""
+    bf16 = model_fingerprint(model, 1.0, tmp_path, dtype="bfloat16")
+    assert model_fingerprint(model, 1.0, tmp_path, dtype="bfloat16", head_dtype="float32") == bf16
+    assert model_fingerprint(model, 1.0, tmp_path, dtype="bfloat16", head_dtype="model") != bf16
+    fp32 = model_fingerprint(model, 1.0, tmp_path, dtype="float32")
+    assert model_fingerprint(model, 1.0, tmp_path, dtype="float32", head_dtype="model") == fp32
+
+
 def test_cached_weight_hash_is_refreshed_when_the_file_changes(model, tmp_path, monkeypatch):
     """The cache (path, size, mtime) -> sha256 spares re-reading big weights; a rewrite invalidates it."""
     monkeypatch.setattr(hashing, "_CACHE_MIN_BYTES", 0)  # cache every file of the tiny model

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from endorm_server.engine.dtype import checkpoint_dtype, cpu_flags, machine_dtype, resolve_dtype
+from endorm_server.engine.dtype import checkpoint_dtype, cpu_flags, machine_dtype, resolve_dtype, resolve_head_dtype
 
 # Real flag sets, trimmed: the AMD EPYC (AVX-512 + AVX512-BF16, no AMX), the Intel Xeon (AMX) and an AVX2-only machine.
 EPYC = "fpu sse2 avx avx2 fma avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni".split()
@@ -107,3 +107,22 @@ def test_the_vllm_engine_starts_in_the_resolved_dtype(monkeypatch, flags, expect
     assert engine.engine_args().dtype == expected
     pinned = VllmEngine(engine_settings(tiny_model("llama"), dtype="float32"), str(tiny_model("llama")))
     assert pinned.engine_args().dtype == "float32"
+
+
+# --- the LM head's dtype ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "requested,compute,device,expected",
+    [
+        ("auto", "bfloat16", "cpu", "model"),  # a float32 head on CPU: a weight cast and a float32 GEMM per step
+        ("auto", "float16", "cpu", "model"),
+        ("auto", "float32", "cpu", "float32"),
+        ("auto", "bfloat16", "cuda", "float32"),  # GPUs accumulate straight into float32: vLLM's default kept
+        ("auto", "bfloat16", "rocm", "float32"),
+        ("float32", "bfloat16", "cpu", "float32"),  # explicit always wins
+        ("model", "bfloat16", "cuda", "model"),
+    ],
+)
+def test_head_dtype_resolution(requested, compute, device, expected):
+    assert resolve_head_dtype(requested, compute, device) == expected

@@ -152,6 +152,32 @@ def engine_dtype(settings_dtype: str, model_path: str | Path, engine: str) -> Dt
     return machine_dtype(settings_dtype, model_path, "vllm")
 
 
+def resolve_head_dtype(requested: str, compute_dtype: str, device: DeviceKind) -> str:
+    """The LM head's dtype, ``float32`` or ``model`` (the compute dtype), for ``requested`` (``auto`` or either).
+
+    vLLM gives pooling models a float32 head. On a GPU that is cheap (the product accumulates straight into
+    float32); on a CPU with a 16-bit compute dtype it casts the whole head weight to float32 and runs a float32
+    GEMM every step, which for SmolLM2 in bfloat16 took 44% of the worker's time and left the plugin at 0.7x of
+    vLLM's own bf16 prompt_logprobs route. There ``auto`` is ``model``: logits rounded to bfloat16 added 8% to the
+    bfloat16 body's per-token error against float64 and changed no ranking (scripts/dtype_error.py,
+    results/real/bf16/). An explicit value always wins; with a float32 body both are the same.
+    """
+    if requested != "auto":
+        return requested
+    if device == "cpu" and compute_dtype in ("bfloat16", "float16"):
+        return "model"
+    return "float32"
+
+
+def machine_head_dtype(requested: str, compute_dtype: str, engine: str = "vllm") -> str:
+    """``resolve_head_dtype`` on this machine's device (the transformers engine has no such choice: float32)."""
+    if engine != "vllm":
+        return "float32"
+    if requested != "auto" or compute_dtype in ("float32", "float64"):
+        return resolve_head_dtype(requested, compute_dtype, "cpu")
+    return resolve_head_dtype(requested, compute_dtype, _device()[0])
+
+
 def machine_dtype(requested: str, model_path: str | Path, engine: str = "vllm") -> DtypeChoice:
     """``resolve_dtype`` with this machine's device, CPU flags and the checkpoint's dtype."""
     if canonical(requested) not in (None, "auto") or engine == "transformers":

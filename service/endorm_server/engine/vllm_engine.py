@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from endorm_server.config import Settings
 from endorm_server.engine import cpu_threads
 from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, check_token_ids
-from endorm_server.engine.dtype import DtypeChoice, engine_dtype
+from endorm_server.engine.dtype import DtypeChoice, engine_dtype, machine_head_dtype
 from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
 from endorm_server.engine.vllm_plugin.plugin import reward_architecture
 from endorm_server.engine.vllm_plugin.reward_models import ALPHA_KEY, CHUNK_KEY
@@ -70,6 +70,7 @@ class VllmEngine:
         self.info: EngineInfo | None = None  # set by start()
         # --dtype auto resolved from this device (never vLLM's own auto: float16 on CPU)
         self.dtype_choice: DtypeChoice = engine_dtype(settings.dtype, model_path, "vllm")
+        self.head_dtype = machine_head_dtype(settings.head_dtype, self.dtype_choice.dtype)
 
     def engine_args(self):
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -101,6 +102,7 @@ class VllmEngine:
                 ALPHA_KEY: s.alpha,
                 CHUNK_KEY: s.logits_chunk_rows,
                 GEMM_KEY: s.cpu_gemm,
+                "head_dtype": self.head_dtype,  # vLLM's own key: "float32" or "model"
             },
         )
 

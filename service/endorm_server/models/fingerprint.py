@@ -38,11 +38,17 @@ FINGERPRINT_PATTERNS = (
 
 
 def model_fingerprint(
-    model_path: str | Path, alpha: float, cache_dir: Path | None = None, dtype: str = "float32", engine: str = "vllm"
+    model_path: str | Path,
+    alpha: float,
+    cache_dir: Path | None = None,
+    dtype: str = "float32",
+    engine: str = "vllm",
+    head_dtype: str = "float32",
 ) -> str:
     """``fp_`` + 16 hex digits of SHA-256 over the model's reward-relevant files, alpha, the resolved compute
     dtype and the engine (bfloat16 and float32 give different rewards from the same weights, and so do vLLM's
-    kernels and the float64 transformers reference). ``dtype`` is what the engine computes in, never ``auto``:
+    kernels and the float64 transformers reference), and the LM head's dtype where it is not float32 (logits
+    rounded to a 16-bit dtype). ``dtype`` is what the engine computes in, never ``auto``:
     ``auto`` resolves per machine (service/endorm_server/engine/dtype.py), so hashing the word would give one
     value to different rewards and two values to the same one."""
     if dtype == "auto":
@@ -56,7 +62,8 @@ def model_fingerprint(
                     files[f.name] = cached_file_sha256(f, cache_dir)
     else:  # a hub id the engine resolves itself: only its name is known here
         files["hub-id"] = str(model_path)
-    payload = json.dumps(
-        {"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype), "engine": str(engine)}, sort_keys=True
-    )
+    identity = {"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype), "engine": str(engine)}
+    if head_dtype != "float32" and dtype != "float32":  # logits in the compute dtype: other rewards
+        identity["head_dtype"] = "model"
+    payload = json.dumps(identity, sort_keys=True)
     return "fp_" + hashlib.sha256(payload.encode()).hexdigest()[:16]

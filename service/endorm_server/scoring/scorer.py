@@ -20,7 +20,7 @@ import numpy as np
 
 from endorm_server.config import Settings
 from endorm_server.engine import EngineInfo, TokenStatsEngine, create_engine
-from endorm_server.engine.dtype import DtypeChoice, engine_dtype
+from endorm_server.engine.dtype import DtypeChoice, engine_dtype, machine_head_dtype
 from endorm_server.inputs.offsets import response_offsets
 from endorm_server.inputs.step_inputs import encode_with_steps
 from endorm_server.inputs.tokenization import EncodedPair, InputError, PairEncoder
@@ -44,7 +44,8 @@ def system_fingerprint(settings: Settings, model_path: str, choice: DtypeChoice 
     """The ``system_fingerprint`` a server started with ``settings`` on this machine reports, known without
     starting an engine (``endorm eval --cached-only`` keys its cache by it)."""
     choice = choice or engine_dtype(settings.dtype, model_path, settings.engine)
-    return model_fingerprint(model_path, settings.alpha, settings.cache_dir, choice.dtype, settings.engine)
+    head = machine_head_dtype(settings.head_dtype, choice.dtype, settings.engine)
+    return model_fingerprint(model_path, settings.alpha, settings.cache_dir, choice.dtype, settings.engine, head)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class Scorer:
         engine = await asyncio.to_thread(create_engine, settings, path)
         choice = engine.dtype_choice
         log.info("compute dtype %s: %s (--dtype %s)", choice.dtype, choice.reason, settings.dtype)
+        if settings.engine == "vllm":
+            head = machine_head_dtype(settings.head_dtype, choice.dtype)
+            log.info(
+                "LM head dtype: %s (--head-dtype %s)", choice.dtype if head == "model" else head, settings.head_dtype
+            )
         fingerprint = await asyncio.to_thread(system_fingerprint, settings, path, choice)
         tokenizer = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
