@@ -1,7 +1,5 @@
 """Issue 21 side by side in one run: dtypes, the HTTP front end, the machine's ceiling and the peers.
 
-Status: written, not yet run end to end (no results are committed from it yet).
-
     python -m loadtests.bench.fast_default --model MODEL_DIR --gguf FILE.gguf \
         [--data ../shared/data/rm-bench-chat.jsonl] [--rounds 2] [--llama-python PY]
 
@@ -400,9 +398,15 @@ async def main_async(args) -> dict:
     partial = workdir / "partial.json"
     try:
         for dt in args.dtypes.split(","):
-            flags_dt = [] if dt == "auto" else ["--dtype", dt]
+            dtype, _, head = dt.partition("/")  # e.g. bfloat16/head-float32: a server with --head-dtype float32
+            flags_dt = ([] if dtype == "auto" else ["--dtype", dtype]) + (
+                ["--head-dtype", head.removeprefix("head-")] if head else []
+            )
             servers[dt] = LocalServer(
-                [*common, *flags_dt], log_path=workdir / f"server-{dt}.log", new_session=False, ready_timeout_s=1800
+                [*common, *flags_dt],
+                log_path=workdir / f"server-{dt.replace('/', '-')}.log",
+                new_session=False,
+                ready_timeout_s=1800,
             ).start()
             log(f"server --dtype {dt}: started on {servers[dt].url}")
         for dt, srv in servers.items():
@@ -610,7 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-words", type=int, default=60)
     ap.add_argument("--response-words", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--dtypes", default="auto,float32,bfloat16,float16")
+    ap.add_argument(
+        "--dtypes",
+        default="auto,float32,bfloat16,float16",
+        help="one server each: a --dtype, optionally /head-float32 or /head-model for its --head-dtype",
+    )
     ap.add_argument("--peers", default="stock,transformers,llama.cpp")
     ap.add_argument("--torch", default="eager,compile", help="plain torch forwards to time: eager, compile")
     ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python")
