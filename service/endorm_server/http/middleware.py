@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +22,23 @@ from endorm_server.http.metrics import Metrics
 
 access_log = logging.getLogger("endorm.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+async def _run_until_answered(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, answered: Callable[[], bool]
+) -> None:
+    """Run ``app``; once the middleware has answered the request itself (``answered()``), the app's sends
+    are dropped and its errors swallowed: it is only finishing after the disconnect it was handed."""
+
+    async def guarded_send(message: Message) -> None:
+        if not answered():
+            await send(message)
+
+    try:
+        await app(scope, receive, guarded_send)
+    except Exception:
+        if not answered():
+            raise
 
 
 class BodyLimitMiddleware:
@@ -60,15 +78,7 @@ class BodyLimitMiddleware:
                     return {"type": "http.disconnect"}
             return message
 
-        async def guarded_send(message: Message) -> None:
-            if not exceeded:
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
+        await _run_until_answered(self.app, scope, limited_receive, send, lambda: exceeded)
 
 
 class BodyTimeoutMiddleware:
@@ -110,15 +120,7 @@ class BodyTimeoutMiddleware:
                 body_done = True
             return message
 
-        async def guarded_send(message: Message) -> None:
-            if not timed_out:
-                await send(message)
-
-        try:
-            await self.app(scope, bounded_receive, guarded_send)
-        except Exception:
-            if not timed_out:
-                raise
+        await _run_until_answered(self.app, scope, bounded_receive, send, lambda: timed_out)
 
 
 class AccessMiddleware:
