@@ -173,8 +173,8 @@ def machine_head_dtype(requested: str, compute_dtype: str, engine: str = "vllm")
     """``resolve_head_dtype`` on this machine's device (the transformers engine has no such choice: float32)."""
     if engine != "vllm":
         return "float32"
-    if requested != "auto" or compute_dtype in ("float32", "float64"):
-        return resolve_head_dtype(requested, compute_dtype, "cpu")
+    if requested != "auto" or compute_dtype in ("float32", "float64"):  # the device decides nothing here:
+        return resolve_head_dtype(requested, compute_dtype, "cpu")  # no need to ask vLLM's platform
     return resolve_head_dtype(requested, compute_dtype, _device()[0])
 
 

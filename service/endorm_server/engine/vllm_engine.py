@@ -71,6 +71,8 @@ class VllmEngine:
         # --dtype auto resolved from this device (never vLLM's own auto: float16 on CPU)
         self.dtype_choice: DtypeChoice = engine_dtype(settings.dtype, model_path, "vllm")
         self.head_dtype = machine_head_dtype(settings.head_dtype, self.dtype_choice.dtype)
+        head = self.dtype_choice.dtype if self.head_dtype == "model" else self.head_dtype
+        log.info("LM head dtype: %s (--head-dtype %s)", head, settings.head_dtype)
 
     def engine_args(self):
         from vllm.engine.arg_utils import AsyncEngineArgs

@@ -104,11 +104,6 @@ class Scorer:
         engine = await asyncio.to_thread(create_engine, settings, path)
         choice = engine.dtype_choice
         log.info("compute dtype %s: %s (--dtype %s)", choice.dtype, choice.reason, settings.dtype)
-        if settings.engine == "vllm":
-            head = machine_head_dtype(settings.head_dtype, choice.dtype)
-            log.info(
-                "LM head dtype: %s (--head-dtype %s)", choice.dtype if head == "model" else head, settings.head_dtype
-            )
         fingerprint = await asyncio.to_thread(system_fingerprint, settings, path, choice)
         tokenizer = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
