@@ -8,12 +8,7 @@ deadline instead of slept for.
 
 from __future__ import annotations
 
-import json
-import re
 import signal
-import socket
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -22,10 +17,8 @@ import pytest
 from tests.conftest import tiny_server
 from tests.freeze import processes_frozen, server_engine
 from tests.http.conftest import API_KEY
-from tests.reliability.conftest import metric
+from tests.reliability.conftest import PATIENCE_S, metric, open_score_request, rejections, wait_for
 from tests.server import ServerProcess
-
-PATIENCE_S = 120  # a deadline for states that must come; only reached when something is broken
 
 
 def _heavy_item(seed: int, prompt_len: int = 480) -> dict:
@@ -36,20 +29,6 @@ def _engine_unfinished(url: str) -> float:
     return metric(url, "endorm_engine_unfinished_sequences")
 
 
-def _rejections(url: str, reason: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=PATIENCE_S).text
-    match = re.search(rf'^endorm_rejections_total\{{reason="{reason}"\}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
-def _wait_for(state: Callable[[], bool], what: str, timeout_s: float = PATIENCE_S) -> None:
-    """Poll until ``state()`` holds: it must come, so the deadline is only a guard against a hang."""
-    deadline = time.monotonic() + timeout_s
-    while not state():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.02)
-
-
 def _engine_frozen(server: ServerProcess):
     """SIGSTOP the engine processes for the body, so the requests sent meanwhile are surely
     still in flight when the test acts: on 2 cores a busy engine starved the test process
@@ -57,31 +36,19 @@ def _engine_frozen(server: ServerProcess):
     return processes_frozen(server_engine(server))
 
 
-def _open_score_request(server: ServerProcess, body: dict) -> socket.socket:
-    """Send a whole POST /score on a raw socket and leave it open: the test hangs up when it decides."""
-    data = json.dumps(body).encode()
-    head = (
-        f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {API_KEY}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-    ).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE_S)
-    sock.sendall(head + data)
-    return sock
-
-
 def test_client_disconnects_abort_engine_work(server):
     """Clients that hang up mid-request: their engine sequences are aborted, the count returns to 0."""
     body = {"items": [_heavy_item(i, 240) for i in range(64)]}  # 64 sequences, ~15.6k tokens: 4 fit the budget
-    disconnected_before = _rejections(server.url, "client_disconnected")
+    disconnected_before = rejections(server.url, "client_disconnected")
     with _engine_frozen(server):  # nothing can finish: the hang-ups surely land mid-request
-        socks = [_open_score_request(server, body) for _ in range(4)]
-        _wait_for(lambda: _engine_unfinished(server.url) == 4 * 64, "all 256 sequences in the engine")
+        socks = [open_score_request(server.port, body, API_KEY) for _ in range(4)]
+        wait_for(lambda: _engine_unfinished(server.url) == 4 * 64, "all 256 sequences in the engine")
         for sock in socks:
             sock.close()
         # the aborts need no engine step: the server forgets the sequences at once, frozen or not
-        _wait_for(lambda: _engine_unfinished(server.url) == 0, "engine sequences aborted")
-    _wait_for(lambda: metric(server.url, "endorm_in_flight_requests") == 0, "admission budget released")
-    assert _rejections(server.url, "client_disconnected") - disconnected_before == 4
+        wait_for(lambda: _engine_unfinished(server.url) == 0, "engine sequences aborted")
+    wait_for(lambda: metric(server.url, "endorm_in_flight_requests") == 0, "admission budget released")
+    assert rejections(server.url, "client_disconnected") - disconnected_before == 4
     # and the server still answers
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=PATIENCE_S) as c:
         assert c.post("/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
@@ -115,11 +82,11 @@ def test_overload_answers_429_with_retry_after_and_no_5xx(limited_server):
         r = httpx.post(url + "/score", json=first_body if n == "first" else body, timeout=PATIENCE_S)
         return r.status_code, r.headers.get("retry-after"), r.json()
 
-    timeouts_before = _rejections(url, "wait_timeout")
+    timeouts_before = rejections(url, "wait_timeout")
     with ThreadPoolExecutor(late + 1) as pool:
         with _engine_frozen(limited_server):
             first = pool.submit(post, "first")
-            _wait_for(lambda: metric(url, "endorm_in_flight_requests") == 1, "the first request admitted")
+            wait_for(lambda: metric(url, "endorm_in_flight_requests") == 1, "the first request admitted")
             rejected = list(pool.map(post, range(late)))  # all arrive and time out of the queue while frozen
             assert not first.done() and metric(url, "endorm_in_flight_requests") == 1
             assert metric(url, "endorm_waiting_requests") == 0
@@ -129,8 +96,8 @@ def test_overload_answers_429_with_retry_after_and_no_5xx(limited_server):
         assert code == 429, (code, answer)
         assert retry_after is not None and int(retry_after) >= 0
         assert answer["error"]["type"] == "overloaded"
-    assert _rejections(url, "wait_timeout") - timeouts_before == late
-    _wait_for(lambda: _engine_unfinished(url) == 0, "engine idle")
+    assert rejections(url, "wait_timeout") - timeouts_before == late
+    wait_for(lambda: _engine_unfinished(url) == 0, "engine idle")
     assert metric(url, "endorm_in_flight_tokens") == 0
 
 
@@ -140,8 +107,8 @@ def test_deadline_answers_504_and_aborts_engine_work(small_server):
         r = httpx.post(small_server.url + "/score", json=body, timeout=PATIENCE_S)
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout"
-    _wait_for(lambda: _engine_unfinished(small_server.url) == 0, "engine sequences aborted")
-    assert _rejections(small_server.url, "deadline") >= 1
+    wait_for(lambda: _engine_unfinished(small_server.url) == 0, "engine sequences aborted")
+    assert rejections(small_server.url, "deadline") >= 1
 
 
 @pytest.fixture()
@@ -172,11 +139,11 @@ def test_sigterm_drains_without_failing_in_flight_requests(draining_server):
     during = []
     with _engine_frozen(draining_server):  # the drain cannot finish before the probes below
         futures = [pool.submit(post, i) for i in range(8)]
-        _wait_for(lambda: metric(url, "endorm_in_flight_requests") == 8, "all 8 requests admitted before the signal")
+        wait_for(lambda: metric(url, "endorm_in_flight_requests") == 8, "all 8 requests admitted before the signal")
         draining_server.signal(signal.SIGTERM)
         try:
             # the drain must begin: /ready turns 503 (polled, not slept for)
-            _wait_for(lambda: httpx.get(url + "/ready", timeout=PATIENCE_S).status_code == 503, "/ready 503")
+            wait_for(lambda: httpx.get(url + "/ready", timeout=PATIENCE_S).status_code == 503, "/ready 503")
             during.append(503)
             late = httpx.post(url + "/score", json={"items": [{"prompt": "a", "response": "b"}]}, timeout=PATIENCE_S)
             during.append(late.status_code)

@@ -7,10 +7,7 @@ long soak.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import socket
 import statistics
 import threading
 import time
@@ -22,7 +19,7 @@ import psutil
 import pytest
 
 from tests.freeze import processes_frozen, server_engine
-from tests.reliability.conftest import metric, tree_rss_bytes
+from tests.reliability.conftest import metric, open_score_request, rejections, tree_rss_bytes, wait_for
 
 MB = 2**20
 
@@ -85,12 +82,6 @@ def _engine_frozen(server):
     return processes_frozen(server_engine(server))
 
 
-def _rejections(url: str, reason: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=120).text
-    match = re.search(rf'^endorm_rejections_total\{{reason="{reason}"\}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_overload_only_200_429_503_and_memory_returns(limited_server):
     url = limited_server.url
     _drive(url, 3, 2, _body)  # warm: allocator pools, caches
@@ -104,7 +95,7 @@ def test_overload_only_200_429_503_and_memory_returns(limited_server):
     # queue in time and no 429 came, seen in CI), so part of the window runs with the engine
     # frozen: the admitted request cannot finish, and the waiters surely time out of the
     # 0.2 s admission wait with 429s.
-    timeouts_before = _rejections(url, "wait_timeout")
+    timeouts_before = rejections(url, "wait_timeout")
     frozen_phase_over = threading.Event()
     with ThreadPoolExecutor(1) as runner:
         try:
@@ -119,7 +110,7 @@ def test_overload_only_200_429_503_and_memory_returns(limited_server):
                     frozen_phase_over,
                 )
                 deadline = time.monotonic() + 120  # must come: the budget cannot free while frozen
-                while _rejections(url, "wait_timeout") - timeouts_before < 32:
+                while rejections(url, "wait_timeout") - timeouts_before < 32:
                     assert time.monotonic() < deadline, "no 429 while the budget was held"
                     time.sleep(0.05)
         finally:
@@ -145,26 +136,6 @@ def test_overload_only_200_429_503_and_memory_returns(limited_server):
     assert after < baseline * 1.10 + 50 * MB
 
 
-def _until(check, what: str, patience_s: float = 120) -> None:
-    """Poll for a state that must come; the deadline only guards against a hang."""
-    deadline = time.monotonic() + patience_s
-    while not check():
-        assert time.monotonic() < deadline, f"never reached: {what}"
-        time.sleep(0.05)
-
-
-def _raw_post(port: int, body: dict) -> socket.socket:
-    """A /score request sent whole on its own connection, whose answer is never read."""
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    sock.sendall(
-        b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
-    return sock
-
-
 def test_many_disconnecting_clients_leave_nothing_behind(limited_server):
     """Clients that hang up while their request is in the engine: decided by control. The engine is
     frozen, so every request is certainly admitted and unfinished when its client goes; each disconnect
@@ -174,14 +145,16 @@ def test_many_disconnecting_clients_leave_nothing_behind(limited_server):
     before = tree_rss_bytes(limited_server.proc.pid)
     per_round = 12  # 12 x 203 tokens fit the 4000-token budget: all admitted at once
     for round_ in range(3):
-        gone_before = _rejections(url, "client_disconnected")
+        gone_before = rejections(url, "client_disconnected")
         with processes_frozen(server_engine(limited_server)):
-            socks = [_raw_post(port, _body(round_ * 100 + i, items=1, prompt_len=200)) for i in range(per_round)]
-            _until(lambda: metric(url, "endorm_in_flight_requests") == per_round, "every request admitted")
+            socks = [
+                open_score_request(port, _body(round_ * 100 + i, items=1, prompt_len=200)) for i in range(per_round)
+            ]
+            wait_for(lambda: metric(url, "endorm_in_flight_requests") == per_round, "every request admitted")
             for sock in socks:
                 sock.close()
-            _until(
-                lambda: _rejections(url, "client_disconnected") - gone_before == per_round,  # noqa: B023
+            wait_for(
+                lambda: rejections(url, "client_disconnected") - gone_before == per_round,  # noqa: B023
                 "every disconnect noticed",
             )
         _settle(url)
