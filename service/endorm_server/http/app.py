@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from endorm_server.config import Settings
 from endorm_server.http.admission import AdmissionController
+from endorm_server.http.auth import ApiKeyMiddleware
 from endorm_server.http.errors import install_error_handlers
 from endorm_server.http.metrics import Metrics
 from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware, BodyTimeoutMiddleware
@@ -84,6 +85,11 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     install_error_handlers(app, settings.retry_after_s)
     for router in ROUTERS:
         app.include_router(router)
+    # Outermost last. Each request: request id and access log, CORS (so a 401 carries its headers), the key
+    # (from the headers, before the body limit or deadline read a byte), the body deadline, the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
+    app.add_middleware(ApiKeyMiddleware, keys=state.api_keys, routes=app.router.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -91,7 +97,5 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(AccessMiddleware, metrics=state.metrics)
     return app

@@ -13,20 +13,18 @@ import time
 import uuid
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from endorm_server.http import pipeline
-from endorm_server.http.auth import require_api_key
+from endorm_server.http.auth import KeyedRoute
 from endorm_server.http.errors import APIError
 from endorm_server.http.schemas import Aggregation, ErrorResponse, Message, RequestOptions, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_ids, split_text
 from endorm_server.scoring.scorer import Scorer
 
-router = APIRouter(
-    dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"]
-)
+router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"])
 
 
 def _messages_item(messages: list[Message], param: str) -> dict:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from endorm_server.http import pipeline
-from endorm_server.http.auth import require_api_key
+from endorm_server.http.auth import KeyedRoute
 from endorm_server.http.schemas import ModelCard, ModelList, Status
 
 open_router = APIRouter()
-keyed_router = APIRouter(dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES)
+keyed_router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPONSES)
 
 
 @keyed_router.get("/v1/models", response_model=ModelList, summary="The served model")

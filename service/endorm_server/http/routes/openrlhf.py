@@ -14,19 +14,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, ValidationError
 
 from endorm_server.http import pipeline
-from endorm_server.http.auth import require_api_key
+from endorm_server.http.auth import KeyedRoute
 from endorm_server.http.errors import APIError
 from endorm_server.http.schemas import Aggregation, RequestOptions, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_text
 
-router = APIRouter(
-    dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"]
-)
+router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"])
 
 
 _NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

@@ -6,12 +6,12 @@ ScoreRequest (schema) -> pipeline.encode (token ids, in the front-end pool) -> a
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from endorm_server.http import contrast as contrast_http
 from endorm_server.http import pipeline
-from endorm_server.http.auth import require_api_key
+from endorm_server.http.auth import KeyedRoute
 from endorm_server.http.schemas import (
     CompareRequest,
     CompareResponse,
@@ -26,7 +26,7 @@ from endorm_server.inputs.tokenization import EncodedPair
 from endorm_server.scoring import rewards
 from endorm_server.scoring.scorer import ScoredItem
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=pipeline.ERROR_RESPONSES)
+router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPONSES)
 
 
 def _result(index: int, item: ScoredItem, dropped: int) -> ScoreResult:
