@@ -15,7 +15,7 @@ the device reports:
 - The transformers engine is the exact reference: float64.
 
 An explicit ``--dtype`` always wins. The cost of bfloat16 in reward quality is measured in
-``results/real/bf16-quality.md``. ``resolve_dtype`` is a pure function of the facts it is given
+``results/real/bf16/README.md``. ``resolve_dtype`` is a pure function of the facts it is given
 (tested with flags given to it); ``machine_dtype`` gathers this machine's facts and calls it.
 """
 
