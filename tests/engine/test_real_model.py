@@ -147,20 +147,29 @@ async def test_real_model_prefers_the_true_fact(smollm2):
 async def test_compiled_engine_as_serve_runs_it(smollm2, record_property):
     """``endorm serve`` compiles the model (no --enforce-eager): the same bound on that path, 16 concurrent
     chats and the long one, in 128-token steps (measured: c 4.9e-5, v 4.7e-5, r 5.0e-5)."""
+    from vllm.config import CompilationMode
+
     _, ref, encoder = smollm2
     path = smollm2_path()
     engine = VllmEngine(
         engine_settings(path, max_num_batched_tokens=STEP_TOKENS, max_num_seqs=32, enforce_eager=False), str(path)
     )
+    pairs = _pairs(encoder, FACTS) + _pairs(encoder, INSTRUCTIONS)
+    pairs += _pairs(encoder, [("Tell me about Paris.", LONG_ANSWER)])
+    assert len(pairs) == 17 and len(pairs[-1].ids) > STEP_TOKENS  # the long one spans several engine steps
     await engine.start()
     try:
-        pairs = _pairs(encoder, FACTS) + _pairs(encoder, INSTRUCTIONS)
-        pairs += _pairs(encoder, [("Tell me about Paris.", LONG_ANSWER)])
+        assert engine._engine is not None
+        compilation = engine._engine.vllm_config.compilation_config
+        # the path under test is the compiled one: vLLM turns compilation off silently for some settings
+        assert compilation.mode != CompilationMode.NONE, compilation
         stats = await asyncio.gather(*(engine.token_stats(p.ids) for p in pairs))
+        assert engine.num_unfinished() == 0
     finally:
         await engine.shutdown()
     worst = np.zeros(3)
     for pair, got in zip(pairs, stats):
         worst = np.maximum(worst, _errors(got, ref.forward_stats(pair.ids), len(pair.prompt_ids)))
     record_property("max_abs_err_c_v_r", worst.tolist())
+    assert np.all(worst < TOL), f"compiled engine: max abs error c, v, r = {worst} over the bound {TOL}"
     print(f"\nSmolLM2 compiled, 17 concurrent: max abs error c={worst[0]:.2e} v={worst[1]:.2e} r={worst[2]:.2e}")
