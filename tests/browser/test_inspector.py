@@ -10,6 +10,7 @@ on a 1280-px window, and the page reflows at 200% zoom (no horizontal scroll, no
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -437,3 +438,88 @@ def test_readable_at_200_percent_zoom(browser, long_server):
         assert g["checked"] and not g["offending"], g
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+# Hostile text in every field the page renders: quotes that would close an attribute, markup, event
+# handlers. The responses go through the real server (their tokens carry it); the model name, the
+# fingerprint and the aggregation are rewritten in the page's copy of the answer (the server's are fixed).
+HOSTILE_RESPONSES = [
+    'He said "hi" <b>bold</b>\nx" onmouseover="window.__pwned=1" y="\n5',
+    "'single' & <img src=x onerror=\"window.__pwned=2\">\n</span><script>window.__pwned=3</script>",
+]
+HOSTILE_NAME = '"><b id="injected">m</b><span onmouseover="window.__pwned=4" x="'
+REWRITE_ANSWERS = """
+const name = arguments[0];
+const orig = window.fetch;
+window.__inspectorOrigFetch = orig;
+window.fetch = async function (...args) {
+  const r = await orig.apply(this, args);
+  if (!/\\/(score|compare)$/.test(String(args[0])) || !r.ok) return r;
+  const data = await r.json();
+  data.model = name; data.system_fingerprint = name; data.aggregation = name;
+  return new Response(JSON.stringify(data), {status: r.status, headers: {"Content-Type": "application/json"}});
+};
+"""
+TOKEN_ATTRIBUTES = {
+    "class",
+    "tabindex",
+    "data-result",
+    "data-index",
+    "data-id",
+    "data-reward",
+    "data-logprob",
+    "data-shade",
+    "data-shade-logprob",
+    "aria-label",
+    "style",
+}
+
+
+def test_hostile_text_stays_text(browser, server):
+    _open_with_key(browser, server.url)
+    _fill(browser, HOSTILE_RESPONSES)
+    browser.find_element(By.CSS_SELECTOR, "#steps-mode option[value='separator']").click()
+    api = _api(server.url, "/compare", {**_compare_body(HOSTILE_RESPONSES), "step_separator": "\n"})
+    _clear_result(browser)
+    browser.execute_script(REWRITE_ANSWERS, HOSTILE_NAME)
+    try:
+        browser.find_element(By.ID, "run").click()
+        _wait_done(browser)
+    finally:
+        browser.execute_script("window.fetch = window.__inspectorOrigFetch;")
+    browser.find_element(By.CSS_SELECTOR, "#steps-mode option[value='none']").click()
+    sections = browser.find_elements(By.CSS_SELECTOR, ".response-out")
+    assert len(sections) == 2
+    quoted = 0
+    for sec, res in zip(sections, api["results"]):
+        spans = sec.find_elements(By.CSS_SELECTOR, ".tokens > *")
+        assert len(spans) == len(res["tokens"])
+        for span, t in zip(spans, res["tokens"]):
+            names = set(browser.execute_script("return arguments[0].getAttributeNames()", span))
+            assert names == TOKEN_ATTRIBUTES, (t["text"], names)
+            assert span.tag_name == "span" and "tok" in span.get_attribute("class").split()
+            assert browser.execute_script("return arguments[0].children.length", span) == 0, t["text"]
+            assert browser.execute_script("return arguments[0].textContent", span) == t["text"]
+            label = span.get_attribute("aria-label")
+            head = json.dumps(t["text"], ensure_ascii=False) + " reward "
+            assert label.startswith(head), (label, t["text"])
+            assert float(label[len(head) :]) == pytest.approx(t["reward"], rel=1e-3, abs=1e-3), label
+            quoted += '"' in t["text"]
+        steps = sec.find_elements(By.CSS_SELECTOR, "table.steps td.text")
+        assert [browser.execute_script("return arguments[0].textContent", td) for td in steps] == [
+            s["text"] for s in res["steps"]
+        ]
+    assert quoted, "no token held a quote: the test would prove little"
+    meta = browser.find_element(By.ID, "result-meta")
+    assert meta.get_attribute("data-model") == HOSTILE_NAME and meta.get_attribute("data-fingerprint") == HOSTILE_NAME
+    assert HOSTILE_NAME in meta.text
+    # nothing the text spelled became an element or a handler, and hovering every element runs nothing
+    assert not browser.find_elements(By.CSS_SELECTOR, "#results b, #results img, #results script, #injected")
+    handlers = browser.execute_script(
+        "return [...document.querySelectorAll('*')].flatMap((e) => e.getAttributeNames().filter((n) => n.startsWith('on')))"
+    )
+    assert handlers == []
+    browser.execute_script(
+        "document.querySelectorAll('#results *').forEach((e) => e.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})))"
+    )
+    assert browser.execute_script("return window.__pwned === undefined")

@@ -1,11 +1,21 @@
 // EndoRM reward inspector: builds a /score or /compare request, renders per-token rewards.
 // Static, no dependencies. The API key lives only in the variable below (never stored).
+// Every text from the API or the user goes into the page as a text node or an attribute value
+// (textContent, setAttribute via el()), never into markup: token and model text can hold anything.
 "use strict";
 (function () {
   let apiKey = null;
   let lastResult = null;
   let controller = null;
   const $ = (id) => document.getElementById(id);
+
+  // An element with attributes (set as values, never parsed) and children (nodes, or strings as text).
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) e.setAttribute(k, String(v));
+    for (const c of children) if (c !== null && c !== undefined && c !== false) e.append(c instanceof Node ? c : String(c));
+    return e;
+  }
 
   // Diverging, colour-blind-safe (blue - white - orange, ColorBrewer PuOr/RdBu ends).
   const NEG = [179, 88, 6];    // #b35806 (orange): negative reward
@@ -59,13 +69,12 @@
 
   function addResponse(value) {
     const n = $("responses").children.length + 1;
-    const div = document.createElement("div");
-    div.className = "response-in";
     const id = "response-" + n;
-    div.innerHTML = `<label for="${id}">Response ${n}</label><textarea id="${id}" class="response" rows="3"></textarea>` +
-      `<button type="button" class="remove">Remove response ${n}</button>`;
-    div.querySelector("textarea").value = value || "";
-    div.querySelector(".remove").addEventListener("click", () => { div.remove(); });
+    const box = el("textarea", { id, class: "response", rows: 3 });
+    box.value = value || "";
+    const remove = el("button", { type: "button", class: "remove" }, `Remove response ${n}`);
+    const div = el("div", { class: "response-in" }, el("label", { for: id }, `Response ${n}`), box, remove);
+    remove.addEventListener("click", () => { div.remove(); });
     $("responses").appendChild(div);
   }
 
@@ -131,8 +140,9 @@
       : `linear-gradient(to right, #fff, ${logprobColour(1)})`;
     const lo = view === "reward" ? `−${fmt(maxAbs)} (orange)` : "0 (certain)";
     const hi = view === "reward" ? `+${fmt(maxAbs)} (blue)` : `${fmt(minLp)} (least likely, orange)`;
-    $("legend").innerHTML = `<span>${view === "reward" ? "reward" : "log-prob"}: ${lo}</span>` +
-      `<span class="legend-bar" style="background:${bar}"></span><span>${hi}</span>`;
+    const barEl = el("span", { class: "legend-bar" });
+    barEl.style.background = bar;
+    $("legend").replaceChildren(el("span", {}, `${view === "reward" ? "reward" : "log-prob"}: ${lo}`), barEl, el("span", {}, hi));
   }
 
   function applyView() {
@@ -146,8 +156,6 @@
     legend(lastResult._maxAbs, lastResult._minLp);
   }
 
-  function esc(s) { const d = document.createElement("div"); d.textContent = s; return d.innerHTML; }
-
   function render(req, data) {
     lastResult = data;
     const all = data.results.flatMap((r) => r.tokens || []);
@@ -156,56 +164,54 @@
     const minLp = Math.min(...all.map((t) => t.logprob), 0) || -1;
     data._maxAbs = maxAbs; data._minLp = minLp;
     const fp = data.system_fingerprint || "";
-    let html = `<p id="result-meta" data-model="${esc(data.model)}" data-alpha="${data.alpha}" data-fingerprint="${esc(fp)}">` +
-      `model ${esc(data.model)} · alpha ${data.alpha} · aggregation ${esc(data.aggregation)} · fingerprint ${esc(fp)}</p>`;
+    const summary = [el("p", { id: "result-meta", "data-model": data.model, "data-alpha": data.alpha, "data-fingerprint": fp },
+      `model ${data.model} · alpha ${data.alpha} · aggregation ${data.aggregation} · fingerprint ${fp}`)];
     if (data.ranking) {
-      html += `<h2>Ranking</h2><p id="ranking" data-ranking="${data.ranking.join(",")}">best first: ` +
-        data.ranking.map((i) => "response " + (i + 1)).join(" › ") + "</p>";
-      html += `<table id="bt"><caption>Bradley-Terry: P(row beats column)</caption><tr><th scope="col"></th>` +
-        data.scores.map((_, j) => `<th scope="col">${j + 1}</th>`).join("") + "</tr>" +
-        data.probabilities.map((row, i) => `<tr><th scope="row">${i + 1}</th>` +
-          row.map((p, j) => `<td data-i="${i}" data-j="${j}" data-p="${p}">${i === j ? "–" : p.toFixed(3)}</td>`).join("") + "</tr>").join("") +
-        "</table>";
+      summary.push(el("h2", {}, "Ranking"));
+      summary.push(el("p", { id: "ranking", "data-ranking": data.ranking.join(",") },
+        "best first: " + data.ranking.map((i) => "response " + (i + 1)).join(" › ")));
+      const head = el("tr", {}, el("th", { scope: "col" }), ...data.scores.map((_, j) => el("th", { scope: "col" }, j + 1)));
+      const rows = data.probabilities.map((row, i) => el("tr", {}, el("th", { scope: "row" }, i + 1),
+        ...row.map((p, j) => el("td", { "data-i": i, "data-j": j, "data-p": p }, i === j ? "–" : p.toFixed(3)))));
+      summary.push(el("table", { id: "bt" }, el("caption", {}, "Bradley-Terry: P(row beats column)"), head, ...rows));
     }
-    $("summary").innerHTML = html;
+    $("summary").replaceChildren(...summary);
     const out = $("responses-out");
-    out.innerHTML = "";
+    out.replaceChildren();
     data.results.forEach((r, ri) => {
-      const sec = document.createElement("section");
-      sec.className = "response-out";
-      sec.dataset.result = String(ri);
-      sec.dataset.score = String(r.score);
-      const best = data.best === ri ? " best" : "";
-      let h = `<h2 class="${best}">Response ${ri + 1}: score <span class="score">${fmt(r.score)}</span>` +
-        (data.ranking ? ` · rank ${data.ranking.indexOf(ri) + 1}` : "") + `</h2>` +
-        `<p>${r.num_tokens} tokens · prompt ${r.prompt_tokens} tokens` +
+      const sec = el("section", { class: "response-out", "data-result": ri, "data-score": r.score });
+      sec.append(el("h2", { class: data.best === ri ? "best" : null }, `Response ${ri + 1}: score `,
+        el("span", { class: "score" }, fmt(r.score)), data.ranking ? ` · rank ${data.ranking.indexOf(ri) + 1}` : ""));
+      sec.append(el("p", {}, `${r.num_tokens} tokens · prompt ${r.prompt_tokens} tokens` +
         (r.truncated_tokens ? ` · ${r.truncated_tokens} prompt tokens truncated` : "") +
-        (r.criteria_score !== null && r.criteria_score !== undefined ? ` · criteria ${fmt(r.criteria_score)} · baseline ${fmt(r.baseline_score)}` : "") + "</p>";
+        (r.criteria_score !== null && r.criteria_score !== undefined ? ` · criteria ${fmt(r.criteria_score)} · baseline ${fmt(r.baseline_score)}` : "")));
       const starts = new Set((r.steps || []).map((s) => s.start));
-      h += `<div class="tokens" aria-label="Tokens of response ${ri + 1}">` + (r.tokens || []).map((t, ti) => {
-        const shade = t.reward / maxAbs;
-        const shadeLp = t.logprob / minLp;
-        const cls = "tok" + (t.offset && t.offset[0] === t.offset[1] ? " special" : "") + (ri >= 0 && starts.has(ti) && ti > 0 ? " step-start" : "");
-        return `<span class="${cls}" tabindex="0" data-result="${ri}" data-index="${ti}" data-id="${t.id}" ` +
-          `data-reward="${t.reward}" data-logprob="${t.logprob}" data-shade="${shade}" data-shade-logprob="${shadeLp}" ` +
-          `aria-label="${esc(JSON.stringify(t.text))} reward ${fmt(t.reward)}">${esc(t.text)}</span>`;
-      }).join("") + "</div>";
+      const tokens = el("div", { class: "tokens", "aria-label": `Tokens of response ${ri + 1}` });
+      (r.tokens || []).forEach((t, ti) => {
+        const cls = "tok" + (t.offset && t.offset[0] === t.offset[1] ? " special" : "") + (starts.has(ti) && ti > 0 ? " step-start" : "");
+        tokens.append(el("span", {
+          class: cls, tabindex: 0, "data-result": ri, "data-index": ti, "data-id": t.id,
+          "data-reward": t.reward, "data-logprob": t.logprob, "data-shade": t.reward / maxAbs, "data-shade-logprob": t.logprob / minLp,
+          "aria-label": `${JSON.stringify(t.text)} reward ${fmt(t.reward)}`,
+        }, t.text));
+      });
+      sec.append(tokens);
       if (r.steps) {
-        h += `<table class="steps"><caption>Steps of response ${ri + 1}</caption><tr><th scope="col">step</th>` +
-          `<th scope="col">tokens</th><th scope="col">reward</th><th scope="col">log-prob</th><th scope="col">text</th></tr>`;
         const minStep = Math.min(...r.steps.map((s) => s.reward));
-        r.steps.forEach((s, si) => {
-          h += `<tr data-step="${si}" data-reward="${s.reward}"${s.reward === minStep ? ' class="best"' : ""}><td>${si + 1}${s.reward === minStep ? " (weakest)" : ""}</td>` +
-            `<td>${s.start}–${s.end}</td><td>${fmt(s.reward)}</td><td>${fmt(s.logprob)}</td><td class="text">${esc(s.text || "")}</td></tr>`;
+        const head = el("tr", {}, ...["step", "tokens", "reward", "log-prob", "text"].map((c) => el("th", { scope: "col" }, c)));
+        const rows = r.steps.map((s, si) => {
+          const weakest = s.reward === minStep;
+          return el("tr", { "data-step": si, "data-reward": s.reward, class: weakest ? "best" : null },
+            el("td", {}, `${si + 1}${weakest ? " (weakest)" : ""}`), el("td", {}, `${s.start}–${s.end}`),
+            el("td", {}, fmt(s.reward)), el("td", {}, fmt(s.logprob)), el("td", { class: "text" }, s.text || ""));
         });
-        h += "</table>";
+        sec.append(el("table", { class: "steps" }, el("caption", {}, `Steps of response ${ri + 1}`), head, ...rows));
       }
-      sec.innerHTML = h;
       out.appendChild(sec);
     });
-    out.querySelectorAll(".tok").forEach((el) => {
-      el.addEventListener("focus", () => showDetails(el));
-      el.addEventListener("mouseenter", () => showDetails(el));
+    out.querySelectorAll(".tok").forEach((tok) => {
+      tok.addEventListener("focus", () => showDetails(tok));
+      tok.addEventListener("mouseenter", () => showDetails(tok));
     });
     $("curl").textContent = curl(req);
     $("results").hidden = false;
