@@ -20,9 +20,8 @@ from pathlib import Path
 
 async def main(args) -> dict:
     from endorm_server.config import Settings
+    from endorm_server.core.scorer import Scorer
     from endorm_server.evaluation.promptable import CRITERIA, RESPONSE_KEYS
-    from endorm_server.scoring.contrast import score_contrast
-    from endorm_server.scoring.scorer import Scorer
 
     rows = json.loads(Path(args.dsp).read_text())
     rows = [r for r in rows if all(r["responses"][k].strip() for k in RESPONSE_KEYS)]
@@ -49,7 +48,7 @@ async def main(args) -> dict:
                 res = await scorer.score(its)
                 pairs = [r.pair for r in res]
             else:
-                res = await score_contrast(scorer, its)
+                res = await scorer.score(its, contrast=True)
                 pairs = [p for r in res for p in (r.criteria.pair, r.baseline.pair)]
             out[kind].append(time.perf_counter() - t0)
             out[f"{kind}_tokens"].append(sum(len(p.ids) for p in pairs) - (counters.cached_prompt_tokens - cached))

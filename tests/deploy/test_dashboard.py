@@ -181,7 +181,7 @@ def test_endorm_series_exist_in_the_service_registry():
     metrics.requests.labels("/score", "200")  # labelled families export samples once a child exists
     metrics.latency.labels("/score")
     metrics.tokens.labels("prompt")
-    metrics.rejections.labels("deadline")
+    metrics.rejections.labels("draining")
     metrics.model_info.info({"model": "m", "system_fingerprint": "fp"})
     text = generate_latest(metrics.registry).decode()
     exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from endorm_server.core.scorer import ScoreOptions, Scorer
+from endorm_server.errors import RequestError
 from endorm_server.inputs.tokenization import PairEncoder
 from endorm_server.scoring import contrast, rewards, steps
-from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from tests.conftest import tiny_model
 from tests.engine.conftest import reference_engine
 
@@ -51,6 +52,10 @@ async def scorer(vllm_engines) -> Scorer:
     return Scorer(engine, PairEncoder(tokenizer, vocab_size=engine.info.vocab_size), "llama")  # fresh counters
 
 
+async def _contrast(scorer: Scorer, items: list[dict], options: ScoreOptions | None = None, baseline_system=None):
+    return await scorer.score(items, options, contrast=True, baseline_system=baseline_system)
+
+
 def _text(rng: np.random.Generator, n: int) -> str:
     return " ".join(rng.choice(WORDS, n))
 
@@ -68,7 +73,7 @@ def _ref(pair, alpha: float = 1.0) -> rewards.TokenRewards:
 
 async def test_delta_per_token_matches_two_plain_scorings_and_the_float64_reference(scorer):
     items = _items(1, 3)
-    got = await contrast.score_contrast(scorer, items, ScoreOptions(return_tokens=True))
+    got = await _contrast(scorer, items, ScoreOptions(return_tokens=True))
     plain_c = await scorer.score(items)
     plain_b = await scorer.score([contrast.baseline_item(it) for it in items])
     for d, c, b in zip(got, plain_c, plain_b):
@@ -94,7 +99,7 @@ async def test_every_aggregation_is_the_aggregation_of_the_delta(scorer, aggrega
     items = [{**it, "response": None, "steps": [it["response"] + " ", "so five", " ok"]} for it in _items(2, 2)]
     items = [{k: v for k, v in it.items() if v is not None} for it in items]
     options = ScoreOptions(aggregation=aggregation, gamma=0.9, beta=0.1)
-    got = await contrast.score_contrast(scorer, items, options)
+    got = await _contrast(scorer, items, options)
     for d in got:
         ref_c, ref_b = _ref(d.criteria.pair), _ref(d.baseline.pair)
         delta = rewards.TokenRewards(
@@ -113,33 +118,33 @@ async def test_every_aggregation_is_the_aggregation_of_the_delta(scorer, aggrega
 
 async def test_telescoping_identity_of_the_contrast(scorer):
     """terminal zero, sum: sum_h r^Delta_h = alpha [log pi(y|x,c) - log pi(y|x,b)] + V_c(s_0) - V_b(s_0)."""
-    for d in await contrast.score_contrast(scorer, _items(3, 3)):
+    for d in await _contrast(scorer, _items(3, 3)):
         c, b = d.criteria.token_rewards, d.baseline.token_rewards
         assert d.score == pytest.approx((c.logprobs.sum() - b.logprobs.sum()) + c.v0 - b.v0, abs=1e-6)
         ref_c, ref_b = _ref(d.criteria.pair), _ref(d.baseline.pair)
         pmi = ref_c.logprobs.sum() - ref_b.logprobs.sum()
         assert d.score == pytest.approx(pmi + ref_c.v0 - ref_b.v0, abs=TOL)
     # within one prompt V_c(s_0) - V_b(s_0) is one constant: the contrast ranks like the log-likelihood ratio
-    got = await contrast.score_contrast(scorer, _items(4, 4))
+    got = await _contrast(scorer, _items(4, 4))
     gaps = [d.score - (d.criteria.token_rewards.logprobs.sum() - d.baseline.token_rewards.logprobs.sum()) for d in got]
     assert np.ptp(gaps) < 1e-6
 
 
 async def test_baseline_system_replaces_the_criteria(scorer):
     items = _items(5, 2)
-    got = await contrast.score_contrast(scorer, items, baseline_system="answer with digits only")
+    got = await _contrast(scorer, items, baseline_system="answer with digits only")
     plain_b = await scorer.score([{**it, "system": "answer with digits only"} for it in items])
     for d, b in zip(got, plain_b):
         assert d.baseline.pair.prompt_ids == b.pair.prompt_ids
         assert d.baseline.score == pytest.approx(b.score, abs=TOL)
 
 
-def test_contrast_needs_chat_items_with_a_system():
-    with pytest.raises(Exception) as exc:
-        contrast.baseline_items([{"prompt": "2+3=", "response": "5"}], None, "items")
+async def test_contrast_needs_chat_items_with_a_system(scorer):
+    with pytest.raises(RequestError) as exc:
+        await _contrast(scorer, [{"prompt": "2+3=", "response": "5"}])
     assert exc.value.param == "items.0.messages"
-    with pytest.raises(Exception) as exc:
-        contrast.baseline_items([{"messages": [{"role": "user", "content": "hi"}], "response": "5"}], None, "items")
+    with pytest.raises(RequestError) as exc:
+        await _contrast(scorer, [{"messages": [{"role": "user", "content": "hi"}], "response": "5"}])
     assert exc.value.param == "items.0.system"
 
 
@@ -160,7 +165,7 @@ async def test_group_aware_cost_one_prompt_per_context(scorer):
     items = _items(7, G, system_words=120)
     resub = counters.resubmissions
     before = counters.cached_prompt_tokens
-    got = await contrast.score_contrast(scorer, items)
+    got = await _contrast(scorer, items)
     pairs = [*(d.pair for d in got), *(d.baseline.pair for d in got)]
     cost = computed(pairs, before)
     assert counters.resubmissions == resub

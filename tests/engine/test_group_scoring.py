@@ -128,12 +128,17 @@ async def test_alpha_half(vllm_engines):
 
 async def test_scorer_scores_a_group_like_the_reference(vllm_engines):
     """The Scorer path (used by /score and /compare) goes through the group scheduler."""
-    from endorm_server.scoring.scorer import ScoreOptions, Scorer
+    from transformers import AutoTokenizer
+
+    from endorm_server.core.scorer import Scorer
+    from endorm_server.inputs.tokenization import PairEncoder
+    from tests.conftest import tiny_model
 
     engine = await vllm_engines("llama")
     pairs = _group(_rng(6), BLOCK, 4)
-    scorer = Scorer(engine, encoder=None, model_name="t")  # type: ignore[arg-type]
-    items = await scorer.score_pairs(pairs, ScoreOptions())
+    encoder = PairEncoder(AutoTokenizer.from_pretrained(tiny_model("llama")), vocab_size=engine.info.vocab_size)
+    scorer = Scorer(engine, encoder, model_name="t")
+    items = await scorer.score([{"prompt_ids": p.prompt_ids, "response_ids": p.response_ids} for p in pairs])
     ref = reference_engine("llama")
     for pair, item in zip(pairs, items):
         exact = rewards.token_rewards(

@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from endorm_server.core.scorer import ScoreOptions, Scorer
+from endorm_server.errors import RequestError
 from endorm_server.inputs.tokenization import PairEncoder
-from endorm_server.scoring.scorer import ScoreOptions, Scorer, SequenceTooLongError
 from tests.conftest import MODEL_CACHE, tiny_model
 from tests.engine.conftest import reference_engine
 
@@ -45,8 +46,9 @@ async def test_scorer_scores_and_compares(scorer):
 async def test_scorer_length_limit_and_truncation(scorer):
     limit = scorer.info.max_model_len
     item = {"prompt_ids": [5] * (limit - 2), "response_ids": [6, 7, 8, 9]}
-    with pytest.raises(SequenceTooLongError):
+    with pytest.raises(RequestError) as exc:
         await scorer.score([item])
+    assert exc.value.status == 413 and exc.value.code == "sequence_too_long" and exc.value.param == "items.0"
     [item_out] = await scorer.score([item], ScoreOptions(truncate=True))
     assert item_out.truncated_tokens == 2 and item_out.pair.response_ids == [6, 7, 8, 9]
 

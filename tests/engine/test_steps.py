@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from endorm_server.inputs.tokenization import InputError, PairEncoder
+from endorm_server.core.scorer import ScoreOptions, Scorer
+from endorm_server.errors import RequestError
+from endorm_server.inputs.tokenization import PairEncoder
 from endorm_server.scoring import rewards
-from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from tests.conftest import tiny_model
 from tests.engine.conftest import reference_engine
 
@@ -56,8 +57,8 @@ async def test_step_sums_match_the_float64_reference(vllm_engines, name):
 
 async def test_step_aggregation_needs_steps(vllm_engines):
     scorer = await _scorer(vllm_engines, "llama")
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RequestError) as e:
         await scorer.score([{"prompt": "Q", "response": "a"}], ScoreOptions(aggregation="step_min"))
-    assert e.value.param == "aggregation"
+    assert e.value.param == "items.0.steps" and e.value.code == "steps_required"
     scored = await scorer.score([{"prompt": "Q", "response": "a"}], ScoreOptions(return_tokens=True))
     assert scored[0].steps is None and np.isfinite(scored[0].score)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from endorm_server.cli import main
+from endorm_server.core.scorer import ScoreOptions, Scorer
 from endorm_server.evaluation.backends import Discount, HttpBackend, InProcessBackend
 from endorm_server.evaluation.cache import ScoreCache
 from endorm_server.evaluation.promptable import (
@@ -27,7 +28,6 @@ from endorm_server.evaluation.promptable import (
 )
 from endorm_server.evaluation.runner import score_items
 from endorm_server.scoring import rewards
-from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from tests.conftest import API_KEY, engine_settings, tiny_model
 
 ITEMS = [

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from endorm_server.config import Settings
+from endorm_server.core.scorer import ScoreOptions, Scorer
 from endorm_server.evaluation import demo_task
 from endorm_server.evaluation.demo_task import SYSTEM_PROMPTS, Problem, response
 from endorm_server.models.sources import DEMO_MODEL, DEMO_MODEL_DIR, resolve_model_path
-from endorm_server.scoring.scorer import ScoreOptions, Scorer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,12 +17,12 @@ import numpy as np
 from fastapi import FastAPI
 
 from endorm_server.config import Settings
+from endorm_server.core.scorer import Scorer
 from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, check_token_ids
 from endorm_server.engine.dtype import DtypeChoice
 from endorm_server.http.app import create_app
 from endorm_server.http.state import ServiceState
 from endorm_server.inputs.tokenization import PairEncoder
-from endorm_server.scoring.scorer import Scorer
 
 STUB_MODEL = "stub-llama"
 
@@ -130,6 +130,8 @@ def stub_app(settings: Settings, scorer: Scorer | None) -> FastAPI:
     """The served app without its lifespan (which would start a real engine): ``scorer`` is put in place
     as ``Scorer.start`` would; ``None`` leaves the app loading."""
     app = create_app(settings)
+    if scorer is not None:  # the server's budget, as Scorer.start(settings, state.admission) takes it
+        scorer.admission = app.state.service.admission
     app.state.service.scorer = scorer
     return app
 

@@ -212,6 +212,8 @@ def test_request_id_echo_and_metrics(client, anon):
         "endorm_scored_tokens",
         "endorm_in_flight_tokens",
         "endorm_rejections",
+        "endorm_request_errors",
+        "endorm_item_errors",
         "endorm_load_ratio",
         "endorm_engine_unfinished_sequences",
         "endorm_admission_wait_seconds",

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import tiny_server
 from tests.freeze import processes_frozen, server_engine
 from tests.http.conftest import API_KEY
-from tests.reliability.conftest import PATIENCE_S, metric, open_score_request, rejections, wait_for
+from tests.reliability.conftest import PATIENCE_S, metric, open_score_request, rejections, request_errors, wait_for
 from tests.server import ServerProcess
 
 
@@ -39,7 +39,7 @@ def _engine_frozen(server: ServerProcess):
 def test_client_disconnects_abort_engine_work(server):
     """Clients that hang up mid-request: their engine sequences are aborted, the count returns to 0."""
     body = {"items": [_heavy_item(i, 240) for i in range(64)]}  # 64 sequences, ~15.6k tokens: 4 fit the budget
-    disconnected_before = rejections(server.url, "client_disconnected")
+    disconnected_before = request_errors(server.url, "client_disconnected")
     with _engine_frozen(server):  # nothing can finish: the hang-ups surely land mid-request
         socks = [open_score_request(server.port, body, API_KEY) for _ in range(4)]
         wait_for(lambda: _engine_unfinished(server.url) == 4 * 64, "all 256 sequences in the engine")
@@ -48,7 +48,7 @@ def test_client_disconnects_abort_engine_work(server):
         # the aborts need no engine step: the server forgets the sequences at once, frozen or not
         wait_for(lambda: _engine_unfinished(server.url) == 0, "engine sequences aborted")
     wait_for(lambda: metric(server.url, "endorm_in_flight_requests") == 0, "admission budget released")
-    assert rejections(server.url, "client_disconnected") - disconnected_before == 4
+    assert request_errors(server.url, "client_disconnected") - disconnected_before == 4
     # and the server still answers
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=PATIENCE_S) as c:
         assert c.post("/score", json={"items": [{"prompt": "a", "response": "b"}]}).status_code == 200
@@ -108,7 +108,7 @@ def test_deadline_answers_504_and_aborts_engine_work(small_server):
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout"
     wait_for(lambda: _engine_unfinished(small_server.url) == 0, "engine sequences aborted")
-    assert rejections(small_server.url, "deadline") >= 1
+    assert request_errors(small_server.url, "deadline_exceeded") >= 1
 
 
 @pytest.fixture()

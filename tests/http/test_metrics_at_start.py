@@ -28,6 +28,9 @@ async def test_rejection_reasons_and_budget_before_any_request():
         samples = _samples((await client.get("/metrics")).text)
     for reason in REJECTION_REASONS:
         assert samples[("endorm_rejections_total", (("reason", reason),))] == 0
+    for code in ("invalid_input", "sequence_too_long", "deadline_exceeded", "client_disconnected", "internal_error"):
+        assert samples[("endorm_request_errors_total", (("code", code),))] == 0
+        assert samples[("endorm_item_errors_total", (("code", code),))] == 0
     for part in TOKEN_PARTS:
         assert samples[("endorm_scored_tokens_total", (("part", part),))] == 0
     assert samples[("endorm_max_inflight_tokens", ())] == 1234

@@ -115,7 +115,7 @@ async def test_404_for_another_model_on_every_route(make, tokenizer):
             ("/classify", {"input": _chat_text(tokenizer, "5"), "model": "other"}),
         ]:
             err = assert_error(await c.post(path, json=body), 404, "model")
-            assert err["type"] == "model_not_found"
+            assert err["code"] == "model_not_found"
         assert_error(await c.get("/no-such-route"), 404)
         assert_error(await c.get("/score"), 405)
     assert engine.calls == 0
@@ -134,8 +134,8 @@ async def test_413_body_items_and_sequence_length(make):
         )
         assert_error(await c.post("/get_reward", json={"query": ["x"] * 9}), 413, "query")
         too_long = {"prompt_ids": [5] * 60, "response_ids": [8] * 5}
-        err = assert_error(await c.post("/score", json={"items": [ITEM, too_long]}), 413, None)
-        assert err["type"] == "sequence_too_long"
+        err = assert_error(await c.post("/score", json={"items": [ITEM, too_long]}), 413, "items.1")
+        assert err["code"] == "sequence_too_long"
         r = await c.post("/score", json={"items": [too_long], "truncate": True})  # drops the prompt's start
         assert r.status_code == 200 and r.json()["results"][0]["truncated_tokens"] == 1, r.text
         assert_error(
@@ -184,7 +184,7 @@ SCORE_422 = [
     ({"items": [ITEM], "truncate": 1}, "truncate"),
     ({"items": [{"prompt": "a", "steps": []}]}, "items.0.steps"),
     ({"items": [{"prompt": "a", "steps": [""]}]}, "items.0.steps.0"),
-    ({"items": [ITEM], "aggregation": "step_min"}, "aggregation"),  # steps needed
+    ({"items": [ITEM], "aggregation": "step_min"}, "items.0.steps"),  # steps needed: that item's
 ]
 
 COMPARE_422 = [
@@ -287,7 +287,7 @@ async def test_a_body_that_is_not_json_by_its_content_type_is_415(make, path):
         for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
             headers = {"content-type": ctype} if ctype else {}
             err = assert_error(await c.post(path, content=b'{"items": []}', headers=headers), 415)
-            assert err["type"] == "unsupported_media_type"
+            assert err["code"] == "unsupported_media_type"
         for ctype in ("application/json; charset=utf-8", "application/vnd.api+json"):
             assert_error(
                 await c.post("/score", content=b'{"items": []}', headers={"content-type": ctype}), 422, "items"
@@ -330,7 +330,7 @@ async def _all_routes_503(c: httpx.AsyncClient, tokenizer, type_: str) -> None:
     ]:
         r = await c.post(path, json=body)
         err = assert_error(r, 503)
-        assert err["type"] == type_, (path, err)
+        assert err["code"] == type_, (path, err)
         assert r.headers["retry-after"] == "7", path
 
 
@@ -366,7 +366,7 @@ async def test_engine_dying_under_a_request_is_503_not_500(make):
         await engine.wait_entered(1)
         engine.die()
         r = await pending
-        assert assert_error(r, 503)["type"] == "engine_unavailable"
+        assert assert_error(r, 503)["code"] == "engine_unavailable"
         assert r.headers["retry-after"] == "7"
     assert service(app).admission.tokens == 0
 
@@ -375,7 +375,7 @@ async def test_engine_errors_map_to_one_shape(make):
     app, engine = make()
     async with asgi_client(app, raise_app_exceptions=False) as c:
         engine.fail_with = EngineError("shutting down")
-        assert assert_error(await c.post("/score", json={"items": [ITEM]}), 503)["type"] == "engine_unavailable"
+        assert assert_error(await c.post("/score", json={"items": [ITEM]}), 503)["code"] == "engine_unavailable"
         engine.fail_with = RuntimeError("a bug")
         err = assert_error(await c.post("/score", json={"items": [ITEM]}), 500)
         assert err["type"] == "internal_error" and "a bug" not in err["message"]  # no internals leak
@@ -410,12 +410,13 @@ async def test_504_at_the_deadline_and_the_engine_work_is_cancelled(make):
     app, engine = make(request_timeout_s=0.05)
     engine.hold()
     async with asgi_client(app) as c:
-        err = assert_error(await c.post("/score", json={"items": [ITEM, ITEM]}), 504)
-        assert err["type"] == "timeout"
+        other = {**ITEM, "response_ids": [9]}
+        err = assert_error(await c.post("/score", json={"items": [ITEM, other]}), 504)
+        assert err["type"] == "timeout" and err["code"] == "deadline_exceeded"
         metrics = (await c.get("/metrics")).text
     assert engine.calls == 2 and engine.unfinished == 0
     assert service(app).admission.tokens == 0 and service(app).admission.requests == 0
-    assert 'endorm_rejections_total{reason="deadline"} 1.0' in metrics
+    assert 'endorm_request_errors_total{code="deadline_exceeded"} 1.0' in metrics
 
 
 def _score_scope(content_length: int) -> dict:
@@ -458,7 +459,7 @@ async def test_a_body_that_stops_half_way_gets_408_and_reaches_nothing(make):
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
     assert (b"connection", b"close") in sent[0]["headers"]
     error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
-    assert error["type"] == "request_timeout" and "body" in error["message"]
+    assert error["code"] == "body_timeout" and "body" in error["message"]
     assert engine.calls == 0 and service(app).admission.requests == 0
 
 
@@ -501,5 +502,5 @@ async def test_a_client_disconnect_cancels_the_engine_work(make):
     hung_up.set()
     await asyncio.wait_for(call, 60)  # a guard against a hang
     assert engine.unfinished == 0 and service(app).admission.tokens == 0
-    assert service(app).metrics.rejections.labels("client_disconnected")._value.get() == 1
+    assert service(app).metrics.errors.labels("client_disconnected")._value.get() == 1
     assert sent[0]["status"] == 499

@@ -77,7 +77,7 @@ def test_compare_with_steps(client):
         ({"items": [{"prompt": "Q", "response": "abc", "step_ends": [1]}]}, "items.0.step_ends"),
         ({"items": [{"prompt": "Q", "steps": []}]}, "items.0.steps"),
         ({"items": [{"prompt": "Q", "steps": ["a", ""]}]}, "items.0.steps.1"),
-        ({"items": [{"prompt": "Q", "response": "a"}], "aggregation": "step_min"}, "aggregation"),
+        ({"items": [{"prompt": "Q", "response": "a"}], "aggregation": "step_min"}, "items.0.steps"),
         ({"prompt": "Q", "responses": ["a", "b"], "step_separator": "\n\n"}, "responses.0.step_separator"),
         ({"prompt": "Q", "responses_ids": [[5], [6]], "responses_step_ends": [[1]]}, "responses_step_ends"),
     ],

@@ -32,9 +32,18 @@ def tree_rss_bytes(pid: int) -> int:
 
 
 def rejections(url: str, reason: str) -> float:
-    """``endorm_rejections_total{reason=...}``; 0 before the first one."""
+    """``endorm_rejections_total{reason=...}`` (turned away to retry: 429/503)."""
+    return _labelled(url, "endorm_rejections_total", "reason", reason)
+
+
+def request_errors(url: str, code: str) -> float:
+    """``endorm_request_errors_total{code=...}`` (failed: 4xx/5xx, 499 for a client that hung up)."""
+    return _labelled(url, "endorm_request_errors_total", "code", code)
+
+
+def _labelled(url: str, name: str, label: str, value: str) -> float:
     text = httpx.get(url + "/metrics", timeout=PATIENCE_S).text
-    match = re.search(rf'^endorm_rejections_total\{{reason="{reason}"\}} (\S+)$', text, re.M)
+    match = re.search(rf'^{name}\{{{label}="{value}"\}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
 

@@ -44,7 +44,7 @@ def test_huge_and_many(client):
 
 def test_wrong_content_type_and_method(client):
     err = assert_error(client.post("/score", content=b'{"items": []}', headers={"content-type": "text/plain"}), 415)
-    assert err["type"] == "unsupported_media_type"
+    assert err["code"] == "unsupported_media_type"
     assert_error(client.get("/score"), 405)
     assert_error(client.get("/no-such-route"), 404)
 
@@ -65,4 +65,4 @@ def test_slowloris_body_is_cut_off_with_408(server):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), answer
-    assert json.loads(body)["error"]["type"] == "request_timeout"
+    assert json.loads(body)["error"]["code"] == "body_timeout"

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.freeze import processes_frozen, server_engine
-from tests.reliability.conftest import metric, open_score_request, rejections, tree_rss_bytes, wait_for
+from tests.reliability.conftest import metric, open_score_request, rejections, request_errors, tree_rss_bytes, wait_for
 
 MB = 2**20
 
@@ -145,7 +145,7 @@ def test_many_disconnecting_clients_leave_nothing_behind(limited_server):
     before = tree_rss_bytes(limited_server.proc.pid)
     per_round = 12  # 12 x 203 tokens fit the 4000-token budget: all admitted at once
     for round_ in range(3):
-        gone_before = rejections(url, "client_disconnected")
+        gone_before = request_errors(url, "client_disconnected")
         with processes_frozen(server_engine(limited_server)):
             socks = [
                 open_score_request(port, _body(round_ * 100 + i, items=1, prompt_len=200)) for i in range(per_round)
@@ -154,7 +154,7 @@ def test_many_disconnecting_clients_leave_nothing_behind(limited_server):
             for sock in socks:
                 sock.close()
             wait_for(
-                lambda: rejections(url, "client_disconnected") - gone_before == per_round,  # noqa: B023
+                lambda: request_errors(url, "client_disconnected") - gone_before == per_round,  # noqa: B023
                 "every disconnect noticed",
             )
         _settle(url)

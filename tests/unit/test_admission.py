@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from endorm_server.http.admission import AdmissionController, Draining, Overloaded
+from endorm_server.core.admission import AdmissionController, Draining, Overloaded
 
 
 async def test_admits_within_budget_and_rejects_past_the_wait():

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from endorm_server.errors import InternalError, RequestError
 from endorm_server.scoring.rewards import (
     TERMINALS,
-    RewardInputError,
     aggregate,
     discount_weights,
     preference_probabilities,
@@ -183,9 +183,8 @@ def test_nan_outside_used_range_is_ignored():
     v = np.array([np.nan, np.nan, 1.5, 2.5, np.nan])  # v[N-1] only used by bootstrap
     tr = token_rewards(c, v, 3)
     assert np.all(np.isfinite(tr.rewards))
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(InternalError):  # malformed engine output: ours, a 500
         token_rewards(c, v, 3, terminal="bootstrap")
-    assert e.value.param is None
 
 
 # -----------------------------------------------------------------------------
@@ -200,7 +199,7 @@ def _cv(N=6):
 @pytest.mark.parametrize("P,param", [(6, "response"), (7, "response"), (0, "prompt"), (-1, "prompt")])
 def test_empty_prompt_or_response(P, param):
     c, v = _cv(6)
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(RequestError) as e:
         token_rewards(c, v, P)
     assert e.value.param == param
     assert isinstance(e.value, ValueError) and str(e.value)
@@ -209,7 +208,7 @@ def test_empty_prompt_or_response(P, param):
 @pytest.mark.parametrize("alpha", [0.0, -1.0, math.nan, math.inf, "x"])
 def test_bad_alpha(alpha):
     c, v = _cv()
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(RequestError) as e:
         token_rewards(c, v, 2, alpha=alpha)
     assert e.value.param == "alpha"
 
@@ -217,16 +216,15 @@ def test_bad_alpha(alpha):
 def test_bad_prompt_len_type_terminal_and_shapes():
     c, v = _cv()
     for bad in (2.5, True, None):
-        with pytest.raises(RewardInputError) as e:
+        with pytest.raises(RequestError) as e:
             token_rewards(c, v, bad)
         assert e.value.param == "prompt"
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(RequestError) as e:
         token_rewards(c, v, 2, terminal="none")
     assert e.value.param == "terminal"
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(InternalError):
         token_rewards(c, v[:-1], 2)
-    assert e.value.param is None
-    with pytest.raises(RewardInputError):
+    with pytest.raises(InternalError):
         token_rewards(np.stack([c, v]), np.stack([c, v]), 2)
     assert token_rewards(c, v, np.int64(2)).H == 4
 
@@ -236,17 +234,17 @@ def test_bad_prompt_len_type_terminal_and_shapes():
 def test_non_finite_in_used_range(where, bad):
     c, v = _cv(8)
     (c if where == "c" else v)[4] = bad
-    with pytest.raises(RewardInputError, match="position 4"):
+    with pytest.raises(InternalError, match="position 4"):
         token_rewards(c, v, 3)
 
 
 @pytest.mark.parametrize("gamma", [0.0, -0.5, 1.0000001, 2.0, math.nan, math.inf, "a"])
 def test_bad_gamma(gamma):
     tr = token_rewards(*_cv(), 2)
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(RequestError) as e:
         aggregate(tr, "discounted", gamma=gamma)
     assert e.value.param == "gamma"
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(RequestError) as e:
         discount_weights(3, gamma, 0.0)
     assert e.value.param == "gamma"
 
@@ -254,14 +252,14 @@ def test_bad_gamma(gamma):
 @pytest.mark.parametrize("beta", [-1e-9, -1.0, math.nan, math.inf, None])
 def test_bad_beta(beta):
     tr = token_rewards(*_cv(), 2)
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(RequestError) as e:
         aggregate(tr, "discounted", gamma=0.9, beta=beta)
     assert e.value.param == "beta"
 
 
 def test_bad_aggregation():
     tr = token_rewards(*_cv(), 2)
-    with pytest.raises(RewardInputError) as e:
+    with pytest.raises(RequestError) as e:
         aggregate(tr, "max")
     assert e.value.param == "aggregation"
 

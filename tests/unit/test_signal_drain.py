@@ -10,7 +10,7 @@ import signal
 import uvicorn
 
 from endorm_server.config import Settings
-from endorm_server.http.admission import AdmissionController
+from endorm_server.core.admission import AdmissionController
 from endorm_server.http.metrics import Metrics
 from endorm_server.http.server import DrainingServer
 from endorm_server.http.state import ServiceState

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from endorm_server.errors import RequestError
 from endorm_server.inputs.offsets import response_offsets
 from endorm_server.inputs.step_inputs import encode_with_steps
-from endorm_server.inputs.tokenization import InputError, PairEncoder
+from endorm_server.inputs.tokenization import PairEncoder
 from endorm_server.models.sources import DEMO_MODEL_DIR
 from endorm_server.scoring import steps as st
 from tests.conftest import tiny_model
@@ -30,7 +31,7 @@ def test_separator_stays_with_the_step_it_ends():
     assert st.split_on_separator("a\n\nb\n\nc", "\n\n") == ["a\n\n", "b\n\n", "c"]
     assert st.split_on_separator("a\n\nb\n\n", "\n\n") == ["a\n\n", "b\n\n"]  # no empty trailing step
     assert st.split_on_separator("abc", "\n\n", required=False) == ["abc"]
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RequestError) as e:
         st.split_on_separator("abc", "\n\n")
     assert e.value.param == "step_separator"
 
@@ -52,7 +53,7 @@ def test_step_ends_rules():
     assert st.spans_from_ends([2, 5], 7) == [(0, 2), (2, 7)]  # tokens after the last end join the last step
     assert st.spans_from_ends([3, 7], 7) == [(0, 3), (3, 7)]
     for bad in ([0], [8], [3, 3], [4, 2], [], [1.5]):
-        with pytest.raises(InputError) as e:
+        with pytest.raises(RequestError) as e:
             st.spans_from_ends(bad, 7)
         assert e.value.param == "step_ends"
 
@@ -74,7 +75,7 @@ def test_step_sums_tile_the_sequence_and_aggregations():
 def test_steps_must_concatenate_to_the_response():
     assert st.check_steps(["a", "b"], "ab") == "ab"
     for steps, response in ((["a", "b"], "abc"), ([], None), (["a", ""], None), ("ab", None)):
-        with pytest.raises(InputError) as e:
+        with pytest.raises(RequestError) as e:
             st.check_steps(steps, response)
         assert e.value.param == "steps"
 
@@ -132,6 +133,6 @@ def test_text_steps_use_exactly_the_whole_response_tokens(encoder):
     ],
 )
 def test_bad_step_input(encoder, item, param):
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RequestError) as e:
         encode_with_steps(encoder, item, lambda it: encoder.encode(**it))
     assert e.value.param == param

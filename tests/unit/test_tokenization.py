@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from endorm_server.inputs.tokenization import EncodedPair, InputError, PairEncoder
+from endorm_server.errors import RequestError
+from endorm_server.inputs.tokenization import EncodedPair, PairEncoder
 
 ARCHS = ("llama", "qwen2")
 
@@ -98,7 +99,7 @@ def test_raw_prompt_bos_convention(enc, tok, arch):
         assert enc.encode(prompt="", response="4").prompt_ids == [tok.bos_token_id]
     else:
         assert tok.bos_token_id not in pair.prompt_ids
-        with pytest.raises(InputError) as e:
+        with pytest.raises(RequestError) as e:
             enc.encode(prompt="", response="4")
         assert e.value.param == "prompt"
 
@@ -219,7 +220,7 @@ def test_eos_not_doubled_when_text_already_ends_with_it(enc, tok):
 def test_empty_response_text(enc, tok):
     # "" + EOS is one token: the policy stopped at once, a valid response
     assert enc.encode(prompt="2+2=", response="").response_ids == [tok.eos_token_id]
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RequestError) as e:
         enc.encode(prompt="2+2=", response="", add_eos=False)
     assert e.value.param == "response"
 
@@ -279,7 +280,7 @@ def test_end_of_turn_override(tok):
     ],
 )
 def test_input_errors(enc, kwargs, param):
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RequestError) as e:
         enc.encode(**kwargs)
     assert e.value.param == param
     assert isinstance(e.value, ValueError) and e.value.message
@@ -291,7 +292,7 @@ def test_no_chat_template(tok):
     bare = copy.deepcopy(tok)
     bare.chat_template = None
     enc = PairEncoder(bare, vocab_size=len(bare))
-    with pytest.raises(InputError) as e:
+    with pytest.raises(RequestError) as e:
         enc.encode(messages=Q, response="4")
     assert e.value.param == "messages"
     assert enc.encode(prompt="2+2=", response="4").response_ids[-1] == bare.eos_token_id

@@ -22,6 +22,7 @@ from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
 from endorm_server.engine.vllm_plugin.plugin import reward_architecture
 from endorm_server.engine.vllm_plugin.reward_models import ALPHA_KEY, CHUNK_KEY
 from endorm_server.engine.vllm_plugin.row_assembly import EXTRA_KEY, FIRST_KEY, parse_result
+from endorm_server.errors import InternalError
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class VllmEngine:
             raise EngineError("engine returned no output")
         offset, c, v, extra_c = parse_result(final.outputs.data)
         if offset != first and not read_cache:
-            raise EngineError(f"engine computed positions from {offset}, not {first}, without reading the cache")
+            raise InternalError(f"engine computed positions from {offset}, not {first}, without reading the cache")
         return SequenceStats(c=c, v=v, offset=offset, extra_c=extra_c, cached_tokens=int(final.num_cached_tokens or 0))
 
     def num_unfinished(self) -> int:

@@ -4,7 +4,7 @@
   the accuracy arithmetic (per domain / subset, RM-Bench's k x k matrix, easy / normal /
   hard; ties count as wrong);
 - :mod:`endorm_server.evaluation.backends`: where scores come from (an in-process
-  :class:`~endorm_server.scoring.scorer.Scorer`, or a running server over HTTP);
+  :class:`~endorm_server.core.scorer.Scorer`, or a running server over HTTP);
 - :mod:`endorm_server.evaluation.runner`: rows -> score items -> scores -> accuracies;
 - :mod:`endorm_server.evaluation.report`: markdown, JSON and PNG heat maps;
 - :mod:`endorm_server.evaluation.command`: the ``endorm eval`` command;

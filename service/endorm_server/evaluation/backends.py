@@ -51,7 +51,7 @@ class Backend(Protocol):
 
 
 class InProcessBackend:
-    """A :class:`~endorm_server.scoring.scorer.Scorer` in this process: one forward pass per item,
+    """A :class:`~endorm_server.core.scorer.Scorer` in this process: one forward pass per item,
     every aggregation computed from the same per-token rewards."""
 
     def __init__(self, scorer, discount: Discount = Discount()) -> None:
@@ -62,12 +62,12 @@ class InProcessBackend:
 
     @classmethod
     async def start(cls, settings, discount: Discount = Discount()) -> InProcessBackend:
-        from endorm_server.scoring.scorer import Scorer
+        from endorm_server.core.scorer import Scorer
 
         return cls(await Scorer.start(settings), discount)
 
     async def score(self, items: Sequence[dict[str, Any]], aggregations: Sequence[str]) -> dict[str, list[float]]:
-        from endorm_server.scoring.scorer import ScoreOptions
+        from endorm_server.core.scorer import ScoreOptions
 
         d = self.discount
         options = ScoreOptions(
@@ -76,12 +76,7 @@ class InProcessBackend:
             beta=d.beta,
             terminal=cast(Terminal, d.terminal),
         )
-        if d.contrast:
-            from endorm_server.scoring.contrast import score_contrast
-
-            scored = await score_contrast(self.scorer, list(items), options, d.baseline_system)
-        else:
-            scored = await self.scorer.score(list(items), options)
+        scored = await self.scorer.score(list(items), options, contrast=d.contrast, baseline_system=d.baseline_system)
         per_item = [all_aggregations(s.token_rewards, aggregations, d, s.steps) for s in scored]
         return {agg: [p[agg] for p in per_item] for agg in aggregations}
 

@@ -174,8 +174,8 @@ class CachedOnlyBackend:
 def cached_backend(args: argparse.Namespace, settings) -> CachedOnlyBackend:
     if args.no_cache or args.server:
         raise ValueError("--cached-only reads an in-process run's cache (no --no-cache, no --server)")
+    from endorm_server.core.scorer import system_fingerprint
     from endorm_server.models.sources import resolve_model_path
-    from endorm_server.scoring.scorer import system_fingerprint
 
     path = resolve_model_path(settings.model, settings.cache_dir)
     return CachedOnlyBackend(settings.model_name, system_fingerprint(settings, path))

@@ -20,10 +20,9 @@ from typing import Any, cast
 from tqdm import tqdm
 
 from endorm_server.config import Settings
+from endorm_server.core.scorer import ScoreOptions, Scorer
 from endorm_server.scoring import rewards
 from endorm_server.scoring.aggregations import STEP_AGGREGATIONS, TOKEN_AGGREGATIONS, Aggregation
-from endorm_server.scoring.contrast import score_contrast
-from endorm_server.scoring.scorer import ScoreOptions, Scorer
 from endorm_server.scoring.steps import aggregate_steps, split_on_separator
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids", "system")
@@ -115,10 +114,8 @@ async def score_rows(
             ]
             chosen: Any
             rejected: Any
-            if contrast:  # r(x, system, y) - r(x, baseline, y), both contexts in one call (scoring/contrast.py)
-                chosen, rejected = await score_contrast(scorer, pair, options, baseline_system)
-            else:
-                chosen, rejected = await scorer.score(pair, options)
+            # contrast: r(x, system, y) - r(x, baseline, y), both contexts in one job (scoring/contrast.py)
+            chosen, rejected = await scorer.score(pair, options, contrast=contrast, baseline_system=baseline_system)
             c: Any
             r: Any
             c, r = _scores(chosen, options, every_aggregation), _scores(rejected, options, every_aggregation)

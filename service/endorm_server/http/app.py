@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from endorm_server.config import Settings
-from endorm_server.http.admission import AdmissionController
+from endorm_server.core.scorer import Scorer, admission_from
 from endorm_server.http.auth import ApiKeyMiddleware
 from endorm_server.http.errors import install_error_handlers
 from endorm_server.http.metrics import Metrics
@@ -19,7 +19,6 @@ from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware,
 from endorm_server.http.reuse_metrics import ReuseCollector
 from endorm_server.http.routes import ROUTERS
 from endorm_server.http.state import ServiceState
-from endorm_server.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     state = ServiceState(
         settings=settings,
         metrics=Metrics(settings.max_inflight_tokens),
-        admission=AdmissionController(settings.max_inflight_tokens, settings.queue_timeout_s),
+        admission=admission_from(settings),
         api_keys=[k.get_secret_value().encode() for k in settings.api_keys],
     )
     state.metrics.registry.register(ReuseCollector(lambda: state.scorer.groups.counters if state.scorer else None))
@@ -44,7 +43,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
 
     async def start_engine() -> None:
         try:
-            state.scorer = await Scorer.start(settings)
+            state.scorer = await Scorer.start(settings, state.admission)
             state.metrics.model_info.info(
                 {"model": state.scorer.model_name, "system_fingerprint": state.scorer.system_fingerprint or ""}
             )
@@ -82,7 +81,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         lifespan=lifespan,
     )
     app.state.service = state
-    install_error_handlers(app, settings.retry_after_s)
+    install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     # Outermost last. Each request: request id and access log, CORS (so a 401 carries its headers), the key

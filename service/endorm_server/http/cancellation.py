@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from endorm_server.http.errors import APIError
+from endorm_server.errors import RequestError
 
 T = TypeVar("T")
 
@@ -38,4 +38,4 @@ async def run_bounded(request: Request, work: Awaitable[T], timeout_s: float) ->
     await asyncio.gather(task, return_exceptions=True)
     if watcher in done:
         raise ClientDisconnected
-    raise APIError(504, f"request did not finish within {timeout_s:g} s", type="timeout")
+    raise RequestError(f"request did not finish within {timeout_s:g} s", status=504, code="deadline_exceeded")

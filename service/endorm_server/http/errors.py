@@ -1,4 +1,8 @@
-"""One error shape for every failure: {"error": {"type", "message", "param"}}."""
+"""One error shape for every failure: {"error": {"type", "code", "message", "param"}}.
+
+Every layer raises ``endorm_server.errors.RequestError`` (status, code, param); this module only renders
+it, and maps what is not a request's fault: ``InternalError`` and anything unexpected are a 500.
+"""
 
 from __future__ import annotations
 
@@ -9,45 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from endorm_server.engine import EngineError
-from endorm_server.http.admission import Draining, Overloaded
-from endorm_server.inputs.tokenization import InputError
-from endorm_server.scoring.rewards import RewardInputError
-from endorm_server.scoring.scorer import SequenceTooLongError
+from endorm_server.errors import TYPES, InternalError, RequestError
 
 log = logging.getLogger(__name__)
-
-_TYPES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "overloaded",
-    503: "unavailable",
-    504: "timeout",
-}
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        type: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.type = type or _TYPES.get(status, "error")
-        self.headers = headers or {}
 
 
 def error_response(
@@ -56,10 +24,16 @@ def error_response(
     *,
     param: str | None = None,
     type: str | None = None,
+    code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"type": type or _TYPES.get(status, "error"), "message": message, "param": param}}
+    kind = type or TYPES.get(status, "error")
+    body = {"error": {"type": kind, "code": code or kind, "message": message, "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def request_error_response(exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": exc.body()}, status_code=exc.status, headers=exc.headers)
 
 
 def _loc_to_param(loc: tuple) -> str | None:
@@ -67,62 +41,49 @@ def _loc_to_param(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
-def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
-    retry = {"Retry-After": str(retry_after_s)}
+def validation_error(exc: RequestValidationError, media: str) -> RequestError:
+    """pydantic's errors on a body -> the one error (415 when the body was not sent as JSON)."""
+    # FastAPI parses a body as JSON only under a JSON content type (none given: not parsed either); any
+    # other body fails validation as "not an object", which would blame the JSON: 415 names the cause
+    if media != "application/json" and not media.endswith("+json"):
+        return RequestError(
+            f"content type {media or 'missing'!r}: send application/json", status=415, code="unsupported_media_type"
+        )
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    message = "; ".join(f"{_loc_to_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5])
+    return RequestError(message, _loc_to_param(tuple(first.get("loc", ()))))
 
-    @app.exception_handler(APIError)
-    async def _api(_: Request, exc: APIError):
-        return error_response(exc.status, exc.message, param=exc.param, type=exc.type, headers=exc.headers)
+
+def _counted(request: Request, exc: RequestError) -> JSONResponse:
+    state = getattr(request.app.state, "service", None)
+    if state is not None:
+        state.metrics.count_failure(exc)
+    return request_error_response(exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def _request(request: Request, exc: RequestError):
+        return _counted(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        # FastAPI parses a body as JSON only under a JSON content type (none given: not parsed either); any
-        # other body fails validation as "not an object", which would blame the JSON: 415 names the cause
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            return error_response(
-                415, f"content type {media or 'missing'!r}: send application/json", type="unsupported_media_type"
-            )
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        param = _loc_to_param(tuple(first.get("loc", ())))
-        message = "; ".join(f"{_loc_to_param(tuple(e.get('loc', ()))) or 'body'}: {e.get('msg')}" for e in errors[:5])
-        return error_response(422, message, param=param)
+        return _counted(request, validation_error(exc, media))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
         if exc.status_code == 400:  # FastAPI's "error parsing the body": bytes that are not JSON
-            return error_response(422, "request body is not valid JSON (UTF-8)", type="invalid_json")
+            return error_response(422, "request body is not valid JSON (UTF-8)", code="invalid_json")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(SequenceTooLongError)
-    async def _too_long(_: Request, exc: SequenceTooLongError):
-        return error_response(413, str(exc), param=exc.param, type="sequence_too_long")
-
-    @app.exception_handler(InputError)
-    async def _input(_: Request, exc: InputError):
-        return error_response(422, str(exc), param=exc.param)
-
-    @app.exception_handler(RewardInputError)
-    async def _reward(_: Request, exc: RewardInputError):
-        if exc.param is None:  # the engine's output was malformed: our fault, not the caller's
-            log.error("malformed engine output: %s", exc)
-            return error_response(500, "internal error: malformed engine output", type="internal_error")
-        return error_response(422, str(exc), param=exc.param)
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(_: Request, exc: Overloaded):
-        return error_response(429, str(exc), headers=retry)
-
-    @app.exception_handler(Draining)
-    async def _draining(_: Request, exc: Draining):
-        return error_response(503, "server is shutting down; retry on another replica", type="draining", headers=retry)
-
-    @app.exception_handler(EngineError)
-    async def _engine(_: Request, exc: EngineError):
-        return error_response(503, f"engine unavailable: {exc}", type="engine_unavailable", headers=retry)
+    @app.exception_handler(InternalError)
+    async def _invariant(request: Request, exc: InternalError):
+        log.error("internal invariant failed: %s", exc)
+        return _counted(request, RequestError(f"internal error: {exc}", status=500, code="internal_error"))
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception):
+    async def _internal(request: Request, exc: Exception):
         log.exception("unhandled error")
-        return error_response(500, "internal error", type="internal_error")
+        return _counted(request, RequestError("internal error", status=500, code="internal_error"))

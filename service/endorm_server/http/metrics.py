@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-# Why a request is turned away (http/pipeline.py, admission.Overloaded): created at 0 at start, so the
-# first burst after a restart is a rate in Prometheus, not a series that appears with its first sample.
-REJECTION_REASONS = ("tokens", "queue_full", "wait_timeout", "draining", "deadline", "client_disconnected")
+from endorm_server.errors import CODES, RequestError
+
+# Why a request is turned away to retry later (429/503: core/admission.py, readiness): created at 0 at
+# start, so the first burst after a restart is a rate in Prometheus, not a series that appears with its
+# first sample. Failures (4xx/5xx by code, endorm_server/errors.py) are counted apart, also from 0.
+REJECTION_REASONS = ("tokens", "queue_full", "wait_timeout", "draining", "not_ready", "engine_unavailable")
+RETRYABLE_CODES = {"draining": "draining", "not_ready": "not_ready", "engine_unavailable": "engine_unavailable"}
 TOKEN_PARTS = ("prompt", "response")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -36,7 +40,13 @@ class Metrics:
         )
         self.tokens = Counter("endorm_scored_tokens", "Tokens scored, by part of the sequence", ["part"], registry=r)
         self.sequences = Counter("endorm_scored_sequences", "Sequences scored", registry=r)
-        self.rejections = Counter("endorm_rejections", "Requests turned away, by reason", ["reason"], registry=r)
+        self.rejections = Counter(
+            "endorm_rejections", "Requests turned away to retry later (429/503), by reason", ["reason"], registry=r
+        )
+        self.errors = Counter("endorm_request_errors", "Requests that failed (4xx/5xx), by code", ["code"], registry=r)
+        self.item_errors = Counter(
+            "endorm_item_errors", "Items that failed alone (item_errors: report), by code", ["code"], registry=r
+        )
         self.in_flight_requests = Gauge(
             "endorm_in_flight_requests", "Scoring requests admitted and not finished", registry=r
         )
@@ -55,6 +65,18 @@ class Metrics:
             self.token_budget.set(max_inflight_tokens)
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason)
+        for code in CODES:
+            if code not in RETRYABLE_CODES and code != "overloaded":
+                self.errors.labels(code)
+            self.item_errors.labels(code)
         for part in TOKEN_PARTS:
             self.tokens.labels(part)
         self.model_info = Info("endorm_model", "The served model and its system_fingerprint", registry=r)
+
+    def count_failure(self, exc: RequestError) -> None:
+        """A request answered with ``exc``: a rejection to retry (429/503) or an error, by code."""
+        reason = getattr(exc, "reason", None) or RETRYABLE_CODES.get(exc.code)
+        if reason is not None:
+            self.rejections.labels(reason).inc()
+        else:
+            self.errors.labels(exc.code).inc()

@@ -51,13 +51,13 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = error_response(413, f"request body over {self.max_bytes} bytes", type="payload_too_large")
+        too_large = error_response(413, f"request body over {self.max_bytes} bytes", code="body_too_large")
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    return await error_response(400, "bad Content-Length")(scope, receive, send)
+                    return await error_response(400, "bad Content-Length", code="invalid_input")(scope, receive, send)
                 if declared > self.max_bytes:
                     return await too_large(scope, receive, send)
 
@@ -112,7 +112,7 @@ class BodyTimeoutMiddleware:
             except TimeoutError:
                 timed_out = True
                 message_text = f"request body not received within {self.timeout_s:g} s"
-                await error_response(408, message_text, type="request_timeout", headers={"Connection": "close"})(
+                await error_response(408, message_text, code="body_timeout", headers={"Connection": "close"})(
                     scope, receive, send
                 )
                 return {"type": "http.disconnect"}

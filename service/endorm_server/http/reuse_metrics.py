@@ -42,3 +42,8 @@ class ReuseCollector(Collector):
             "Sequences re-run without the prefix cache because needed rows were skipped",
             value=c.resubmissions,
         )
+        yield CounterMetricFamily(
+            "endorm_shared_engine_calls",
+            "Engine calls answered by an identical call already in flight (another request's duplicate)",
+            value=c.shared_calls,
+        )

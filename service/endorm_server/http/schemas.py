@@ -6,7 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
+from endorm_server.core.job import ItemErrors, JobSpec
+from endorm_server.errors import RequestError
 from endorm_server.scoring.aggregations import Aggregation, Terminal
+from endorm_server.scoring.results import ScoreOptions
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -97,6 +100,12 @@ class ScoreItem(PromptFields):
         description="Steps of response_ids: exclusive end "
         "indices, strictly increasing, in [1, H]; later tokens join the last step",
     )
+    terminal: Terminal | None = Field(
+        None, description="This item's V(s_H) (default: the request's): bootstrap for a rollout cut off by length"
+    )
+    add_eos: StrictBool | None = Field(
+        None, description="This item's add_eos (default: the request's): false for a rollout cut off by length"
+    )
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"allOf": [_exactly_one_of(*PROMPT_FORMS), _RESPONSE_FORMS]}
@@ -114,7 +123,7 @@ class ScoreItem(PromptFields):
             out["response_ids"] = self.response_ids
         elif self.response is not None:
             out["response"] = self.response
-        for k in ("steps", "step_separator", "step_ends"):
+        for k in ("steps", "step_separator", "step_ends", "terminal", "add_eos"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         return out
@@ -142,6 +151,38 @@ class RequestOptions(BaseModel):
         description="With contrast: the baseline's system turn (default: "
         "the item without system, i.e. the chat template's default)",
     )
+    item_errors: ItemErrors = Field(
+        "reject",
+        description="reject: a bad item fails the request; report: the request is answered and a bad item "
+        "gets {index, score: null, error} in its place, every other item scored as if sent alone",
+    )
+    return_terms: StrictBool = Field(
+        False, description="Add terms {loglik, v_start, v_end} to each result: sum = loglik + v_start - v_end"
+    )
+
+    def score_options(self) -> ScoreOptions:
+        return ScoreOptions(
+            aggregation=self.aggregation,
+            gamma=self.gamma,
+            beta=self.beta,
+            terminal=self.terminal,
+            return_tokens=self.return_tokens,
+            truncate=self.truncate,
+            return_terms=self.return_terms,
+        )
+
+    def job_spec(self, items: list[dict[str, Any]], param: str) -> JobSpec:
+        if self.baseline_system is not None and not self.contrast:
+            raise RequestError("baseline_system is only used with contrast: true", "baseline_system")
+        return JobSpec(
+            items=items,
+            options=self.score_options(),
+            param=param,
+            add_eos=self.add_eos,
+            contrast=self.contrast,
+            baseline_system=self.baseline_system,
+            item_errors=self.item_errors,
+        )
 
 
 class ScoreRequest(RequestOptions):
@@ -202,9 +243,7 @@ class CompareRequest(RequestOptions, PromptFields):
             out = [{**r, "step_separator": self.step_separator} for r in out]
         if self.responses_step_ends is not None:
             if len(self.responses_step_ends) != len(out):
-                from endorm_server.inputs.tokenization import InputError
-
-                raise InputError(
+                raise RequestError(
                     f"{len(self.responses_step_ends)} responses_step_ends for {len(out)} responses",
                     "responses_step_ends",
                 )
@@ -240,6 +279,27 @@ class StepResult(BaseModel):
     text: str | None = None
 
 
+class Terms(BaseModel):
+    loglik: float = Field(description="alpha x the response's summed log-probability")
+    v_start: float = Field(description="V(s_0): the prompt's value, a per-prompt offset")
+    v_end: float = Field(description="V(s_H) used: 0 (terminal zero) or v_{N-1} (bootstrap)")
+
+
+class ErrorBody(BaseModel):
+    type: str
+    code: str = Field(description="Why, stably: sequence_too_long, token_out_of_vocabulary, overloaded, ...")
+    message: str
+    param: str | None = None
+
+
+class ItemError(BaseModel):
+    """An item that could not be scored (item_errors: report), in its place."""
+
+    index: int
+    score: None = None
+    error: ErrorBody
+
+
 class ScoreResult(BaseModel):
     index: int
     score: float
@@ -250,6 +310,7 @@ class ScoreResult(BaseModel):
     steps: list[StepResult] | None = None
     criteria_score: float | None = Field(None, description="contrast: the aggregation under the criteria")
     baseline_score: float | None = Field(None, description="contrast: the aggregation under the baseline context")
+    terms: Terms | None = Field(None, description="return_terms: the score's telescoping terms")
 
 
 class Usage(BaseModel):
@@ -262,7 +323,7 @@ class ScoreResponse(BaseModel):
     alpha: float
     system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
     aggregation: Aggregation
-    results: list[ScoreResult]
+    results: list[ScoreResult | ItemError]
     usage: Usage
 
 
@@ -271,11 +332,14 @@ class CompareResponse(BaseModel):
     alpha: float
     system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
     aggregation: Aggregation
-    scores: list[float]
-    ranking: list[int] = Field(description="Response indices, best first")
-    best: int
-    probabilities: list[list[float]] = Field(description="P[i][j] = sigmoid(R_i - R_j), chance i beats j")
-    results: list[ScoreResult]
+    scores: list[float | None] = Field(description="null: the response could not be scored (item_errors: report)")
+    ranking: list[int] = Field(description="Indices of the responses that scored, best first")
+    best: int | None = Field(description="The best response; null when none scored")
+    failed: list[int] = Field(default_factory=list, description="Indices of the responses that could not be scored")
+    probabilities: list[list[float | None]] = Field(
+        description="P[i][j] = sigmoid(R_i - R_j), chance i beats j; null in a failed response's row and column"
+    )
+    results: list[ScoreResult | ItemError]
     usage: Usage
 
 
@@ -295,12 +359,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class ErrorBody(BaseModel):
-    type: str
-    message: str
-    param: str | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from endorm_server.config import Settings
-from endorm_server.http.admission import AdmissionController
+from endorm_server.core.admission import AdmissionController
+from endorm_server.core.scorer import Scorer
 from endorm_server.http.metrics import Metrics
-from endorm_server.scoring.scorer import Scorer
 
 
 @dataclass
@@ -21,6 +21,9 @@ class ServiceState:
     drain_started_at: float | None = None  # time.monotonic() of SIGTERM
     http_in_flight: int = 0  # POST requests received and not answered (drain waits for them)
     startup_error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.admission.on_change = self.refresh_gauges
 
     @property
     def ready(self) -> bool:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-from endorm_server.inputs.tokenization import InputError, PairEncoder
+from endorm_server.errors import RequestError
+from endorm_server.inputs.tokenization import PairEncoder
 
 __all__ = ["ChatBoundaries", "chat_boundaries", "split_ids", "split_text"]
 
@@ -72,8 +73,8 @@ def _probe(encoder: PairEncoder) -> ChatBoundaries | None:
     )
 
 
-def _no_turn(param: str, why: str) -> InputError:
-    return InputError(f"cannot split {param} into prompt and response: {why}", param)
+def _no_turn(param: str, why: str) -> RequestError:
+    return RequestError(f"cannot split {param} into prompt and response: {why}", param)
 
 
 def split_text(t: ChatBoundaries | None, text: str, param: str) -> dict:

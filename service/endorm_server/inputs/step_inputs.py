@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from endorm_server.errors import RequestError
 from endorm_server.inputs.offsets import response_offsets
-from endorm_server.inputs.tokenization import EncodedPair, InputError, PairEncoder
+from endorm_server.inputs.tokenization import EncodedPair, PairEncoder
 from endorm_server.scoring import steps as st
 
 STEP_FIELDS = ("steps", "step_separator", "step_ends")
@@ -26,18 +27,22 @@ def pop_step_fields(item: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def prepare(item: dict[str, Any], spec: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
     """Check the step fields against the response form; -> (encoder item, step texts or None)."""
     if len(spec) > 1:
-        raise InputError(f"give at most one of steps, step_separator, step_ends (got {', '.join(spec)})", list(spec)[1])
+        raise RequestError(
+            f"give at most one of steps, step_separator, step_ends (got {', '.join(spec)})", list(spec)[1]
+        )
     if "steps" in spec:
         if item.get("response_ids") is not None:
-            raise InputError("steps are text: give them with a text response (or use step_ends)", "steps")
+            raise RequestError("steps are text: give them with a text response (or use step_ends)", "steps")
         response = st.check_steps(spec["steps"], item.get("response"))
         return {**item, "response": response}, list(spec["steps"])
     if "step_separator" in spec:
         if not isinstance(item.get("response"), str):
-            raise InputError("step_separator needs a text response (use step_ends with response_ids)", "step_separator")
+            raise RequestError(
+                "step_separator needs a text response (use step_ends with response_ids)", "step_separator"
+            )
         return item, st.split_on_separator(item["response"], spec["step_separator"])
     if "step_ends" in spec and item.get("response_ids") is None:
-        raise InputError("step_ends index response_ids: give them with response_ids (or use steps)", "step_ends")
+        raise RequestError("step_ends index response_ids: give them with response_ids (or use steps)", "step_ends")
     return item, None
 
 
@@ -55,7 +60,7 @@ def encode_with_steps(
     else:
         offsets = response_offsets(encoder, pair)
         if offsets is None:
-            raise InputError(
+            raise RequestError(
                 "the tokenizer gives no character offsets for this response: send response_ids with step_ends", "steps"
             )
         spans = st.spans_from_char_starts(offsets, st.step_char_starts(texts), len(pair.response_text or ""))

@@ -53,7 +53,7 @@ Response rules
 * ``add_eos`` never doubles the token: it is appended only if the encoded response does
   not already end with it (e.g. text decoded with special tokens kept).
 
-Errors raise :class:`InputError` (a ``ValueError``) with ``param`` naming the field:
+Errors raise :class:`RequestError` (a ``ValueError``) with ``param`` naming the field:
 no prompt form or several (``prompt``), no response or both (``response`` /
 ``response_ids``), a prompt or response that encodes to zero tokens (the reward needs
 ``V(s_0)`` from at least one prompt token, and at least one response token), out of
@@ -68,23 +68,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ALLOWED_ROLES", "EncodedPair", "InputError", "PairEncoder"]
+from endorm_server.errors import RequestError
+
+__all__ = ["ALLOWED_ROLES", "EncodedPair", "PairEncoder"]
 
 ALLOWED_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 _SENTINEL = "ENDORMRESPONSESENTINEL"
-
-
-class InputError(ValueError):
-    """Invalid request input; ``param`` names the offending field (or ``None``)."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-    def __repr__(self) -> str:
-        return f"InputError({self.message!r}, param={self.param!r})"
 
 
 @dataclass(frozen=True)
@@ -151,7 +141,7 @@ class PairEncoder:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # JSON "\ud800" decodes to a lone surrogate: not text
-            raise InputError("text is not valid Unicode (it contains a lone surrogate)") from None
+            raise RequestError("text is not valid Unicode (it contains a lone surrogate)") from None
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def _render(self, messages: list[dict], *, add_generation_prompt: bool) -> str:
@@ -160,9 +150,11 @@ class PairEncoder:
                 messages, add_generation_prompt=add_generation_prompt, tokenize=False
             )
         except Exception as exc:  # jinja2 TemplateError, ValueError, ...
-            raise InputError(f"the chat template rejected the messages: {exc}", "messages") from exc
+            raise RequestError(
+                f"the chat template rejected the messages: {exc}", "messages", code="template_error"
+            ) from exc
         if not isinstance(out, str):
-            raise InputError("the chat template did not render to text", "messages")
+            raise RequestError("the chat template did not render to text", "messages", code="template_error")
         return out
 
     def _detect_chat_eot(self) -> int | None:
@@ -197,60 +189,62 @@ class PairEncoder:
             if hasattr(ids, "tolist") and not isinstance(ids, (str, bytes)):
                 ids = ids.tolist()
             if not isinstance(ids, list):
-                raise InputError(f"{param} must be a list of token ids", param)
+                raise RequestError(f"{param} must be a list of token ids", param)
         out: list[int] = []
         for i, t in enumerate(ids):
             if isinstance(t, bool) or not isinstance(t, numbers.Integral):
-                raise InputError(f"{param}[{i}] is not an integer token id: {t!r}", param)
+                raise RequestError(f"{param}[{i}] is not an integer token id: {t!r}", param)
             t = int(t)
             if not 0 <= t < self.vocab_size:
-                raise InputError(f"{param}[{i}] = {t} is out of range [0, {self.vocab_size})", param)
+                raise RequestError(
+                    f"{param}[{i}] = {t} is out of range [0, {self.vocab_size})", param, code="token_out_of_vocabulary"
+                )
             out.append(t)
         if not out:
-            raise InputError(f"{param} is empty", param)
+            raise RequestError(f"{param} is empty", param)
         return out
 
     def _check_messages(self, messages: Any, system: str | None) -> list[dict]:
         if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-            raise InputError("messages must be a list of {role, content} objects", "messages")
+            raise RequestError("messages must be a list of {role, content} objects", "messages")
         msgs: list[dict] = []
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping):
-                raise InputError(f"messages[{i}] must be an object with role and content", "messages")
+                raise RequestError(f"messages[{i}] must be an object with role and content", "messages")
             role, content = m.get("role"), m.get("content")
             if not isinstance(role, str) or role not in ALLOWED_ROLES:
-                raise InputError(
+                raise RequestError(
                     f"messages[{i}].role must be one of {sorted(ALLOWED_ROLES)}, got {role!r}",
                     f"messages.{i}.role",
                 )
             if not isinstance(content, str):
-                raise InputError(f"messages[{i}].content must be a string", f"messages.{i}.content")
+                raise RequestError(f"messages[{i}].content must be a string", f"messages.{i}.content")
             msgs.append(dict(m))
         if system is not None:
             if not isinstance(system, str):
-                raise InputError("system must be a string", "system")
+                raise RequestError("system must be a string", "system")
             if msgs and msgs[0]["role"] == "system":
                 msgs[0]["content"] = system
             else:
                 msgs.insert(0, {"role": "system", "content": system})
         if not msgs:
-            raise InputError("messages is empty", "messages")
+            raise RequestError("messages is empty", "messages")
         for i, m in enumerate(msgs):
             if m["role"] == "system" and i != 0:
-                raise InputError("a system message is only allowed as the first turn", "messages")
+                raise RequestError("a system message is only allowed as the first turn", "messages")
         if msgs[-1]["role"] == "assistant":
-            raise InputError(
+            raise RequestError(
                 "the last message is an assistant turn: give the response separately (response or response_ids)",
                 "messages",
             )
         if msgs[-1]["role"] == "system":
-            raise InputError("messages has no user turn", "messages")
+            raise RequestError("messages has no user turn", "messages")
         return msgs
 
     def _finish(self, ids: list[int], eot: int | None, add_eos: bool) -> list[int]:
         if add_eos:
             if eot is None:
-                raise InputError("the model has no end-of-sequence token; pass add_eos=false", "add_eos")
+                raise RequestError("the model has no end-of-sequence token; pass add_eos=false", "add_eos")
             if not ids or ids[-1] != eot:
                 ids = [*ids, eot]
         return ids
@@ -273,34 +267,34 @@ class PairEncoder:
             n for n, v in (("messages", messages), ("prompt", prompt), ("prompt_ids", prompt_ids)) if v is not None
         ]
         if not given:
-            raise InputError("one of messages, prompt or prompt_ids is required", "prompt")
+            raise RequestError("one of messages, prompt or prompt_ids is required", "prompt")
         if len(given) > 1:
-            raise InputError(
+            raise RequestError(
                 f"give exactly one of messages, prompt or prompt_ids (got {', '.join(given)})",
                 given[1],
             )
         if response is None and response_ids is None:
-            raise InputError("one of response or response_ids is required", "response")
+            raise RequestError("one of response or response_ids is required", "response")
         if response is not None and response_ids is not None:
-            raise InputError("give either response or response_ids, not both", "response_ids")
+            raise RequestError("give either response or response_ids, not both", "response_ids")
         if system is not None and messages is None:
-            raise InputError("system is only supported with messages (it becomes the system turn)", "system")
+            raise RequestError("system is only supported with messages (it becomes the system turn)", "system")
         if response is not None and not isinstance(response, str):
-            raise InputError("response must be a string", "response")
+            raise RequestError("response must be a string", "response")
 
         # ---- prompt
         msgs: list[dict] | None = None
         prompt_text: str | None = None
         if messages is not None:
             if not self.has_chat_template:
-                raise InputError("this model has no chat template: give prompt or prompt_ids", "messages")
+                raise RequestError("this model has no chat template: give prompt or prompt_ids", "messages")
             msgs = self._check_messages(messages, system)
             prompt_text = self._render(msgs, add_generation_prompt=True)
             p_ids = self._encode_text(prompt_text, add_special_tokens=False)
             p_param = "messages"
         elif prompt is not None:
             if not isinstance(prompt, str):
-                raise InputError("prompt must be a string", "prompt")
+                raise RequestError("prompt must be a string", "prompt")
             skip_bos = bool(self.bos_token) and prompt.startswith(self.bos_token or "")
             p_ids = self._encode_text(prompt, add_special_tokens=not skip_bos)
             p_param = "prompt"
@@ -308,7 +302,7 @@ class PairEncoder:
             p_ids = self._check_ids(prompt_ids, "prompt_ids")
             p_param = "prompt_ids"
         if not p_ids:
-            raise InputError("the prompt encodes to zero tokens", p_param)
+            raise RequestError("the prompt encodes to zero tokens", p_param)
 
         # ---- response
         prefix, n_text = "", 0
@@ -325,7 +319,7 @@ class PairEncoder:
             n_text = len(r_ids)
             r_ids = self._finish(r_ids, self.eos_id, add_eos)
         if not r_ids:
-            raise InputError("the response encodes to zero tokens", "response")
+            raise RequestError("the response encodes to zero tokens", "response")
         return EncodedPair(
             prompt_ids=p_ids,
             response_ids=r_ids,

@@ -16,21 +16,20 @@ the criteria raise their likelihood (a pointwise mutual information), and the sh
 Every aggregation is applied to r^Delta: ``mean`` / ``discounted`` to r^Delta_h, ``loglik_*`` to
 log pi(y_h | x, c, y_<h) - log pi(y_h | x, b, y_<h), ``step_*`` to step sums of r^Delta_h.
 
-Cost: the criteria items and the baseline items go to the engine in ONE group-aware call
-(scoring/grouping.py), so the G responses under c share one prompt and the G under b share another:
-a contrast request computes the response tokens twice and two prompts, never 2G prompts.
+Cost: a job (core/job.py) plans both contexts of every item and sends them to the engine together,
+group-aware (scoring/grouping.py), so the G responses under c share one prompt and the G under b share
+another: a contrast request computes the response tokens twice and two prompts, never 2G prompts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from endorm_server.inputs.tokenization import EncodedPair, InputError
+from endorm_server.errors import RequestError
 from endorm_server.scoring import rewards, steps
-from endorm_server.scoring.scorer import ScoredItem, ScoreOptions, Scorer
+from endorm_server.scoring.results import ScoredItem, ScoreOptions
 
 
 @dataclass
@@ -46,15 +45,15 @@ def _name(prefix: str, field: str) -> str:
 
 
 def check_item(item: dict[str, Any], prefix: str = "") -> None:
-    """A contrast needs a chat item (``messages``) with a criteria ``system``; InputError names the missing field."""
+    """A contrast needs a chat item (``messages``) with a criteria ``system``; RequestError names the missing field."""
     if item.get("messages") is None:
-        raise InputError(
+        raise RequestError(
             "contrast needs chat-form items: give messages (the baseline is the same chat "
             "without the criteria system turn)",
             _name(prefix, "messages"),
         )
     if item.get("system") is None:
-        raise InputError(
+        raise RequestError(
             "contrast needs a criteria system (the item's system field): the reward is "
             "the difference of the scores with and without it",
             _name(prefix, "system"),
@@ -69,15 +68,10 @@ def baseline_item(item: dict[str, Any], baseline_system: str | None = None) -> d
     return out
 
 
-def baseline_items(items: Sequence[dict[str, Any]], baseline_system: str | None, param: str) -> list[dict[str, Any]]:
-    """Check every item (errors name ``<param>.<i>.messages`` / ``.system``) and return their baseline items."""
-    for i, item in enumerate(items):
-        check_item(item, f"{param}.{i}")
-    return [baseline_item(item, baseline_system) for item in items]
-
-
 def _delta(c: rewards.TokenRewards, b: rewards.TokenRewards) -> rewards.TokenRewards:
-    return rewards.TokenRewards(rewards=c.rewards - b.rewards, logprobs=c.logprobs - b.logprobs, v0=c.v0 - b.v0)
+    return rewards.TokenRewards(
+        rewards=c.rewards - b.rewards, logprobs=c.logprobs - b.logprobs, v0=c.v0 - b.v0, v_end=c.v_end - b.v_end
+    )
 
 
 def _aggregate(tr: rewards.TokenRewards, stp: list[steps.Step] | None, options: ScoreOptions) -> float:
@@ -89,7 +83,9 @@ def _aggregate(tr: rewards.TokenRewards, stp: list[steps.Step] | None, options: 
 def combine_one(c: ScoredItem, b: ScoredItem, options: ScoreOptions) -> ContrastItem:
     """The r^Delta result of one response from its result under the criteria and under the baseline."""
     if list(c.pair.response_ids) != list(b.pair.response_ids):  # the encoder keeps responses apart from prompts
-        raise InputError("the response tokenized differently under the criteria and the baseline contexts", "response")
+        raise RequestError(
+            "the response tokenized differently under the criteria and the baseline contexts", "response"
+        )
     tr = _delta(c.token_rewards, b.token_rewards)
     stp = None
     if c.pair.step_spans is not None:
@@ -98,28 +94,3 @@ def combine_one(c: ScoredItem, b: ScoredItem, options: ScoreOptions) -> Contrast
     return ContrastItem(
         **{**fields, "score": _aggregate(tr, stp, options), "token_rewards": tr, "steps": stp}, criteria=c, baseline=b
     )
-
-
-def combine(scored: Sequence[ScoredItem], options: ScoreOptions) -> list[ContrastItem]:
-    """``scored`` = the n criteria results, then the n baseline results (the order they were submitted in)."""
-    n = len(scored) // 2
-    if len(scored) != 2 * n:
-        raise ValueError(f"expected criteria and baseline results of equal number, got {len(scored)}")
-    return [combine_one(c, b, options) for c, b in zip(scored[:n], scored[n:])]
-
-
-def pairs_with_baseline(criteria: Sequence[EncodedPair], baseline: Sequence[EncodedPair]) -> list[EncodedPair]:
-    """The one list submitted: all criteria pairs, then all baseline pairs (GroupScheduler groups them by prompt)."""
-    return [*criteria, *baseline]
-
-
-async def score_contrast(
-    scorer: Scorer,
-    items: Sequence[dict[str, Any]],
-    options: ScoreOptions | None = None,
-    baseline_system: str | None = None,
-) -> list[ContrastItem]:
-    """The Python API's contrast: ``Scorer.score`` of the items and their baselines in one call, combined."""
-    options = options or ScoreOptions()
-    base = baseline_items(items, baseline_system, "items")
-    return combine(await scorer.score([*items, *base], options), options)

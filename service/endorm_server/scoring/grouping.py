@@ -17,18 +17,26 @@ skipped are then taken from the leader, which ran on the same tokens:
 When that is not possible (the hit came from another sequence, or the leader
 never computed the row), the request is resubmitted without reading the cache:
 exact, and counted. Correctness never depends on the order requests ran in.
+
+The same engine call (sequence, first row, cache use, extra targets) made by two requests at once
+runs once (scoring/shared_calls.py). A group runs under one TaskGroup: a failing call cancels its
+siblings, so nothing keeps computing for a request that has already failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Sequence, cast
+from typing import Sequence, TypeVar, cast
 
 import numpy as np
 
 from endorm_server.engine.base import PrefixReuseEngine, SequenceStats, TokenStatsEngine
 from endorm_server.inputs.tokenization import EncodedPair
+from endorm_server.scoring.shared_calls import SharedCalls
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,6 +48,21 @@ class ReuseCounters:
     lm_head_rows_skipped: int = 0  # positions of scored sequences that needed no LM-head row
     rows_from_leader: int = 0  # rows a cache hit skipped, taken from the group's leader
     resubmissions: int = 0  # requests re-run without the cache because needed rows were skipped
+    shared_calls: int = 0  # engine calls served by an identical call already in flight
+
+
+async def all_of(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """Await all under one TaskGroup (the first failure cancels the rest); raise that failure itself."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(_await(a)) for a in aws]
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+async def _await(a: Awaitable[T]) -> T:
+    return await a
 
 
 def divergence(a: Sequence[int], b: Sequence[int]) -> int:
@@ -54,6 +77,7 @@ class GroupScheduler:
     def __init__(self, engine: TokenStatsEngine, counters: ReuseCounters | None = None) -> None:
         self.engine = engine
         self.counters = counters or ReuseCounters()
+        self._calls: SharedCalls[SequenceStats] = SharedCalls()
 
     @property
     def enabled(self) -> bool:
@@ -62,7 +86,7 @@ class GroupScheduler:
     async def stats(self, pairs: Sequence[EncodedPair]) -> list[SequenceStats]:
         """SequenceStats per pair, each covering positions P-1 .. N-1 (offset P-1), in input order."""
         if not self.enabled:  # e.g. the transformers reference engine: nothing to share
-            return list(await asyncio.gather(*(self.engine.token_stats(p.prompt_ids + p.response_ids) for p in pairs)))
+            return await all_of([self.engine.token_stats(p.prompt_ids + p.response_ids) for p in pairs])
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(pairs):
             groups.setdefault(tuple(p.prompt_ids), []).append(i)
@@ -75,7 +99,7 @@ class GroupScheduler:
             for i, st in zip(members, results):
                 out[i] = st
 
-        await asyncio.gather(*(run(m) for m in groups.values()))
+        await all_of([run(m) for m in groups.values()])
         return out  # type: ignore[return-value]
 
     async def _group(self, seqs: list[list[int]], first: int) -> list[SequenceStats]:
@@ -85,10 +109,16 @@ class GroupScheduler:
         )
         lead = await self._complete(leader, first, extras)
         extra_c = dict(zip(extras, lead.extra_c if lead.extra_c is not None else []))
-        rest = await asyncio.gather(*(self._sibling(s, first, leader, lead, extra_c) for s in siblings))
+        rest = await all_of([self._sibling(s, first, leader, lead, extra_c) for s in siblings])
         return [lead, *rest]
 
     async def _submit(self, seq: list[int], first: int, read_cache: bool, extras=()) -> SequenceStats:
+        key = (tuple(seq), first, read_cache, tuple(extras))
+        if self._calls.running(key):
+            self.counters.shared_calls += 1
+        return await self._calls.run(key, lambda: self._compute(seq, first, read_cache, extras))
+
+    async def _compute(self, seq: list[int], first: int, read_cache: bool, extras) -> SequenceStats:
         engine = cast(PrefixReuseEngine, self.engine)  # enabled only where supports_prefix_reuse
         st = await engine.token_stats(seq, first=first, read_cache=read_cache, extra_targets=extras)
         c = self.counters

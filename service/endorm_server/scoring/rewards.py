@@ -12,10 +12,10 @@ The engine gives two floats per position i of the sequence x_0 .. x_{N-1}:
 The prompt is x_0 .. x_{P-1}, the response x_P .. x_{N-1} (H = N - P tokens); response
 token h has state s_h = x_{<P+h} and action a_h = x_{P+h}.
 
-Errors are RewardInputError (a ValueError) with `param` naming the offending input:
+Bad inputs raise RequestError (endorm_server/errors.py) with `param` naming the offending input:
 "prompt" (empty prompt), "response" (empty response), "alpha", "terminal",
-"aggregation", "gamma", "beta", "scores", or None (malformed engine output: shape,
-length mismatch, non-finite values).
+"aggregation", "gamma", "beta", "scores"; malformed engine output (shape, length
+mismatch, non-finite values) raises InternalError: it is ours, not the caller's.
 """
 
 from __future__ import annotations
@@ -27,15 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from endorm_server.errors import InternalError, RequestError
 from endorm_server.scoring.aggregations import TERMINALS, TOKEN_AGGREGATIONS, Terminal, TokenAggregation
-
-
-class RewardInputError(ValueError):
-    """Invalid input to the reward math; `param` names the offending input (or None)."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: identity equality/hash (fields are arrays)
@@ -43,6 +36,7 @@ class TokenRewards:
     rewards: np.ndarray  # r_h, float64 [H]
     logprobs: np.ndarray  # log pi(a_h | s_h), float64 [H]
     v0: float  # V(s_0), depends only on the prompt
+    v_end: float = 0.0  # V(s_H): 0 (terminal zero) or v_{N-1} (bootstrap)
 
     @property
     def H(self) -> int:
@@ -57,9 +51,9 @@ def _check_positive_finite(x: float, name: str) -> float:
     try:
         x = float(x)
     except (TypeError, ValueError):
-        raise RewardInputError(f"{name} must be a number, got {x!r}", name) from None
+        raise RequestError(f"{name} must be a number, got {x!r}", name) from None
     if not (math.isfinite(x) and x > 0):
-        raise RewardInputError(f"{name} must be finite and > 0, got {x!r}", name)
+        raise RequestError(f"{name} must be finite and > 0, got {x!r}", name)
     return x
 
 
@@ -67,31 +61,31 @@ def _check_discount(gamma: float, beta: float) -> tuple[float, float]:
     try:
         gamma = float(gamma)
     except (TypeError, ValueError):
-        raise RewardInputError(f"gamma must be a number, got {gamma!r}", "gamma") from None
+        raise RequestError(f"gamma must be a number, got {gamma!r}", "gamma") from None
     try:
         beta = float(beta)
     except (TypeError, ValueError):
-        raise RewardInputError(f"beta must be a number, got {beta!r}", "beta") from None
+        raise RequestError(f"beta must be a number, got {beta!r}", "beta") from None
     if not (0.0 < gamma <= 1.0):  # also rejects NaN
-        raise RewardInputError(f"gamma must be in (0, 1], got {gamma!r}", "gamma")
+        raise RequestError(f"gamma must be in (0, 1], got {gamma!r}", "gamma")
     if not (math.isfinite(beta) and beta >= 0.0):
-        raise RewardInputError(f"beta must be finite and >= 0, got {beta!r}", "beta")
+        raise RequestError(f"beta must be finite and >= 0, got {beta!r}", "beta")
     return gamma, beta
 
 
 def _as_scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     R = np.asarray(scores, dtype=np.float64)
     if R.ndim != 1:
-        raise RewardInputError(f"scores must be 1-D, got shape {R.shape}", "scores")
+        raise RequestError(f"scores must be 1-D, got shape {R.shape}", "scores")
     if not np.all(np.isfinite(R)):
-        raise RewardInputError("scores must be finite", "scores")
+        raise RequestError("scores must be finite", "scores")
     return R
 
 
 def _check_finite(x: np.ndarray, name: str, offset: int) -> None:
     bad = np.flatnonzero(~np.isfinite(x))
     if bad.size:
-        raise RewardInputError(f"engine output {name} is not finite at position {offset + bad[0]}")
+        raise InternalError(f"engine output {name} is not finite at position {offset + bad[0]}")
 
 
 # -----------------------------------------------------------------------------
@@ -105,22 +99,22 @@ def token_rewards(
     c = np.asarray(c, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
     if c.ndim != 1 or v.ndim != 1 or len(c) != len(v):
-        raise RewardInputError(f"c and v must be 1-D of equal length, got shapes {c.shape} and {v.shape}")
+        raise InternalError(f"c and v must be 1-D of equal length, got shapes {c.shape} and {v.shape}")
     alpha = _check_positive_finite(alpha, "alpha")
     if terminal not in TERMINALS:
-        raise RewardInputError(f"terminal must be one of {TERMINALS}, got {terminal!r}", "terminal")
+        raise RequestError(f"terminal must be one of {TERMINALS}, got {terminal!r}", "terminal")
     try:
         if isinstance(prompt_len, bool):
             raise TypeError
         P = operator.index(prompt_len)
     except TypeError:
-        raise RewardInputError(f"prompt_len must be an integer, got {prompt_len!r}", "prompt") from None
+        raise RequestError(f"prompt_len must be an integer, got {prompt_len!r}", "prompt") from None
     N = len(c)
     H = N - P
     if P < 1:
-        raise RewardInputError("the prompt is empty: at least one prompt token is needed (s_0 = x_<P)", "prompt")
+        raise RequestError("the prompt is empty: at least one prompt token is needed (s_0 = x_<P)", "prompt")
     if H < 1:
-        raise RewardInputError(f"the response is empty (sequence length {N}, prompt length {P})", "response")
+        raise RequestError(f"the response is empty (sequence length {N}, prompt length {P})", "response")
 
     q = c[P - 1 : N - 1]  # Q(s_h, a_h) = c[P+h-1],  h = 0 .. H-1
     v_h = v[P - 1 : N - 1]  # V(s_h)      = v[P+h-1]
@@ -131,7 +125,7 @@ def token_rewards(
     v_next = np.append(v_h[1:], v_H)  # V(s_{h+1}) = v[P+h] for h < H-1, then V(s_H)
     r = q - v_next  # r_h = Q(s_h, a_h) - V(s_{h+1})
     logp = (q - v_h) / alpha  # log pi(a_h|s_h) = (Q(s_h, a_h) - V(s_h)) / alpha
-    return TokenRewards(rewards=r, logprobs=logp, v0=float(v_h[0]))
+    return TokenRewards(rewards=r, logprobs=logp, v0=float(v_h[0]), v_end=float(v_H))
 
 
 # -----------------------------------------------------------------------------
@@ -143,7 +137,7 @@ def discount_weights(H: int, gamma: float, beta: float) -> np.ndarray:
     gamma, beta = _check_discount(gamma, beta)
     H = operator.index(H)
     if H < 0:
-        raise RewardInputError(f"H must be >= 0, got {H}")
+        raise InternalError(f"H must be >= 0, got {H}")
     return np.maximum(np.power(gamma, np.arange(H, dtype=np.float64)), beta)
 
 
@@ -164,7 +158,7 @@ def aggregate(
         return float(np.sum(logp))  # sum_h log pi(a_h|s_h)
     if aggregation == "loglik_mean":
         return float(np.mean(logp))  # sum_h log pi(a_h|s_h) / H
-    raise RewardInputError(f"aggregation must be one of {TOKEN_AGGREGATIONS}, got {aggregation!r}", "aggregation")
+    raise RequestError(f"aggregation must be one of {TOKEN_AGGREGATIONS}, got {aggregation!r}", "aggregation")
 
 
 # -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ Where the cut falls (the boundary rule). Steps are given three ways:
   strictly increasing, each in [1, H]; the tokens after the last end join the last step
   (as the end-of-turn token does for text), so ``len(step_ends)`` steps result.
 
-Errors raise :class:`~endorm_server.inputs.tokenization.InputError` with ``param`` naming the field
+Errors raise :class:`~endorm_server.inputs.tokenization.RequestError` with ``param`` naming the field
 (``steps``, ``step_separator``, ``step_ends``).
 """
 
@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from endorm_server.inputs.tokenization import InputError
+from endorm_server.errors import RequestError
 from endorm_server.scoring.aggregations import STEP_AGGREGATIONS
 
 Span = tuple[int, int]
@@ -73,11 +73,11 @@ def split_on_separator(response: str, separator: str, *, required: bool = True) 
     trainers' adapters pass False, so an answer without the separator is one step.
     """
     if not isinstance(separator, str) or not separator:
-        raise InputError("step_separator must be a non-empty string", "step_separator")
+        raise RequestError("step_separator must be a non-empty string", "step_separator")
     parts = response.split(separator)
     if len(parts) == 1:
         if required:
-            raise InputError(f"step_separator {separator!r} does not occur in the response", "step_separator")
+            raise RequestError(f"step_separator {separator!r} does not occur in the response", "step_separator")
         return [response]
     steps = [p + separator for p in parts[:-1]]
     if parts[-1]:
@@ -88,13 +88,13 @@ def split_on_separator(response: str, separator: str, *, required: bool = True) 
 def check_steps(steps: Sequence[str], response: str | None) -> str:
     """The response the steps make: their concatenation (it must equal ``response`` if given)."""
     if isinstance(steps, str) or not isinstance(steps, Sequence) or not steps:
-        raise InputError("steps must be a non-empty list of strings", "steps")
+        raise RequestError("steps must be a non-empty list of strings", "steps")
     for k, s in enumerate(steps):
         if not isinstance(s, str) or not s:
-            raise InputError(f"steps[{k}] must be a non-empty string", "steps")
+            raise RequestError(f"steps[{k}] must be a non-empty string", "steps")
     joined = "".join(steps)
     if response is not None and joined != response:
-        raise InputError("the steps do not concatenate to the response", "steps")
+        raise RequestError("the steps do not concatenate to the response", "steps")
     return joined
 
 
@@ -119,7 +119,7 @@ def spans_from_char_starts(offsets: Sequence[Span], char_starts: Sequence[int], 
         c = min(c, max(text_len - 1, 0))  # at the very end of the text: the last step
         owner.append(bisect_right(char_starts, c) - 1)
     if any(x > y for x, y in zip(owner, owner[1:])):
-        raise InputError("token character offsets are not monotone")  # the tokenizer's offsets: not the caller's
+        raise RequestError("token character offsets are not monotone")  # the tokenizer's offsets: not the caller's
     spans, h = [], 0
     for k in range(S):
         start = h
@@ -132,15 +132,17 @@ def spans_from_char_starts(offsets: Sequence[Span], char_starts: Sequence[int], 
 def spans_from_ends(step_ends: Sequence[int], H: int) -> list[Span]:
     """Token spans from exclusive ends; tokens after the last end join the last step."""
     if isinstance(step_ends, (str, bytes)) or not isinstance(step_ends, Sequence) or not step_ends:
-        raise InputError("step_ends must be a non-empty list of token indices", "step_ends")
+        raise RequestError("step_ends must be a non-empty list of token indices", "step_ends")
     prev = 0
     for k, e in enumerate(step_ends):
         if isinstance(e, bool) or not isinstance(e, (int, np.integer)):
-            raise InputError(f"step_ends[{k}] must be an integer, got {e!r}", "step_ends")
+            raise RequestError(f"step_ends[{k}] must be an integer, got {e!r}", "step_ends")
         if not 1 <= e <= H:
-            raise InputError(f"step_ends[{k}] = {e} is out of range [1, {H}] (H = {H} response tokens)", "step_ends")
+            raise RequestError(f"step_ends[{k}] = {e} is out of range [1, {H}] (H = {H} response tokens)", "step_ends")
         if e <= prev:
-            raise InputError(f"step_ends must be strictly increasing (step_ends[{k}] = {e} after {prev})", "step_ends")
+            raise RequestError(
+                f"step_ends must be strictly increasing (step_ends[{k}] = {e} after {prev})", "step_ends"
+            )
         prev = int(e)
     starts = [0, *[int(e) for e in step_ends[:-1]]]
     return [(s, e) for s, e in zip(starts, [*[int(e) for e in step_ends[:-1]], H])]
@@ -175,9 +177,9 @@ def aggregate_steps(steps: Sequence[Step], aggregation: str) -> float:
     """step_min = min_k R_k, step_last = R_{S-1}, over steps that hold at least one token."""
     held = [s.reward for s in steps if s.num_tokens > 0]
     if not held:
-        raise InputError("no step holds a response token", "steps")
+        raise RequestError("no step holds a response token", "steps")
     if aggregation == "step_min":
         return float(min(held))
     if aggregation == "step_last":
         return float(held[-1])
-    raise InputError(f"aggregation must be one of {STEP_AGGREGATIONS}, got {aggregation!r}", "aggregation")
+    raise RequestError(f"aggregation must be one of {STEP_AGGREGATIONS}, got {aggregation!r}", "aggregation")

@@ -14,22 +14,23 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from endorm_server.core.job import ItemErrors, JobSpec, ScoreJob
+from endorm_server.core.scorer import Scorer
+from endorm_server.errors import RequestError
 from endorm_server.http import pipeline
 from endorm_server.http.auth import KeyedRoute
-from endorm_server.http.errors import APIError
-from endorm_server.http.schemas import Aggregation, ErrorResponse, Message, RequestOptions, Terminal
+from endorm_server.http.schemas import Aggregation, ErrorBody, ErrorResponse, Message, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_ids, split_text
-from endorm_server.scoring.scorer import Scorer
+from endorm_server.scoring.results import Outcome, ScoredItem, ScoreOptions
 
 router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"])
 
 
 def _messages_item(messages: list[Message], param: str) -> dict:
     if messages[-1].role != "assistant":
-        raise APIError(422, "the last message must be the assistant turn to score", param=param)
+        raise RequestError("the last message must be the assistant turn to score", param)
     return {"messages": [m.model_dump() for m in messages[:-1]], "response": messages[-1].content}
 
 
@@ -67,6 +68,9 @@ class ClassifyRequest(BaseModel):
     beta: StrictFloat = Field(0.0, ge=0, allow_inf_nan=False)
     terminal: Terminal = "zero"
     truncate: StrictBool = False
+    item_errors: ItemErrors = Field(
+        "reject", description="report: a bad input gets probs [] and an error in its place; the rest are scored"
+    )
 
 
 class ClassificationData(BaseModel):
@@ -74,6 +78,7 @@ class ClassificationData(BaseModel):
     label: str | None = None
     probs: list[float]
     num_classes: int
+    error: ErrorBody | None = None  # item_errors: report, an input that could not be scored
 
 
 class ClassifyUsage(BaseModel):
@@ -96,14 +101,14 @@ class ClassificationResponse(BaseModel):
 def _classify_items(body: ClassifyRequest, scorer: Scorer) -> tuple[list[dict], str, bool]:
     """-> (score items, param name, add_eos)."""
     if (body.input is None) == (body.messages is None):
-        raise APIError(422, "give exactly one of input, messages", param="input")
+        raise RequestError("give exactly one of input, messages", "input")
     if body.messages is not None:
         return [_messages_item(body.messages, "messages")], "messages", True
     inp = body.input
     if isinstance(inp, str):
         return [split_text(chat_boundaries(scorer.encoder), inp, "input")], "input", False
     if not inp:
-        raise APIError(422, "input is empty", param="input")
+        raise RequestError("input is empty", "input")
     if isinstance(inp[0], Message):
         return [_messages_item(inp, "input")], "input", True
     t = chat_boundaries(scorer.encoder)
@@ -137,39 +142,43 @@ def _sigmoid(x: float) -> float:
     include_in_schema=False,
 )
 async def classify(body: ClassifyRequest, request: Request):
-    state = pipeline.service_state(request)
-    scorer = pipeline.ready_scorer(state, request)
-    if not _model_ok(body.model, scorer, state.settings.model):
-        raise APIError(
-            404,
-            f"model {body.model!r} is not served here (serving {scorer.model_name!r})",
-            param="model",
-            type="model_not_found",
-        )
-    options = pipeline.score_options(
-        RequestOptions(
+    configured = pipeline.service_state(request).settings.model
+
+    def spec(scorer: Scorer) -> JobSpec:
+        if not _model_ok(body.model, scorer, configured):
+            raise RequestError(
+                f"model {body.model!r} is not served here (serving {scorer.model_name!r})",
+                "model",
+                status=404,
+                code="model_not_found",
+            )
+        options = ScoreOptions(
             aggregation=body.aggregation,
             gamma=body.gamma,
             beta=body.beta,
             terminal=body.terminal,
             truncate=body.truncate,
-        ),
-        scorer,
-    )
-    items, param, add_eos = _classify_items(body, scorer)
-    pipeline.check_item_count(state, len(items), param)
-    pairs, _ = await pipeline.encode(scorer, items, options, add_eos, param)
-    scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
-    if scored is None:
-        return Response(status_code=499)
+        )
+        items, param, add_eos = _classify_items(body, scorer)
+        return JobSpec(items=items, options=options, param=param, add_eos=add_eos, item_errors=body.item_errors)
+
     activation = body.use_activation if body.use_activation is not None else body.activation
     squash = _sigmoid if activation is None or activation else float
-    tokens = sum(len(p.prompt_ids) + len(p.response_ids) for p in pairs)
-    return ClassificationResponse(
-        id=f"classify-{uuid.uuid4().hex}",
-        created=int(time.time()),
-        model=scorer.model_name,
-        data=[ClassificationData(index=i, probs=[squash(s.score)], num_classes=1) for i, s in enumerate(scored)],
-        usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens),
-        system_fingerprint=scorer.system_fingerprint,
-    )
+
+    def data(i: int, o: Outcome) -> ClassificationData:
+        if isinstance(o, ScoredItem):
+            return ClassificationData(index=i, probs=[squash(o.score)], num_classes=1)
+        return ClassificationData(index=i, probs=[], num_classes=1, error=ErrorBody(**o.error.body()))
+
+    def render(scorer: Scorer, job: ScoreJob, outcomes: list[Outcome]) -> ClassificationResponse:
+        _, tokens = job.usage()
+        return ClassificationResponse(
+            id=f"classify-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=scorer.model_name,
+            data=[data(i, o) for i, o in enumerate(outcomes)],
+            usage=ClassifyUsage(prompt_tokens=tokens, total_tokens=tokens),
+            system_fingerprint=scorer.system_fingerprint,
+        )
+
+    return await pipeline.respond(request, spec, render)

@@ -17,7 +17,7 @@ keyed_router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPON
 
 @keyed_router.get("/v1/models", response_model=ModelList, summary="The served model")
 async def models(request: Request):
-    scorer = pipeline.ready_scorer(pipeline.service_state(request), request)
+    scorer = pipeline.ready_scorer(request)
     info = scorer.info
     return ModelList(
         data=[

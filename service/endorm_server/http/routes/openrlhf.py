@@ -15,14 +15,17 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, ValidationError
 
+from endorm_server.core.job import ItemErrors, JobSpec, ScoreJob
+from endorm_server.core.scorer import Scorer
+from endorm_server.errors import RequestError
 from endorm_server.http import pipeline
 from endorm_server.http.auth import KeyedRoute
-from endorm_server.http.errors import APIError
-from endorm_server.http.schemas import Aggregation, RequestOptions, Terminal
+from endorm_server.http.schemas import Aggregation, ErrorBody, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_text
+from endorm_server.scoring.results import ItemFailure, Outcome, ScoredItem, ScoreOptions
+from endorm_server.scoring.steps import split_on_separator
 
 router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"])
 
@@ -62,6 +65,9 @@ class GetRewardOptions(BaseModel):
         description="Score responses as steps split after this "
         "text (for step_min / step_last); a response without it is one step",
     )
+    item_errors: ItemErrors = Field(
+        "reject", description="report: a bad query gets a null reward and an entry in errors; the rest are scored"
+    )
 
 
 class GetRewardRequest(BaseModel):
@@ -83,23 +89,28 @@ class GetRewardRequest(BaseModel):
     labels: list[Any] | None = Field(None, description="Ignored: the endogenous reward needs no label")
 
 
+class GetRewardError(ErrorBody):
+    index: int
+
+
 class GetRewardResponse(BaseModel):
-    rewards: list[float]
-    scores: list[float]
+    rewards: list[float | None]
+    scores: list[float | None]
     extra_logs: dict[str, list[float]]
-    system_fingerprint: str | None = None  # an extra field; OpenRLHF reads only the three above
+    system_fingerprint: str | None = None  # extra fields; OpenRLHF reads only the three above
+    errors: list[GetRewardError] = []
 
 
 def _query_options(request: Request) -> GetRewardOptions:
     repeated = sorted({k for k in request.query_params if len(request.query_params.getlist(k)) > 1})
     if repeated:
-        raise APIError(422, f"query string: {repeated[0]} given more than once", param=repeated[0])
+        raise RequestError(f"query string: {repeated[0]} given more than once", repeated[0])
     try:
         return GetRewardOptions.model_validate(dict(request.query_params))
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first.get("loc", ())) or None
-        raise APIError(422, f"query string: {param}: {first.get('msg')}", param=param) from None
+        raise RequestError(f"query string: {param}: {first.get('msg')}", param) from None
 
 
 def _split_query(query: str, prompt: str, bos: str | None, i: int) -> dict:
@@ -110,7 +121,7 @@ def _split_query(query: str, prompt: str, bos: str | None, i: int) -> dict:
         p = prompt[len(bos) :] if prompt.startswith(bos) else prompt
         if q.startswith(p):
             return {"prompt": prompt, "response": q[len(p) :]}
-    raise APIError(422, f"query[{i}] does not start with prompts[{i}]", param=f"query.{i}")
+    raise RequestError(f"query[{i}] does not start with prompts[{i}]", f"query.{i}")
 
 
 @router.post(
@@ -122,51 +133,58 @@ async def get_reward(body: GetRewardRequest, request: Request):
     """Options go in the query string: ``aggregation``, ``gamma``, ``beta``, ``terminal``,
     ``truncate``, ``add_eos`` (default false: the query holds exactly what was generated)."""
     opts = _query_options(request)
-    state = pipeline.service_state(request)
-    scorer = pipeline.ready_scorer(state, request)
-    options = pipeline.score_options(
-        RequestOptions(
+    if body.prompts is not None and len(body.prompts) != len(body.query):
+        raise RequestError(f"{len(body.prompts)} prompts for {len(body.query)} queries", "prompts")
+
+    def spec(scorer: Scorer) -> JobSpec:
+        options = ScoreOptions(
             aggregation=opts.aggregation,
             gamma=opts.gamma,
             beta=opts.beta,
             terminal=opts.terminal,
             truncate=opts.truncate,
-        ),
-        scorer,
-    )
-    if body.prompts is not None and len(body.prompts) != len(body.query):
-        raise APIError(422, f"{len(body.prompts)} prompts for {len(body.query)} queries", param="prompts")
-    pipeline.check_item_count(state, len(body.query), "query")
-    if not body.query:  # OpenRLHF splits a batch over its servers: a server can get an empty slice
-        return GetRewardResponse(rewards=[], scores=[], extra_logs={}, system_fingerprint=scorer.system_fingerprint)
-    if body.prompts is not None:
-        items = [
-            _split_query(q, p, scorer.encoder.bos_token, i) for i, (q, p) in enumerate(zip(body.query, body.prompts))
-        ]
-    else:
-        t = chat_boundaries(scorer.encoder)
-        items = [split_text(t, q, f"query.{i}") for i, q in enumerate(body.query)]
-    if opts.step_separator is not None:  # lenient: a policy's sample must not fail the batch
-        from endorm_server.scoring.steps import split_on_separator
+        )
+        return JobSpec(
+            items=_items(body, opts, scorer),
+            options=options,
+            param="query",
+            add_eos=opts.add_eos,
+            item_errors=opts.item_errors,
+        )
 
-        items = [
-            {k: v for k, v in it.items() if k != "response"}
-            | {"steps": split_on_separator(it["response"], opts.step_separator, required=False)}
-            if it.get("response")
-            else it
-            for it in items
-        ]
-    pairs, dropped = await pipeline.encode(scorer, items, options, opts.add_eos, "query")
-    scored = await pipeline.score_pairs(request, state, scorer, pairs, options)
-    if scored is None:
-        return Response(status_code=499)
-    scores = [s.score for s in scored]
-    return GetRewardResponse(
-        rewards=scores,
-        scores=scores,
-        system_fingerprint=scorer.system_fingerprint,
-        extra_logs={
-            "endorm_response_tokens": [float(s.num_tokens) for s in scored],
-            "endorm_truncated_tokens": [float(d) for d in dropped],
-        },
-    )
+    def render(scorer: Scorer, job: ScoreJob, outcomes: list[Outcome]) -> GetRewardResponse:
+        scores = [o.score if isinstance(o, ScoredItem) else None for o in outcomes]
+        return GetRewardResponse(
+            rewards=scores,
+            scores=scores,
+            system_fingerprint=scorer.system_fingerprint,
+            extra_logs={
+                "endorm_response_tokens": [float(o.num_tokens) if isinstance(o, ScoredItem) else 0.0 for o in outcomes],
+                "endorm_truncated_tokens": [
+                    float(o.truncated_tokens) if isinstance(o, ScoredItem) else 0.0 for o in outcomes
+                ],
+            },
+            errors=[GetRewardError(index=o.index, **o.error.body()) for o in outcomes if isinstance(o, ItemFailure)],
+        )
+
+    return await pipeline.respond(request, spec, render)
+
+
+def _items(body: GetRewardRequest, opts: GetRewardOptions, scorer: Scorer) -> list[dict | RequestError]:
+    """Each query -> a score item: split at its prompt (or the chat template), steps if asked."""
+    bos = scorer.encoder.bos_token
+    t = chat_boundaries(scorer.encoder) if body.prompts is None else None
+    items: list[dict | RequestError] = []
+    for i, q in enumerate(body.query):
+        try:
+            it = (
+                _split_query(q, body.prompts[i], bos, i) if body.prompts is not None else split_text(t, q, f"query.{i}")
+            )
+        except RequestError as exc:  # its own outcome: with item_errors=report the others are scored
+            items.append(exc)
+            continue
+        if opts.step_separator is not None and it.get("response"):  # lenient: a sample must not fail the batch
+            steps = split_on_separator(it["response"], opts.step_separator, required=False)
+            it = {k: v for k, v in it.items() if k != "response"} | {"steps": steps}
+        items.append(it)
+    return items

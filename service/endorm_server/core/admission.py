@@ -17,24 +17,43 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from endorm_server.errors import RequestError
 
-class Overloaded(Exception):
-    """No room within the bounded wait (HTTP 429)."""
+RETRY_AFTER_S = 1
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"server overloaded ({reason}); retry later")
+
+class Overloaded(RequestError):
+    """No room within the bounded wait (HTTP 429); ``reason`` is tokens, queue_full or wait_timeout."""
+
+    def __init__(self, reason: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(
+            f"server overloaded ({reason}); retry later",
+            status=429,
+            code="overloaded",
+            headers={"Retry-After": str(retry_after_s)},
+        )
         self.reason = reason
 
 
-class Draining(Exception):
-    """The server is shutting down (HTTP 503)."""
+class Draining(RequestError):
+    """The server is shutting down (HTTP 503): retry on another replica."""
+
+    reason = "draining"
+
+    def __init__(
+        self, message: str = "server is shutting down; retry on another replica", retry_after_s: int = RETRY_AFTER_S
+    ) -> None:
+        super().__init__(message, status=503, code="draining", headers={"Retry-After": str(retry_after_s)})
 
 
 class AdmissionController:
-    def __init__(self, max_tokens: int, max_wait_s: float, max_waiting: int = 256) -> None:
+    def __init__(
+        self, max_tokens: int, max_wait_s: float, max_waiting: int = 256, retry_after_s: int = RETRY_AFTER_S
+    ) -> None:
+        self.retry_after_s = retry_after_s
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
         self.max_waiting = max_waiting
@@ -42,6 +61,7 @@ class AdmissionController:
         self.requests = 0
         self.waiting = 0
         self.draining = False
+        self.on_change: Callable[[], None] | None = None  # e.g. the HTTP front's gauges
         self._changed = asyncio.Condition()
         self._queue: deque[object] = deque()  # one ticket per waiting request, in arrival order
 
@@ -55,12 +75,12 @@ class AdmissionController:
         ``exempt_from_drain``: the request arrived before draining began, so it still runs.
         """
         if self.draining and not exempt_from_drain:
-            raise Draining("server is draining")
+            raise Draining(retry_after_s=self.retry_after_s)
         start = time.monotonic()
         async with self._changed:
             if self._queue or not self._fits(tokens):
                 if self.max_wait_s <= 0 or self.waiting >= self.max_waiting:
-                    raise Overloaded("queue_full" if self.max_wait_s > 0 else "tokens")
+                    raise Overloaded("queue_full" if self.max_wait_s > 0 else "tokens", self.retry_after_s)
                 ticket = object()
                 self._queue.append(ticket)
                 self.waiting += 1
@@ -72,13 +92,14 @@ class AdmissionController:
                     async with asyncio.timeout(self.max_wait_s):
                         await self._changed.wait_for(lambda: self._queue[0] is ticket and self._fits(tokens))
                 except TimeoutError:
-                    raise Overloaded("wait_timeout") from None
+                    raise Overloaded("wait_timeout", self.retry_after_s) from None
                 finally:  # admitted, timed out or cancelled: the next in line may go now
                     self._queue.remove(ticket)
                     self.waiting -= 1
                     self._changed.notify_all()
             self.tokens += tokens
             self.requests += 1
+        self._notify()
         try:
             yield time.monotonic() - start
         finally:
@@ -86,6 +107,11 @@ class AdmissionController:
                 self.tokens -= tokens
                 self.requests -= 1
                 self._changed.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def start_draining(self) -> None:
         """Turn away new requests; those already waiting keep their place."""
