@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         2.0, ge=0, description="After the engine dies, answer 503 this long, then exit 1"
     )
     retry_after_s: int = Field(1, ge=0)
+    idempotency_ttl_s: float = Field(
+        600.0, ge=0, description="How long an Idempotency-Key's 200 answer is replayed (0: not kept)"
+    )
+    idempotency_max_entries: int = Field(10_000, ge=0, description="Idempotency store: answers kept at most")
+    idempotency_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="Idempotency store: bytes of answers kept at most (LRU past it)"
+    )
     log_level: str = "info"
     cache_dir: Path = Field(
         Path.home() / ".cache" / "endorm", description="Where generated and converted (GGUF) models are kept"

@@ -14,6 +14,7 @@ from endorm_server.config import Settings
 from endorm_server.core.scorer import Scorer, admission_from
 from endorm_server.http.auth import ApiKeyMiddleware
 from endorm_server.http.errors import install_error_handlers
+from endorm_server.http.idempotency import IdempotencyCollector, IdempotencyMiddleware, IdempotencyStore
 from endorm_server.http.metrics import Metrics
 from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware, BodyTimeoutMiddleware
 from endorm_server.http.reuse_metrics import ReuseCollector
@@ -86,6 +87,11 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.include_router(router)
     # Outermost last. Each request: request id and access log, CORS (so a 401 carries its headers), the key
     # (from the headers, before the body limit or deadline read a byte), the body deadline, the body limit.
+    idempotency = IdempotencyStore(
+        settings.idempotency_max_entries, settings.idempotency_max_bytes, settings.idempotency_ttl_s
+    )
+    state.metrics.registry.register(IdempotencyCollector(idempotency))
+    app.add_middleware(IdempotencyMiddleware, store=idempotency)  # innermost: sees only whole, keyed bodies
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout_s)
     app.add_middleware(ApiKeyMiddleware, keys=state.api_keys, routes=app.router.routes)
@@ -94,7 +100,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
         )
     app.add_middleware(AccessMiddleware, metrics=state.metrics)
     return app

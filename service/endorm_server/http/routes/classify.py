@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -98,7 +99,18 @@ class ClassificationResponse(BaseModel):
     system_fingerprint: str | None = None  # an extra field beside vLLM's shape
 
 
-def _classify_items(body: ClassifyRequest, scorer: Scorer) -> tuple[list[dict], str, bool]:
+def _each(split: Callable[[Any, str], dict], inputs: list, param: str) -> list[dict | RequestError]:
+    """One item per input; an input that cannot be split is its own outcome (item_errors: report)."""
+    out: list[dict | RequestError] = []
+    for i, x in enumerate(inputs):
+        try:
+            out.append(split(x, f"{param}.{i}"))
+        except RequestError as exc:
+            out.append(exc)
+    return out
+
+
+def _classify_items(body: ClassifyRequest, scorer: Scorer) -> tuple[list[dict | RequestError], str, bool]:
     """-> (score items, param name, add_eos)."""
     if (body.input is None) == (body.messages is None):
         raise RequestError("give exactly one of input, messages", "input")
@@ -113,10 +125,10 @@ def _classify_items(body: ClassifyRequest, scorer: Scorer) -> tuple[list[dict], 
         return [_messages_item(inp, "input")], "input", True
     t = chat_boundaries(scorer.encoder)
     if isinstance(inp[0], str):
-        return [split_text(t, x, f"input.{i}") for i, x in enumerate(inp)], "input", False
+        return _each(lambda x, p: split_text(t, x, p), inp, "input"), "input", False
     if isinstance(inp[0], int):
         return [split_ids(t, inp, "input")], "input", False
-    return [split_ids(t, x, f"input.{i}") for i, x in enumerate(inp)], "input", False
+    return _each(lambda x, p: split_ids(t, x, p), inp, "input"), "input", False
 
 
 def _model_ok(model: str | None, scorer: Scorer, configured: str | None) -> bool:
