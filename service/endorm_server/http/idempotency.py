@@ -45,6 +45,7 @@ class IdempotencyStore:
         self._entries: OrderedDict[bytes, Stored] = OrderedDict()
         self._running: dict[bytes, tuple[bytes, asyncio.Future[None]]] = {}
         self.bytes = 0
+        self._next_sweep = 0.0
         self.hits = 0  # answers replayed
         self.waits = 0  # repeats that waited for the first
         self.evictions = 0  # entries dropped for room (not for age)
@@ -63,6 +64,7 @@ class IdempotencyStore:
         return entry
 
     def put(self, key: bytes, entry: Stored) -> None:
+        self._sweep()
         if key in self._entries:
             self._drop(key)
         if len(entry.body) > self.max_bytes or self.max_entries <= 0:
@@ -72,6 +74,15 @@ class IdempotencyStore:
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
+
+    def _sweep(self) -> None:
+        """Drop expired answers, at most once a tenth of the TTL (a pass over the store)."""
+        now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.ttl_s / 10
+        for key in [k for k, e in self._entries.items() if e.expires_at <= now]:
+            self._drop(key)
 
     def _drop(self, key: bytes) -> None:
         self.bytes -= len(self._entries.pop(key).body)
