@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from endorm_server.errors import RequestError
+from endorm_server.inputs import step_spans as spans
 from endorm_server.inputs.offsets import response_offsets
 from endorm_server.inputs.step_inputs import encode_with_steps
 from endorm_server.inputs.tokenization import PairEncoder
@@ -28,11 +29,11 @@ def encoder(request) -> PairEncoder:
 
 
 def test_separator_stays_with_the_step_it_ends():
-    assert st.split_on_separator("a\n\nb\n\nc", "\n\n") == ["a\n\n", "b\n\n", "c"]
-    assert st.split_on_separator("a\n\nb\n\n", "\n\n") == ["a\n\n", "b\n\n"]  # no empty trailing step
-    assert st.split_on_separator("abc", "\n\n", required=False) == ["abc"]
+    assert spans.split_on_separator("a\n\nb\n\nc", "\n\n") == ["a\n\n", "b\n\n", "c"]
+    assert spans.split_on_separator("a\n\nb\n\n", "\n\n") == ["a\n\n", "b\n\n"]  # no empty trailing step
+    assert spans.split_on_separator("abc", "\n\n", required=False) == ["abc"]
     with pytest.raises(RequestError) as e:
-        st.split_on_separator("abc", "\n\n")
+        spans.split_on_separator("abc", "\n\n")
     assert e.value.param == "step_separator"
 
 
@@ -40,21 +41,21 @@ def test_straddling_token_goes_to_the_later_step_and_zero_width_to_the_step_it_s
     # text "ab.\n\ncd" -> steps "ab.\n\n" (0..5) and "cd" (5..7); tokens: "ab" [0,2), ".\n\nc" [2,6) straddles,
     # "d" [6,7), an appended end-of-turn token [7,7)
     offsets = [(0, 2), (2, 6), (6, 7), (7, 7)]
-    assert st.spans_from_char_starts(offsets, [0, 5], 7) == [(0, 1), (1, 4)]
+    assert spans.spans_from_char_starts(offsets, [0, 5], 7) == [(0, 1), (1, 4)]
     # a token ending exactly at the boundary stays in its step
-    assert st.spans_from_char_starts([(0, 5), (5, 7), (7, 7)], [0, 5], 7) == [(0, 1), (1, 3)]
+    assert spans.spans_from_char_starts([(0, 5), (5, 7), (7, 7)], [0, 5], 7) == [(0, 1), (1, 3)]
     # a step inside one token gets no token
-    assert st.spans_from_char_starts([(0, 7), (7, 7)], [0, 3, 5], 7) == [(0, 0), (0, 0), (0, 2)]
+    assert spans.spans_from_char_starts([(0, 7), (7, 7)], [0, 3, 5], 7) == [(0, 0), (0, 0), (0, 2)]
     # zero-width piece of a split character at position 2 belongs to the step holding character 2
-    assert st.spans_from_char_starts([(0, 2), (2, 2), (2, 3)], [0, 2], 3) == [(0, 1), (1, 3)]
+    assert spans.spans_from_char_starts([(0, 2), (2, 2), (2, 3)], [0, 2], 3) == [(0, 1), (1, 3)]
 
 
 def test_step_ends_rules():
-    assert st.spans_from_ends([2, 5], 7) == [(0, 2), (2, 7)]  # tokens after the last end join the last step
-    assert st.spans_from_ends([3, 7], 7) == [(0, 3), (3, 7)]
+    assert spans.spans_from_ends([2, 5], 7) == [(0, 2), (2, 7)]  # tokens after the last end join the last step
+    assert spans.spans_from_ends([3, 7], 7) == [(0, 3), (3, 7)]
     for bad in ([0], [8], [3, 3], [4, 2], [], [1.5]):
         with pytest.raises(RequestError) as e:
-            st.spans_from_ends(bad, 7)
+            spans.spans_from_ends(bad, 7)
         assert e.value.param == "step_ends"
 
 
@@ -73,10 +74,10 @@ def test_step_sums_tile_the_sequence_and_aggregations():
 
 
 def test_steps_must_concatenate_to_the_response():
-    assert st.check_steps(["a", "b"], "ab") == "ab"
+    assert spans.check_steps(["a", "b"], "ab") == "ab"
     for steps, response in ((["a", "b"], "abc"), ([], None), (["a", ""], None), ("ab", None)):
         with pytest.raises(RequestError) as e:
-            st.check_steps(steps, response)
+            spans.check_steps(steps, response)
         assert e.value.param == "steps"
 
 
@@ -104,7 +105,7 @@ def test_offsets_tile_the_response_text(encoder, form):
 def test_text_steps_use_exactly_the_whole_response_tokens(encoder):
     prompt = {"prompt": "Q: compute. A: "}
     whole = encoder.encode(**prompt, response=ANSWER)
-    texts = st.split_on_separator(ANSWER, "\n\n")
+    texts = spans.split_on_separator(ANSWER, "\n\n")
     for spec in (
         {"steps": texts},
         {"response": ANSWER, "step_separator": "\n\n"},
@@ -116,7 +117,7 @@ def test_text_steps_use_exactly_the_whole_response_tokens(encoder):
         assert pair.step_spans[0][0] == 0 and pair.step_spans[-1][1] == len(whole.response_ids)
         # the end-of-turn token is in the last step; every step starts on a token holding its first text
         offs = response_offsets(encoder, pair)
-        for (s, e), start in zip(pair.step_spans, st.step_char_starts(texts)):
+        for (s, e), start in zip(pair.step_spans, spans.step_char_starts(texts)):
             assert e > s and offs[s][1] > start
 
 

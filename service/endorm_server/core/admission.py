@@ -88,7 +88,7 @@ class AdmissionController:
                     # asyncio.timeout, not wait_for: wait_for runs the wait in a task of its own, and a
                     # request cancelled (disconnect, deadline) while wait_for cancels that task on the
                     # timeout left it to re-take the lock after we let go: held for good, every later
-                    # admission hung (issue 11). Here the wait re-takes the lock in this task.
+                    # admission hung. Here the wait re-takes the lock in this task.
                     async with asyncio.timeout(self.max_wait_s):
                         await self._changed.wait_for(lambda: self._queue[0] is ticket and self._fits(tokens))
                 except TimeoutError:

@@ -15,14 +15,12 @@ Our default (applied at engine start, before vLLM spawns its worker):
 - otherwise vLLM's auto binding stays (one reserved core is cheap on many cores, and it
   keeps the front end off the cores of the OpenMP team).
 
-``ALL_CORES_UP_TO`` is 4, from the quiet side-by-side run of ``python -m loadtests.bench
---model <SmolLM2-135M-Instruct> --only ceiling`` on 2 cores (loadtests/results/2026-12-01-cpu2-avx512.md):
-the worker on both cores scored 588 tokens/s against 296 for vLLM's auto binding (1.98x) and
-437 for a plain torch forward on both cores. ``ENDORM_CPU_ALL_CORES_UP_TO`` overrides it
-(0: vLLM's auto binding everywhere). When the machine is shared with other busy processes the
-reserved core is worth more: at load average ~30 ``all`` ran at 0.72x of auto (a straggling
-OpenMP thread stalls every parallel region); the test suite, which keeps up to nine engines
-and the processes driving them on 2 cores, sets 0 for that reason.
+``ALL_CORES_UP_TO`` is 4: on a small machine the worker on every core scores about twice what
+vLLM's auto binding does (the measurement and its command: docs/loadtests.md).
+``ENDORM_CPU_ALL_CORES_UP_TO`` overrides it (0: vLLM's auto binding everywhere). On a machine
+shared with other busy processes the reserved core is worth more (a straggling OpenMP thread
+stalls every parallel region); the test suite, which keeps several engines and the processes
+driving them on 2 cores, sets 0 for that reason.
 
 An explicit ``VLLM_CPU_OMP_THREADS_BIND`` or ``VLLM_CPU_NUM_OF_RESERVED_CPU`` in the
 environment always wins: this module then changes nothing.

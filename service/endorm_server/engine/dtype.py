@@ -1,9 +1,8 @@
 """What ``--dtype auto`` means: the fastest dtype this device computes natively that keeps the rewards' ranking.
 
 vLLM's own ``auto`` turns a float32 checkpoint into float16 for a pooling model on every platform,
-CPUs included, where float16 has no native matrix instructions on most parts: on a Xeon with
-AMX-BF16 that served SmolLM2-135M at 765-835 scored tokens/s against 1770 in bfloat16 and 878 in
-float32 (issue 21). So the service resolves ``auto`` itself, before the engine starts, from what
+CPUs included, where float16 has no native matrix instructions on most parts: it is slower there
+than both bfloat16 and float32 (docs/loadtests.md has the measurement). So the service resolves ``auto`` itself, before the engine starts, from what
 the device reports:
 
 - CPU: bfloat16 where the CPU has native bf16 matrix instructions (x86 ``amx_bf16`` or

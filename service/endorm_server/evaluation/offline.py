@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from endorm_server.config import Settings
 from endorm_server.core.scorer import ScoreOptions, Scorer
+from endorm_server.inputs.step_spans import split_on_separator
 from endorm_server.scoring import rewards
 from endorm_server.scoring.aggregations import STEP_AGGREGATIONS, TOKEN_AGGREGATIONS, Aggregation
-from endorm_server.scoring.steps import aggregate_steps, split_on_separator
+from endorm_server.scoring.steps import aggregate_steps
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids", "system")
 

@@ -332,7 +332,7 @@ def run(args: argparse.Namespace, settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from endorm_server.cli import add_settings_flags, configure_logging, settings_from_args
+    from endorm_server.flags import add_settings_flags, configure_logging, settings_from_args
 
     p = argparse.ArgumentParser(
         prog="python -m endorm_server.evaluation.promptable", description=__doc__.splitlines()[0]

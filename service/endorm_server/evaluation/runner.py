@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from endorm_server.evaluation.backends import Backend
 from endorm_server.evaluation.cache import ScoreCache
 from endorm_server.evaluation.harness import Dataset, EvalResult, PreferenceRow, evaluate
-from endorm_server.scoring.steps import split_on_separator
+from endorm_server.inputs.step_spans import split_on_separator
 
 PROMPT_MODES = ("chat", "raw")
 

@@ -17,8 +17,8 @@ back to the response text; otherwise there are no spans (None).
 
 from __future__ import annotations
 
+from endorm_server.inputs.step_spans import Span
 from endorm_server.inputs.tokenization import EncodedPair, PairEncoder
-from endorm_server.scoring.steps import Span
 
 
 def response_offsets(encoder: PairEncoder, pair: EncodedPair) -> list[Span] | None:

