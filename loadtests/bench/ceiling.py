@@ -13,6 +13,10 @@ once and measured in interleaved rounds (the order rotates each round; ratios ar
 within a round, then the median), so background load hits every route alike.
 
 ``python -m loadtests.bench --model DIR --only ceiling``
+
+``python -m loadtests.bench.ceiling [--model DIR]`` measures the machine's matrix-product peak itself
+(loadtests/bench/peak.py: the figure every "fraction of peak" is divided by) and writes
+``<out>/<date>-<machine>-ceiling.{json,md}``.
 """
 
 from __future__ import annotations
@@ -277,3 +281,61 @@ def markdown(res: dict) -> list[str]:
             f"{c['plugin_vs_ceiling_logits_c']:.2e}, v vs their logsumexp {c['plugin_vs_ceiling_logits_v']:.2e}.",
         ]
     return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The machine's measured peak, written as a results file."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    # one OpenMP thread per CPU, pinned, before torch starts its pool
+    os.environ.setdefault("OMP_PROC_BIND", "close")
+    os.environ.setdefault("OMP_PLACES", "cores")
+    from loadtests.bench import peak
+    from loadtests.bench.machine import footer, loadavg, machine_info
+
+    root = Path(__file__).resolve().parents[2]
+    ap = argparse.ArgumentParser(prog="python -m loadtests.bench.ceiling", description=peak.__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="a model directory: its layer and LM head shapes are measured too")
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per shape; the best counts")
+    ap.add_argument("--out", type=Path, default=root / "loadtests" / "results")
+    ap.add_argument("--machine")
+    args = ap.parse_args(argv)
+    config = json.loads((args.model / "config.json").read_text()) if args.model else None
+    command = "python -m loadtests.bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:])
+    start = loadavg()
+    res = peak.measure(config, args.reps, log=lambda m: print(m, file=sys.stderr, flush=True))
+    info = machine_info()  # after: it imports torch, which must not start OpenMP before the CPUs are read
+    res.update(
+        command=command,
+        machine=info,
+        loadavg_start=start,
+        loadavg_end=loadavg(),
+        env={k: os.environ.get(k) for k in ("OMP_PROC_BIND", "OMP_PLACES")},
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{time.strftime('%Y-%m-%d')}-{args.machine or info['slug']}-ceiling"
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    lines = [
+        f"# The machine's measured matrix-product peak — {time.strftime('%Y-%m-%d')}",
+        "",
+        f"torch matmul, best of {args.reps} timed repetitions per shape, OpenMP threads pinned "
+        f"({res['env']}), dtypes the CPU computes natively: {', '.join(res['dtypes'])}. Load average "
+        f"{start} at start, {res['loadavg_end']} at end (a shared machine: the best repetition is kept).",
+        "",
+        *peak.markdown(res),
+        "",
+        "```",
+        footer(info, args.model.name if args.model else "-", command),
+        "```",
+        "",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    print(stem.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
