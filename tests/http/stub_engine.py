@@ -8,7 +8,7 @@ deterministic (c, v) arrays that a test can hold on an event, make fail, or kill
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -42,6 +42,7 @@ class StubEngine:
         self.dtype_choice = DtypeChoice("float32", "stub engine")
         self.calls = 0
         self.unfinished = 0
+        self.fail_now: Callable[[Sequence[int]], BaseException | None] | None = None
         self.fail_with: BaseException | None = None
         self._alive = True
         self._gate = asyncio.Event()
@@ -80,6 +81,8 @@ class StubEngine:
             self._entered.notify_all()
         self.unfinished += 1
         try:
+            if self.fail_now is not None and (exc := self.fail_now(token_ids)) is not None:
+                raise exc  # at once, while the other calls are held
             await self._gate.wait()
             if not self._alive:
                 raise EngineError("stub engine died")

@@ -18,6 +18,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from endorm_server.engine.base import EngineError
+from endorm_server.errors import InternalError
 from tests.conftest import tiny_model
 from tests.http.conftest import assert_error
 from tests.http.stub_engine import STUB_MODEL, StubEngine, asgi_client, service, stub_app, stub_scorer, stub_settings
@@ -382,6 +383,20 @@ async def test_engine_errors_map_to_one_shape(make):
         engine.fail_with = None
         assert (await c.post("/score", json={"items": [ITEM]})).status_code == 200
     assert service(app).admission.tokens == 0
+
+
+async def test_a_failing_sequence_cancels_its_siblings_and_frees_the_budget(make):
+    """Three sequences held in the engine; one fails at once (an invariant of ours: 500). Its siblings
+    are cancelled with it (TaskGroup), not left running for a request that has already been answered."""
+    app, engine = make()
+    engine.hold()
+    engine.fail_now = lambda ids: InternalError("malformed engine output") if ids[0] == 11 else None
+    items = [ITEM, {**ITEM, "response_ids": [9, 9]}, {"prompt_ids": [11, 6], "response_ids": [8]}]
+    async with asgi_client(app, raise_app_exceptions=False) as c:
+        err = assert_error(await c.post("/score", json={"items": items}), 500)
+        assert err["code"] == "internal_error"
+    assert engine.calls == 3 and engine.unfinished == 0
+    assert service(app).admission.tokens == 0 and service(app).admission.requests == 0
 
 
 async def test_draining_503_for_new_requests_while_earlier_ones_finish(make, tokenizer):
