@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 
+from tests.conftest import API_KEY
 from tests.http.conftest import assert_error
 
 JSON = {"content-type": "application/json"}
@@ -57,7 +58,9 @@ def test_slowloris_body_is_cut_off_with_408(server):
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=120) as s:  # a guard against a hang
         s.sendall(
-            b'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"it'
+            b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+            + f"Authorization: Bearer {API_KEY}\r\n\r\n".encode()  # the key is checked first: a keyless one gets 401
+            + b'{"it'
         )
         assert httpx.get(server.url + "/health", timeout=60).status_code == 200
         answer = b""
