@@ -246,7 +246,7 @@ def api_error(resp: httpx.Response, request_id: str | None, url: str | None = No
     return error_class(resp.status_code)(
         resp.status_code,
         message,
-        type=err.get("type"),
+        type=err.get("code") or err.get("type"),  # the stable reason (code), else the family
         param=err.get("param"),
         request_id=resp.headers.get("x-request-id") or request_id,
         retry_after=parse_retry_after(resp.headers.get("retry-after")),

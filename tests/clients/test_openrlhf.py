@@ -57,7 +57,7 @@ def test_openrlhf_body_gives_the_rewards_of_the_exact_tokens(server, client, rol
     assert r.status_code == 200, r.text
     body = r.json()
     # OpenRLHF reads rewards / scores / extra_logs; system_fingerprint says which reward produced them
-    assert set(body) == {"rewards", "scores", "extra_logs", "system_fingerprint"}
+    assert set(body) == {"rewards", "scores", "extra_logs", "system_fingerprint", "errors"} and body["errors"] == []
     assert body["system_fingerprint"].startswith("fp_")
     assert body["rewards"] == body["scores"] and len(body["rewards"]) == len(queries)
     # the split at the prompt + separate tokenization reproduce the generated tokens exactly

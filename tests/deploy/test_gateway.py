@@ -269,13 +269,16 @@ def test_network_policy_admits_the_gateways_proxies():
     }
     policy = one(docs, "NetworkPolicy")
     peers = [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", [])]
-    # proxies run in envoy-gateway-system (default) or the Gateway's namespace: any namespace
+    # proxies run in envoy-gateway-system (Envoy Gateway's default), pinned by name: no other namespace
+    pinned = {"kubernetes.io/metadata.name": "envoy-gateway-system"}
     assert any(
-        peer.get("namespaceSelector") == {} and labels_match(peer.get("podSelector", {}), proxy_labels)
+        (peer.get("namespaceSelector") or {}).get("matchLabels") == pinned
+        and labels_match(peer.get("podSelector", {}), proxy_labels)
         for peer in peers
     ), "no ingress peer admits the Gateway's Envoy pods"
+    assert all(peer.get("namespaceSelector") != {} for peer in peers), "a peer admits every namespace"
     other = {**proxy_labels, "gateway.envoyproxy.io/owning-gateway-name": "another-gateway"}
-    any_namespace = [peer for peer in peers if peer.get("namespaceSelector") == {}]
-    assert not any(labels_match(peer.get("podSelector", {}), other) for peer in any_namespace), (
+    in_envoy_namespace = [p for p in peers if (p.get("namespaceSelector") or {}).get("matchLabels") == pinned]
+    assert not any(labels_match(peer.get("podSelector", {}), other) for peer in in_envoy_namespace), (
         "the proxies of every Gateway in the cluster are admitted"
     )

@@ -415,6 +415,20 @@ def test_network_policy(overlay):
         assert ports == [http], "ingress open beyond the HTTP port"
     for rule in policy["spec"]["egress"]:  # DNS only: weights come from the cache (HF_HUB_OFFLINE)
         assert rule.get("ports") and all(p["port"] == 53 for p in rule["ports"])
+    assert_namespaces_pinned(policy)
+
+
+def assert_namespaces_pinned(policy: dict) -> None:
+    """Every peer's namespaceSelector names its namespace: an empty one lets any namespace label a pod in."""
+    for rule in policy["spec"].get("ingress", []):
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer:
+                labels = (peer["namespaceSelector"] or {}).get("matchLabels", {})
+                assert "kubernetes.io/metadata.name" in labels, f"namespace not pinned: {peer}"
+
+
+def test_envoy_gateway_network_policy_pins_its_namespace():
+    assert_namespaces_pinned(one(render("envoy-gateway"), "NetworkPolicy"))
 
 
 @pytest.mark.parametrize("overlay", ["gpu", "cpu"])

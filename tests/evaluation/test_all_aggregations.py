@@ -55,8 +55,8 @@ class CountingScorer:
         self.model_name = scorer.model_name
         self.system_fingerprint = scorer.system_fingerprint
 
-    async def score(self, items, options):
-        return await self.scorer.score(items, options)
+    async def score(self, items, options, **kwargs):
+        return await self.scorer.score(items, options, **kwargs)
 
     async def shutdown(self):
         await self.scorer.shutdown()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_serializer
 
 from endorm_server.core.job import ItemErrors, JobSpec, ScoreJob
 from endorm_server.core.scorer import Scorer
@@ -80,6 +80,13 @@ class ClassificationData(BaseModel):
     probs: list[float]
     num_classes: int
     error: ErrorBody | None = None  # item_errors: report, an input that could not be scored
+
+    @model_serializer(mode="wrap")
+    def _vllm_shape(self, handler):  # vLLM's shape exactly unless the item failed
+        out = handler(self)
+        if out.get("error") is None:
+            out.pop("error", None)
+        return out
 
 
 class ClassifyUsage(BaseModel):

@@ -158,7 +158,9 @@ async def get_reward(body: GetRewardRequest, request: Request):
             rewards=scores,
             scores=scores,
             system_fingerprint=scorer.system_fingerprint,
-            extra_logs={
+            extra_logs={}
+            if not outcomes
+            else {
                 "endorm_response_tokens": [float(o.num_tokens) if isinstance(o, ScoredItem) else 0.0 for o in outcomes],
                 "endorm_truncated_tokens": [
                     float(o.truncated_tokens) if isinstance(o, ScoredItem) else 0.0 for o in outcomes
