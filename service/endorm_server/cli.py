@@ -1,4 +1,5 @@
-"""``endorm`` command line: ``serve`` (HTTP service), ``score`` (offline file scoring), ``eval`` (accuracy reports).
+"""``endorm`` command line: ``serve`` (HTTP service), ``score`` (offline file scoring), ``eval`` (accuracy reports),
+``batch`` (OpenAI-format batch files, in-process, on a fleet or on Ray).
 
 Every Settings field is a flag (``--max-model-len``) and an env var
 (``ENDORM_MAX_MODEL_LEN``); flags win.
@@ -74,6 +75,15 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return run(args, settings)
 
 
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from endorm_server.batch.command import run
+
+    configure_logging("warning" if settings.log_level == "info" else settings.log_level)
+    if not args.endpoint and (status := _model_error(settings, "batch")) is not None:
+        return status
+    return run(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="endorm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(evaluate)
     add_settings_flags(evaluate)
     evaluate.set_defaults(func=cmd_eval, parser=evaluate)
+    from endorm_server.batch.command import add_arguments as add_batch_arguments
+
+    batch = sub.add_parser("batch", help="score a JSONL file of OpenAI-format batch requests (/score, /compare, ...)")
+    add_batch_arguments(batch)
+    add_settings_flags(batch)
+    batch.set_defaults(func=cmd_batch, parser=batch)
     return parser
 
 
