@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from endorm_server.batch.backends import Backend
@@ -68,13 +68,16 @@ class Summary:
     errors: int  # of which not 2xx (or never sent)
     tokens: int
     elapsed_s: float
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray: rows scored per node id
 
     def describe(self) -> str:
         rate = self.tokens / self.elapsed_s if self.elapsed_s else 0.0
-        return (
+        out = (
             f"{self.written} lines written ({self.errors} errors), {self.skipped} already in {self.output}; "
             f"{self.tokens} tokens in {self.elapsed_s:.1f} s ({rate:.0f} tokens/s)"
         )
+        per_node = ", ".join(f"{node}: {n}" for node, n in sorted(self.nodes.items()))
+        return out + (f"; rows per Ray node: {per_node}" if per_node else "")
 
 
 async def answer(backend: Backend, request: BatchRequest) -> Record:
