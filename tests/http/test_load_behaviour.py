@@ -38,10 +38,12 @@ def _engine_frozen(server: ServerProcess):
 
 def test_client_disconnects_abort_engine_work(server):
     """Clients that hang up mid-request: their engine sequences are aborted, the count returns to 0."""
-    body = {"items": [_heavy_item(i, 240) for i in range(64)]}  # 64 sequences, ~15.6k tokens: 4 fit the budget
+    # 4 requests of 64 distinct sequences each (~15.6k tokens: 4 fit the budget); distinct across requests
+    # too, or identical sequences in flight would share one engine call
+    bodies = [{"items": [_heavy_item(64 * k + i, 240) for i in range(64)]} for k in range(4)]
     disconnected_before = request_errors(server.url, "client_disconnected")
     with _engine_frozen(server):  # nothing can finish: the hang-ups surely land mid-request
-        socks = [open_score_request(server.port, body, API_KEY) for _ in range(4)]
+        socks = [open_score_request(server.port, body, API_KEY) for body in bodies]
         wait_for(lambda: _engine_unfinished(server.url) == 4 * 64, "all 256 sequences in the engine")
         for sock in socks:
             sock.close()
