@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> str | None:
-    if not args.input.is_file():
+    if not args.input.exists() or args.input.is_dir():
         return f"no input file {args.input}"
     if args.max_in_flight is not None and args.max_in_flight < 1:
         return "--max-in-flight must be >= 1"

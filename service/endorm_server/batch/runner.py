@@ -31,7 +31,10 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, text
 
 
-def count_lines(path: Path) -> int:
+def count_lines(path: Path) -> int | None:
+    """The progress line's total; None for a pipe (it can be read once only)."""
+    if not path.is_file():
+        return None
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
 
@@ -62,7 +65,7 @@ def plan(path: Path, written: Written) -> Iterator[BatchRequest | Record]:
 @dataclass
 class Summary:
     output: Path
-    total: int  # input lines
+    total: int | None  # input lines (None: read from a pipe)
     skipped: int  # already in the output
     written: int  # lines written by this run
     errors: int  # of which not 2xx (or never sent)
@@ -97,7 +100,7 @@ async def run(
     """Score ``input_path`` into ``sink`` through ``backend``; the sink is opened (resume) and closed here."""
     written = sink.open()
     total = count_lines(input_path)
-    progress = Progress(total, done=min(len(written), total), tty=tty)
+    progress = Progress(total, done=len(written), tty=tty)
     t0 = time.monotonic()
     count = errors = tokens = 0
     pending: set[asyncio.Task[Record]] = set()

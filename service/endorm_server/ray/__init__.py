@@ -38,6 +38,7 @@ from endorm_server.config import Settings
 # what score_dataset's rows hold: the request's keys, its answer (JSON text) and where it was scored
 RESULT_COLUMNS = ("custom_id", "line", "url", "status_code", "request_id", "response", "error", "tokens", "node_id")
 DEFAULT_BATCH_SIZE = 64
+ACTORS_START_S = 3600  # how long run_batch_file waits for every actor's engine to start
 # env the actors inherit from the driver: the engine's and the settings' own
 FORWARDED_ENV_PREFIXES = ("ENDORM_", "VLLM_", "OMP_")
 
@@ -233,7 +234,7 @@ def run_batch_file(
     sink = sink_for(output_path)
     written = sink.open()
     total = count_lines(input_path)
-    progress = Progress(total, done=min(len(written), total))
+    progress = Progress(total, done=len(written))
     t0 = time.monotonic()
     todo = output_path.with_name(output_path.name + ".todo.parquet")
     nodes: Counter[str] = Counter()
@@ -246,15 +247,20 @@ def run_batch_file(
             ray.init(address=None if address == "local" else address, log_to_driver=True)
             from ray.data import DataContext
 
-            DataContext.get_current().enable_progress_bars = False  # ours is on stderr
-            ds = ray.data.read_parquet(str(todo))
+            ctx = DataContext.get_current()
+            ctx.enable_progress_bars = False  # ours is on stderr
+            ctx.wait_for_min_actors_s = ACTORS_START_S  # every engine up before the first batch: work is spread
+            ctx.max_tasks_in_flight_per_actor = 2  # the two batches an actor overlaps; the rest go to idle actors
+            ctx.execution_options.actor_locality_enabled = False  # rows are small, engines are the cost
+            size = batch_size or DEFAULT_BATCH_SIZE
+            ds = ray.data.read_parquet(str(todo)).repartition(target_num_rows_per_block=size)  # a block per batch
             results = score_dataset(
                 ds,
                 settings,
                 concurrency=actors,
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
-                batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                batch_size=size,
                 endpoints=endpoints,
                 api_key=api_key,
             )
