@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         "rounded to it). auto: model on CPU with a 16-bit --dtype (a float32 head costs about as much as the "
         "model body there), float32 otherwise (engine/dtype.py)",
     )
+    batch_invariant: bool = Field(
+        False,
+        description="Every reward of an item bit-identical whatever it was batched with (its neighbours, "
+        "chunked prefill, prefix cache). CPU: one sequence per engine step, no chunked prefill, no prefix "
+        "cache reads, fixed LM-head tiles; GPU: vLLM's own VLLM_BATCH_INVARIANT kernels (docs/exactness.md)",
+    )
     trust_remote_code: bool = False
 
     # --- HTTP ---

@@ -49,7 +49,15 @@ def system_fingerprint(settings: Settings, model_path: str, choice: DtypeChoice 
     starting an engine (``endorm eval --cached-only`` keys its cache by it)."""
     choice = choice or engine_dtype(settings.dtype, model_path, settings.engine)
     head = machine_head_dtype(settings.head_dtype, choice.dtype, settings.engine)
-    return model_fingerprint(model_path, settings.alpha, settings.cache_dir, choice.dtype, settings.engine, head)
+    return model_fingerprint(
+        model_path,
+        settings.alpha,
+        settings.cache_dir,
+        choice.dtype,
+        settings.engine,
+        head,
+        batch_invariant=settings.batch_invariant and settings.engine == "vllm",
+    )
 
 
 class Scorer:

@@ -15,9 +15,11 @@ import os
 from typing import Any, Sequence
 
 from endorm_server.config import Settings
-from endorm_server.engine import cpu_threads
+from endorm_server.engine import batch_invariant, cpu_threads
 from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, check_token_ids
 from endorm_server.engine.dtype import DtypeChoice, engine_dtype, machine_head_dtype
+from endorm_server.engine.vllm_plugin import cpu_gemm
+from endorm_server.engine.vllm_plugin.batch_invariant import BATCH_INVARIANT_KEY
 from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
 from endorm_server.engine.vllm_plugin.plugin import reward_architecture
 from endorm_server.engine.vllm_plugin.reward_models import ALPHA_KEY, CHUNK_KEY
@@ -27,10 +29,13 @@ from endorm_server.errors import InternalError
 log = logging.getLogger(__name__)
 
 
-def hf_architecture(model: str, trust_remote_code: bool = False) -> str:
+def hf_config(model: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+
+
+def config_architecture(model: str, config: Any) -> str:
     archs = getattr(config, "architectures", None) or []
     if not archs:
         raise ValueError(f"{model}: config.json names no architecture")
@@ -69,6 +74,7 @@ class VllmEngine:
         self._engine: Any = None  # vLLM's AsyncLLM, built by start()
         self._ids = itertools.count()
         self.info: EngineInfo | None = None  # set by start()
+        self.determinism: batch_invariant.Receipt | None = None  # set by start(): what GET /v1/models reports
         # --dtype auto resolved from this device (never vLLM's own auto: float16 on CPU)
         self.dtype_choice: DtypeChoice = engine_dtype(settings.dtype, model_path, "vllm")
         self.head_dtype = machine_head_dtype(settings.head_dtype, self.dtype_choice.dtype)
@@ -85,16 +91,24 @@ class VllmEngine:
         if _on_cpu():
             cpu_threads.apply_default_binding(s.tensor_parallel_size)  # an explicit user setting wins
             apply_cpu_step_timeout()
-        arch = hf_architecture(self.model_path, s.trust_remote_code)
+        config = hf_config(self.model_path, s.trust_remote_code)
+        arch = config_architecture(self.model_path, config)
+        batching: dict[str, Any] = {
+            "max_num_batched_tokens": s.max_num_batched_tokens,
+            "max_num_seqs": min(s.max_num_seqs, s.max_num_batched_tokens),  # vLLM requires seqs <= tokens
+            "enable_chunked_prefill": True,
+        }
+        on_cpu = _on_cpu()
+        batch_invariant.apply_gpu_environment(s.batch_invariant, on_cpu)
+        longest = s.max_model_len or int(getattr(config, "max_position_embeddings", 0) or s.max_num_batched_tokens)
+        batching.update(batch_invariant.engine_overrides(s.batch_invariant, on_cpu, longest, s.max_num_batched_tokens))
         return AsyncEngineArgs(
             model=self.model_path,
             runner="pooling",
             skip_tokenizer_init=True,  # the service tokenizes; the engine sees ids only
             dtype=self.dtype_choice.dtype,
             max_model_len=s.max_model_len,
-            max_num_batched_tokens=s.max_num_batched_tokens,
-            max_num_seqs=min(s.max_num_seqs, s.max_num_batched_tokens),  # vLLM requires seqs <= tokens
-            enable_chunked_prefill=True,
+            **batching,
             tensor_parallel_size=s.tensor_parallel_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
             kv_cache_memory_bytes=None if kv_gb is None else int(kv_gb * 2**30),
@@ -105,6 +119,7 @@ class VllmEngine:
                 ALPHA_KEY: s.alpha,
                 CHUNK_KEY: s.logits_chunk_rows,
                 GEMM_KEY: s.cpu_gemm,
+                BATCH_INVARIANT_KEY: batch_invariant.HEAD_TILE_ROWS if s.batch_invariant else 0,
                 "head_dtype": self.head_dtype,  # vLLM's own key: "float32" or "model"
             },
         )
@@ -125,7 +140,23 @@ class VllmEngine:
             vocab_size=int(model_config.get_vocab_size()),
             dtype=str(model_config.dtype).removeprefix("torch."),
         )
+        self.determinism = self._receipt()
         await self.warm_up()
+
+    def _receipt(self) -> batch_invariant.Receipt:
+        on_cpu = _on_cpu()
+        gemm = isa = None
+        if on_cpu:
+            from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+            vllm_config = self._engine.vllm_config
+            dtype = vllm_config.model_config.dtype
+            gemm = cpu_gemm.resolve(self.settings.cpu_gemm, dtype)
+            isa = _get_attn_isa(dtype, vllm_config.cache_config.block_size, vllm_config.model_config.get_head_size())
+        head = self.dtype_choice.dtype if self.head_dtype == "model" else self.head_dtype
+        return batch_invariant.receipt(
+            on=self.settings.batch_invariant, on_cpu=on_cpu, gemm=gemm, attention_isa=isa, head_dtype=head
+        )
 
     async def warm_up(self) -> None:
         """First requests compile kernels (tens of seconds on CPU): pay it before ready."""

@@ -354,6 +354,12 @@ class ModelCard(BaseModel):
         None, description="The dtype the engine computes in (--dtype auto resolved for this device)"
     )
     system_fingerprint: str | None = Field(None, description=_FINGERPRINT)
+    batch_invariant: bool = Field(
+        False, description="Every reward of an item is bit-identical whatever it was batched with (--batch-invariant)"
+    )
+    determinism: dict[str, str | bool] | None = Field(
+        None, description="What the rewards' bits rest on: threads, GEMM path, attention path, LM head, scheduling"
+    )
 
 
 class ModelList(BaseModel):

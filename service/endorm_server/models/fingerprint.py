@@ -44,6 +44,7 @@ def model_fingerprint(
     dtype: str = "float32",
     engine: str = "vllm",
     head_dtype: str = "float32",
+    batch_invariant: bool = False,
 ) -> str:
     """``fp_`` + 16 hex digits of SHA-256 over the model's reward-relevant files, alpha, the resolved compute
     dtype and the engine (bfloat16 and float32 give different rewards from the same weights, and so do vLLM's
@@ -65,5 +66,7 @@ def model_fingerprint(
     identity = {"files": files, "alpha": float(alpha).hex(), "dtype": str(dtype), "engine": str(engine)}
     if head_dtype != "float32" and dtype != "float32":  # logits in the compute dtype: other rewards
         identity["head_dtype"] = "model"
+    if batch_invariant:  # other kernels and shapes, so other bits (servers without it keep their value)
+        identity["batch_invariant"] = "on"
     payload = json.dumps(identity, sort_keys=True)
     return "fp_" + hashlib.sha256(payload.encode()).hexdigest()[:16]

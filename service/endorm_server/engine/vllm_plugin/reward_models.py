@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from endorm_server.engine.vllm_plugin import cpu_gemm
+from endorm_server.engine.vllm_plugin import batch_invariant, cpu_gemm
 from endorm_server.engine.vllm_plugin.chunked_stats import DEFAULT_CHUNK_ROWS, chunked_token_stats
 from endorm_server.engine.vllm_plugin.row_assembly import EXTRA_KEY, FIRST_KEY, RowAssembly
 
@@ -32,12 +32,13 @@ class _PoolerMixin:
 
     _model: Any  # the causal LM (set with object.__setattr__, so it is not a submodule)
 
-    def __init__(self, model: torch.nn.Module, *, alpha: float, chunk_rows: int) -> None:
+    def __init__(self, model: torch.nn.Module, *, alpha: float, chunk_rows: int, fixed_tile: int = 0) -> None:
         super().__init__()
         # A plain attribute would register the model as a submodule of itself.
         object.__setattr__(self, "_model", model)
         self.alpha = float(alpha)
         self.chunk_rows = int(chunk_rows)
+        self.fixed_tile = int(fixed_tile)  # --batch-invariant: every LM-head call on this many rows
         self._vocab_parallel = _VocabParallelLogits.maybe(model)
 
     def get_supported_tasks(self) -> Set[str]:
@@ -113,6 +114,10 @@ class _PoolerMixin:
     def _stats(self, hidden_states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self._vocab_parallel is not None:
             return self._vocab_parallel.stats(hidden_states, targets, alpha=self.alpha, chunk_rows=self.chunk_rows)
+        if self.fixed_tile:
+            return batch_invariant.fixed_tile_stats(
+                hidden_states, targets, self._model.compute_logits, alpha=self.alpha, tile=self.fixed_tile
+            )
         return chunked_token_stats(
             hidden_states, targets, self._model.compute_logits, alpha=self.alpha, chunk_rows=self.chunk_rows
         )
@@ -203,6 +208,7 @@ def make_reward_class(base: type) -> type:
                 self,
                 alpha=float(getattr(hf_config, ALPHA_KEY, 1.0)),
                 chunk_rows=int(getattr(hf_config, CHUNK_KEY, DEFAULT_CHUNK_ROWS)),
+                fixed_tile=int(getattr(hf_config, batch_invariant.BATCH_INVARIANT_KEY, 0)),
             )
 
     EndoRewardModel.__name__ = EndoRewardModel.__qualname__ = CLASS_PREFIX + base.__name__

@@ -19,6 +19,7 @@ keyed_router = APIRouter(route_class=KeyedRoute, responses=pipeline.ERROR_RESPON
 async def models(request: Request):
     scorer = pipeline.ready_scorer(request)
     info = scorer.info
+    receipt = getattr(scorer.engine, "determinism", None)  # vLLM engines: engine/batch_invariant.py
     return ModelList(
         data=[
             ModelCard(
@@ -29,6 +30,8 @@ async def models(request: Request):
                 vocab_size=info.vocab_size,
                 dtype=info.dtype,
                 system_fingerprint=scorer.system_fingerprint,
+                batch_invariant=bool(receipt and receipt.batch_invariant),
+                determinism=receipt.as_dict() if receipt else None,
             )
         ]
     )

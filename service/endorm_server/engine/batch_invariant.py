@@ -1,0 +1,109 @@
+"""``--batch-invariant``: an item's rewards are a pure function of (model, settings, item).
+
+Where the bits move without it (CPU, measured: docs/exactness.md): vLLM's CPU attention kernel
+splits each step's queries into work items by balancing the whole step's key lengths over the
+OpenMP threads, and the size of a query tile sets the size of its key tiles, i.e. the order of
+the online softmax. So a query row's attention depends on which other requests share its step,
+where chunked prefill cut its request and how much of it came from the prefix cache. The model
+body's matrix products (oneDNN, MKL) and the norms gave the same row whatever the number of
+rows from 16 rows up; the LM head sees a different number of rows with extra targets.
+
+On CPU the mode is an engine configuration that is invariant by construction: one sequence per
+engine step, never split (no chunked prefill: the step budget covers the longest sequence) and
+never read from the prefix cache, so every scoring of an item runs the same kernels on the same
+shapes with the same thread partition; the LM head and the logsumexp run on tiles of a fixed
+number of rows (vllm_plugin/batch_invariant.py). On CUDA it is vLLM's own batch-invariant mode
+(``VLLM_BATCH_INVARIANT=1``: its fixed-order matmul, softmax and norm kernels), unverified here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+GPU_ENV = "VLLM_BATCH_INVARIANT"  # vLLM's own switch (vllm/envs.py), read when the engine builds its config
+HEAD_TILE_ROWS = 64  # rows of every LM-head call in the mode (a multiple of any kernel's row block)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What ``GET /v1/models`` reports: whether the mode is on and what its invariance rests on."""
+
+    batch_invariant: bool
+    threads: str  # the engine's OpenMP threads (the GEMM and attention partitions depend on them)
+    gemm: str  # the model body's matrix products
+    attention: str
+    lm_head: str
+    scheduling: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def engine_overrides(on: bool, on_cpu: bool, max_model_len: int, max_num_batched_tokens: int) -> dict[str, Any]:
+    """AsyncEngineArgs fields the mode changes (empty when off, or on a GPU where vLLM's kernels do it)."""
+    if not on or not on_cpu:
+        return {}
+    return {
+        "max_num_seqs": 1,
+        "enable_chunked_prefill": False,
+        "max_num_batched_tokens": max(max_num_batched_tokens, max_model_len),
+        "enable_prefix_caching": False,
+    }
+
+
+def apply_gpu_environment(on: bool, on_cpu: bool) -> None:
+    """Turn on vLLM's own mode before the engine reads its environment (GPU only; a user's value wins)."""
+    if on and not on_cpu:
+        os.environ.setdefault(GPU_ENV, "1")
+
+
+def thread_description(env: dict[str, str] | os._Environ[str]) -> str:
+    """The worker's OpenMP threads as the binding says (service/endorm_server/engine/cpu_threads.py)."""
+    from endorm_server.engine.cpu_threads import BIND_ENV, RESERVED_ENV
+
+    bind = env.get(BIND_ENV)
+    if bind and bind not in ("auto", "nobind"):
+        return f"{_count_cpus(bind)} ({BIND_ENV}={bind})"
+    return f"vLLM's automatic binding ({BIND_ENV}={bind or 'auto'}, {RESERVED_ENV}={env.get(RESERVED_ENV, 'default')})"
+
+
+def _count_cpus(bind: str) -> int:
+    total = 0
+    for rank in bind.split("|"):
+        for part in rank.split(","):
+            lo, _, hi = part.partition("-")
+            total += int(hi) - int(lo) + 1 if hi else 1
+    return total
+
+
+def receipt(*, on: bool, on_cpu: bool, gemm: str | None, attention_isa: str | None, head_dtype: str) -> Receipt:
+    if not on_cpu:
+        return Receipt(
+            batch_invariant=on,
+            threads="n/a (GPU)",
+            gemm="vLLM batch-invariant matmul (VLLM_BATCH_INVARIANT=1)" if on else "vLLM default",
+            attention="vLLM's backend under VLLM_BATCH_INVARIANT=1" if on else "vLLM default",
+            lm_head=f"vLLM compute_logits, {head_dtype}",
+            scheduling="continuous batching, chunked prefill, prefix cache (vLLM's mode keeps them)",
+        )
+    gemm_name = {"onednn": "oneDNN (vLLM onednn_mm)", "torch": "torch F.linear"}.get(gemm or "", str(gemm))
+    isa = attention_isa or "unknown"
+    if on:
+        return Receipt(
+            batch_invariant=True,
+            threads=thread_description(os.environ),
+            gemm=f"{gemm_name}, one call per layer on the item's own rows",
+            attention=f"vLLM CPU attention ({isa}), one request per call",
+            lm_head=f"{HEAD_TILE_ROWS}-row tiles, logsumexp per tile, {head_dtype}",
+            scheduling="one sequence per engine step, no chunked prefill, prefix cache off",
+        )
+    return Receipt(
+        batch_invariant=False,
+        threads=thread_description(os.environ),
+        gemm=f"{gemm_name}, rows of every request in the step",
+        attention=f"vLLM CPU attention ({isa}), work split over the step's requests",
+        lm_head=f"chunks of --logits-chunk-rows rows of the step, {head_dtype}",
+        scheduling="continuous batching, chunked prefill, prefix cache",
+    )
