@@ -41,16 +41,50 @@ class Receipt:
         return asdict(self)
 
 
-def engine_overrides(on: bool, on_cpu: bool, max_model_len: int, max_num_batched_tokens: int) -> dict[str, Any]:
-    """AsyncEngineArgs fields the mode changes (empty when off, or on a GPU where vLLM's kernels do it)."""
-    if not on or not on_cpu:
-        return {}
-    return {
+CPU_PATH_ENV = "ENDORM_BATCH_INVARIANT_CPU"  # kernels (default where covered) | configuration: for comparisons
+CPU_BLOCK_SIZE = 128  # vLLM's KV-cache block on CPU (platforms/cpu.py), which picks the attention ISA
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the mode is made on this engine: ``off``, ``kernels`` (CPU, batching kept), ``configuration`` (CPU,
+    one sequence per step) or ``vllm`` (GPU: vLLM's own mode)."""
+
+    path: str
+    attention_tile: int = 0  # kernels: queries per fixed attention piece
+    attention_isa: str | None = None
+    engine_overrides: dict[str, Any] | None = None
+
+
+def plan(on: bool, on_cpu: bool, dtype: str, config: Any, max_model_len: int, max_num_batched_tokens: int) -> Plan:
+    """The path for this model and machine. ``kernels`` where vLLM's CPU attention ISA is one whose tiling
+    the fixed split was checked on (vllm_plugin/batch_invariant.py), else the configuration."""
+    if not on:
+        return Plan("off")
+    if not on_cpu:
+        return Plan("vllm")
+    import torch
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    from endorm_server.engine.vllm_plugin.batch_invariant import query_tile
+
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_size = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    isa = _get_attn_isa(getattr(torch, dtype), CPU_BLOCK_SIZE, head_size)
+    tile = query_tile(isa, heads, kv_heads)
+    choice = os.environ.get(CPU_PATH_ENV, "kernels")
+    if choice not in ("kernels", "configuration"):
+        raise ValueError(f"{CPU_PATH_ENV} must be kernels or configuration, got {choice!r}")
+    if tile is not None and choice == "kernels":
+        return Plan("kernels", attention_tile=tile, attention_isa=isa, engine_overrides={})
+    overrides = {
         "max_num_seqs": 1,
         "enable_chunked_prefill": False,
         "max_num_batched_tokens": max(max_num_batched_tokens, max_model_len),
         "enable_prefix_caching": False,
     }
+    return Plan("configuration", attention_isa=isa, engine_overrides=overrides)
 
 
 def apply_gpu_environment(on: bool, on_cpu: bool) -> None:
@@ -78,30 +112,45 @@ def _count_cpus(bind: str) -> int:
     return total
 
 
-def receipt(*, on: bool, on_cpu: bool, gemm: str | None, attention_isa: str | None, head_dtype: str) -> Receipt:
-    if not on_cpu:
+def receipt(plan: Plan, *, gemm: str | None, head_dtype: str) -> Receipt:
+    if plan.path in ("off", "vllm") and gemm is None:  # a GPU
+        on = plan.path == "vllm"
         return Receipt(
             batch_invariant=on,
             threads="n/a (GPU)",
             gemm="vLLM batch-invariant matmul (VLLM_BATCH_INVARIANT=1)" if on else "vLLM default",
             attention="vLLM's backend under VLLM_BATCH_INVARIANT=1" if on else "vLLM default",
             lm_head=f"vLLM compute_logits, {head_dtype}",
-            scheduling="continuous batching, chunked prefill, prefix cache (vLLM's mode keeps them)",
+            scheduling="continuous batching, chunked prefill, prefix cache",
         )
+    from endorm_server.engine.vllm_plugin.batch_invariant import MIN_GEMM_ROWS
+
     gemm_name = {"onednn": "oneDNN (vLLM onednn_mm)", "torch": "torch F.linear"}.get(gemm or "", str(gemm))
-    isa = attention_isa or "unknown"
-    if on:
+    isa = plan.attention_isa or "unknown"
+    threads = thread_description(os.environ)
+    head = f"{HEAD_TILE_ROWS}-row tiles, logsumexp per tile, {head_dtype}"
+    if plan.path == "kernels":
         return Receipt(
             batch_invariant=True,
-            threads=thread_description(os.environ),
+            threads=threads,
+            gemm=f"{gemm_name}, at least {MIN_GEMM_ROWS} rows per call",
+            attention=f"vLLM CPU attention ({isa}), queries in fixed {plan.attention_tile}-position pieces, "
+            "no KV split",
+            lm_head=head,
+            scheduling="continuous batching, chunked prefill, prefix cache",
+        )
+    if plan.path == "configuration":
+        return Receipt(
+            batch_invariant=True,
+            threads=threads,
             gemm=f"{gemm_name}, one call per layer on the item's own rows",
             attention=f"vLLM CPU attention ({isa}), one request per call",
-            lm_head=f"{HEAD_TILE_ROWS}-row tiles, logsumexp per tile, {head_dtype}",
+            lm_head=head,
             scheduling="one sequence per engine step, no chunked prefill, prefix cache off",
         )
     return Receipt(
         batch_invariant=False,
-        threads=thread_description(os.environ),
+        threads=threads,
         gemm=f"{gemm_name}, rows of every request in the step",
         attention=f"vLLM CPU attention ({isa}), work split over the step's requests",
         lm_head=f"chunks of --logits-chunk-rows rows of the step, {head_dtype}",

@@ -19,7 +19,7 @@ from endorm_server.engine import batch_invariant, cpu_threads
 from endorm_server.engine.base import EngineError, EngineInfo, SequenceStats, check_token_ids
 from endorm_server.engine.dtype import DtypeChoice, engine_dtype, machine_head_dtype
 from endorm_server.engine.vllm_plugin import cpu_gemm
-from endorm_server.engine.vllm_plugin.batch_invariant import BATCH_INVARIANT_KEY
+from endorm_server.engine.vllm_plugin.batch_invariant import ATTENTION_TILE_KEY, BATCH_INVARIANT_KEY
 from endorm_server.engine.vllm_plugin.cpu_gemm import GEMM_KEY
 from endorm_server.engine.vllm_plugin.plugin import reward_architecture
 from endorm_server.engine.vllm_plugin.reward_models import ALPHA_KEY, CHUNK_KEY
@@ -75,6 +75,7 @@ class VllmEngine:
         self._ids = itertools.count()
         self.info: EngineInfo | None = None  # set by start()
         self.determinism: batch_invariant.Receipt | None = None  # set by start(): what GET /v1/models reports
+        self.invariance = batch_invariant.Plan("off")  # resolved by engine_args()
         # --dtype auto resolved from this device (never vLLM's own auto: float16 on CPU)
         self.dtype_choice: DtypeChoice = engine_dtype(settings.dtype, model_path, "vllm")
         self.head_dtype = machine_head_dtype(settings.head_dtype, self.dtype_choice.dtype)
@@ -101,7 +102,10 @@ class VllmEngine:
         on_cpu = _on_cpu()
         batch_invariant.apply_gpu_environment(s.batch_invariant, on_cpu)
         longest = s.max_model_len or int(getattr(config, "max_position_embeddings", 0) or s.max_num_batched_tokens)
-        batching.update(batch_invariant.engine_overrides(s.batch_invariant, on_cpu, longest, s.max_num_batched_tokens))
+        self.invariance = batch_invariant.plan(
+            s.batch_invariant, on_cpu, self.dtype_choice.dtype, config, longest, s.max_num_batched_tokens
+        )
+        batching.update(self.invariance.engine_overrides or {})
         return AsyncEngineArgs(
             model=self.model_path,
             runner="pooling",
@@ -120,6 +124,7 @@ class VllmEngine:
                 CHUNK_KEY: s.logits_chunk_rows,
                 GEMM_KEY: s.cpu_gemm,
                 BATCH_INVARIANT_KEY: batch_invariant.HEAD_TILE_ROWS if s.batch_invariant else 0,
+                ATTENTION_TILE_KEY: self.invariance.attention_tile,
                 "head_dtype": self.head_dtype,  # vLLM's own key: "float32" or "model"
             },
         )
@@ -144,19 +149,11 @@ class VllmEngine:
         await self.warm_up()
 
     def _receipt(self) -> batch_invariant.Receipt:
-        on_cpu = _on_cpu()
-        gemm = isa = None
-        if on_cpu:
-            from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
-
-            vllm_config = self._engine.vllm_config
-            dtype = vllm_config.model_config.dtype
-            gemm = cpu_gemm.resolve(self.settings.cpu_gemm, dtype)
-            isa = _get_attn_isa(dtype, vllm_config.cache_config.block_size, vllm_config.model_config.get_head_size())
+        gemm = None
+        if _on_cpu():
+            gemm = cpu_gemm.resolve(self.settings.cpu_gemm, self._engine.vllm_config.model_config.dtype)
         head = self.dtype_choice.dtype if self.head_dtype == "model" else self.head_dtype
-        return batch_invariant.receipt(
-            on=self.settings.batch_invariant, on_cpu=on_cpu, gemm=gemm, attention_isa=isa, head_dtype=head
-        )
+        return batch_invariant.receipt(self.invariance, gemm=gemm, head_dtype=head)
 
     async def warm_up(self) -> None:
         """First requests compile kernels (tens of seconds on CPU): pay it before ready."""

@@ -204,6 +204,11 @@ def make_reward_class(base: type) -> type:
             kernel = cpu_gemm.apply(self, getattr(hf_config, cpu_gemm.GEMM_KEY, "auto"), dtype)
             if kernel is not None:
                 log.info("CPU matrix products of the model body: %s (dtype %s)", kernel, dtype)
+            tile = int(getattr(hf_config, batch_invariant.ATTENTION_TILE_KEY, 0))
+            if tile:  # --batch-invariant on CPU, batching kept
+                batch_invariant.install_fixed_attention(tile)
+                n = batch_invariant.pad_small_gemms(self)
+                log.info("batch-invariant: attention in fixed %d-position pieces, %d linear layers padded", tile, n)
             self.pooler = pooler_cls(
                 self,
                 alpha=float(getattr(hf_config, ALPHA_KEY, 1.0)),
