@@ -26,7 +26,7 @@ async def test_scorer_start_keeps_the_loop_free(monkeypatch, tmp_path):
     """Scorer.start runs create_engine (config reads, dtype resolution) in a thread: held at a gate there,
     the loop still runs other tasks; on the loop, the gate's release below could never run."""
     from endorm_server.config import Settings
-    from endorm_server.scoring import scorer as scorer_module
+    from endorm_server.core import scorer as scorer_module
     from tests.conftest import tiny_model
 
     entered, release = threading.Event(), threading.Event()
