@@ -72,6 +72,7 @@ class Summary:
     tokens: int
     elapsed_s: float
     nodes: dict[str, int] = field(default_factory=dict)  # Ray: rows scored per node id
+    first_s: float | None = None  # when the first answer came back (Ray: after every actor's engine started)
 
     def describe(self) -> str:
         rate = self.tokens / self.elapsed_s if self.elapsed_s else 0.0
@@ -79,6 +80,8 @@ class Summary:
             f"{self.written} lines written ({self.errors} errors), {self.skipped} already in {self.output}; "
             f"{self.tokens} tokens in {self.elapsed_s:.1f} s ({rate:.0f} tokens/s)"
         )
+        if self.first_s is not None:
+            out += f"; first answer after {self.first_s:.1f} s"
         per_node = ", ".join(f"{node}: {n}" for node, n in sorted(self.nodes.items()))
         return out + (f"; rows per Ray node: {per_node}" if per_node else "")
 
@@ -105,9 +108,12 @@ async def run(
     count = errors = tokens = 0
     pending: set[asyncio.Task[Record]] = set()
     complete = False
+    first_s: float | None = None
 
     def write(record: Record) -> None:
-        nonlocal count, errors, tokens
+        nonlocal count, errors, tokens, first_s
+        if first_s is None and record.status_code is not None:
+            first_s = time.monotonic() - t0
         sink.write(record)
         count += 1
         errors += not record.ok
@@ -141,4 +147,4 @@ async def run(
         await asyncio.gather(*pending, return_exceptions=True)
         sink.close(complete)
         progress.close()
-    return Summary(output_path, total, len(written), count, errors, tokens, time.monotonic() - t0)
+    return Summary(output_path, total, len(written), count, errors, tokens, time.monotonic() - t0, first_s=first_s)

@@ -240,6 +240,7 @@ def run_batch_file(
     nodes: Counter[str] = Counter()
     count = errors = tokens = 0
     complete = False
+    first_s: float | None = None
     try:
         pending, refused = _write_todo(input_path, todo, written, sink, progress)
         count = errors = refused
@@ -265,6 +266,7 @@ def run_batch_file(
                 api_key=api_key,
             )
             for batch in results.iter_batches(batch_format="pandas", batch_size=None):
+                first_s = time.monotonic() - t0 if first_s is None else first_s
                 for row in batch.to_dict("records"):
                     record = record_of_row(row)
                     sink.write(record)
@@ -279,4 +281,5 @@ def run_batch_file(
         progress.close()
         if complete:
             todo.unlink(missing_ok=True)
-    return Summary(output_path, total, len(written), count, errors, tokens, time.monotonic() - t0, dict(nodes))
+    elapsed = time.monotonic() - t0
+    return Summary(output_path, total, len(written), count, errors, tokens, elapsed, dict(nodes), first_s)
