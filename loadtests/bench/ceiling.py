@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((args.model / "config.json").read_text()) if args.model else None
     command = "python -m loadtests.bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:])
     start = loadavg()
+    cpus = os.sched_getaffinity(0)
     res = peak.measure(config, args.reps, log=lambda m: print(m, file=sys.stderr, flush=True))
+    os.sched_setaffinity(0, cpus)  # OMP_PROC_BIND bound this thread to one place; the footer counts every CPU
     info = machine_info()  # after: it imports torch, which must not start OpenMP before the CPUs are read
     res.update(
         command=command,
