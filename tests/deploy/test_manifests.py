@@ -23,6 +23,7 @@ from endorm_server.cli import build_parser, settings_from_args
 from endorm_server.config import Settings
 from endorm_server.http.metrics import Metrics
 from endorm_server.http.routes.meta import open_router
+from endorm_server.http.server import EXIT_ALLOWANCE_S, exit_bound_s
 from tests.deploy.dockerfiles import dockerfile_user, parse_dockerfile
 from tests.deploy.kube import (
     CRD_SCHEMAS,
@@ -268,15 +269,23 @@ def test_probes_hit_the_real_endpoints(overlay):
 
 
 @overlays
-def test_grace_period_covers_prestop_and_drain(overlay, monkeypatch):
+def test_grace_period_covers_the_worst_case_exit(overlay, monkeypatch):
+    """SIGTERM comes after preStop; the server then exits within ``exit_bound_s`` of its settings
+    (one drain budget, which uvicorn's graceful shutdown shares, plus the rest of the shutdown;
+    tests/http/test_uvicorn_limits.py holds a real uvicorn to it). The kubelet kills the pod at
+    terminationGracePeriodSeconds, counted from the start of preStop."""
     docs = render(overlay)
     pod = deployment(docs)["spec"]["template"]["spec"]
     container = server_container(deployment(docs))
-    drain = effective_settings(docs, monkeypatch).drain_timeout_s
+    settings = effective_settings(docs, monkeypatch)
     pre_stop = prestop_seconds(container)
     assert pre_stop > 0, "no preStop delay: endpoints are still being removed when the drain starts"
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    assert grace >= pre_stop + drain, f"grace {grace} s < preStop {pre_stop} s + drain {drain} s"
+    worst = pre_stop + exit_bound_s(settings)
+    assert worst <= grace, (
+        f"preStop {pre_stop} s + drain {settings.drain_timeout_s} s + shutdown {EXIT_ALLOWANCE_S} s = {worst} s"
+        f" > terminationGracePeriodSeconds {grace} s"
+    )
 
 
 @overlays
@@ -468,6 +477,37 @@ def test_preload_job_fills_the_servers_cache():
     assert env_of(docs, loader)["ENDORM_MODEL"] == env_of(docs, container)["ENDORM_MODEL"]
     assert "HF_HUB_OFFLINE" not in env_of(docs, loader)
     assert loader["image"] == container["image"], "the Job must run the server's image (same huggingface_hub)"
+
+
+def test_preload_job_pins_the_revision_the_server_loads(monkeypatch):
+    """The model cache overlay names one commit (org/name@<commit>) for the Job and the server alike; the
+    Job's own script, run here with a recording snapshot_download, fetches that commit with the server's
+    file patterns, and refuses an id that pins none."""
+    import sys
+    import types
+
+    from endorm_server.models.sources import HUB_PATTERNS, split_hub_id
+
+    docs = render("gpu-model-cache")
+    [loader] = one(docs, "Job")["spec"]["template"]["spec"]["containers"]
+    model = env_of(docs, loader)["ENDORM_MODEL"]
+    repo_id, revision = split_hub_id(model)
+    assert re.fullmatch(r"[0-9a-f]{40}", revision or ""), f"ENDORM_MODEL {model!r} pins no commit"
+    assert effective_settings(docs, monkeypatch).model == model  # the server resolves that same snapshot
+    assert loader["command"][:2] == ["python3", "-c"]
+    script = compile(loader["command"][2], "preload-job", "exec")
+    calls: list[tuple[str, dict]] = []
+    hub = types.ModuleType("huggingface_hub")
+    hub.snapshot_download = lambda repo, **kw: calls.append((repo, kw)) or "/models/huggingface/snapshot"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    monkeypatch.setenv("ENDORM_MODEL", model)
+    exec(script, {"__name__": "__main__"})
+    assert calls == [(repo_id, {"revision": revision, "allow_patterns": list(HUB_PATTERNS)})]
+    for unpinned in (repo_id, f"{repo_id}@main"):
+        monkeypatch.setenv("ENDORM_MODEL", unpinned)
+        with pytest.raises(SystemExit, match="must pin a commit"):
+            exec(script, {"__name__": "__main__"})
+    assert len(calls) == 1
 
 
 def test_guide_adapter_rule_serves_the_hpa_metric():
