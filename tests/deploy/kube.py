@@ -43,6 +43,9 @@ CRD_SCHEMAS = {
     ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy"): (
         GATEWAY_SCHEMAS / "backendtrafficpolicy-gateway.envoyproxy.io-v1alpha1.json"
     ),
+    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"): (
+        GATEWAY_SCHEMAS / "clienttrafficpolicy-gateway.envoyproxy.io-v1alpha1.json"
+    ),
 }
 
 

@@ -22,7 +22,8 @@ import pytest
 from endorm_client.affinity import AFFINITY_HEADER
 from endorm_server.config import Settings
 from endorm_server.http.routes import ROUTERS
-from tests.deploy.kube import CRD_SCHEMAS, by_kind, crd_validator, labels_match, one, render
+from endorm_server.http.server import MAX_REQUEST_HEAD_BYTES
+from tests.deploy.kube import CRD_SCHEMAS, by_kind, crd_validator, labels_match, one, quantity, render
 
 OVERLAY = "envoy-gateway"
 CR_GROUPS = ("gateway.networking.k8s.io/", "gateway.envoyproxy.io/")
@@ -82,7 +83,7 @@ def path_matched(path: str, matches: list[dict]) -> bool:
 def test_custom_resources_validate_against_their_crds():
     docs = render(OVERLAY)
     custom = [d for d in docs if d["apiVersion"].startswith(CR_GROUPS)]
-    assert {d["kind"] for d in custom} == {"Gateway", "HTTPRoute", "BackendTrafficPolicy"}
+    assert {d["kind"] for d in custom} == {"Gateway", "HTTPRoute", "BackendTrafficPolicy", "ClientTrafficPolicy"}
     for doc in custom:
         assert (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS, f"no vendored CRD schema for {doc['apiVersion']}"
         try:
@@ -104,7 +105,8 @@ def _listener(gateway: dict) -> dict:
     return gateway["spec"]["listeners"][0]
 
 
-BTP, ROUTE, GATEWAY = "BackendTrafficPolicy", "HTTPRoute", "Gateway"
+BTP, ROUTE, GATEWAY, CTP = "BackendTrafficPolicy", "HTTPRoute", "Gateway", "ClientTrafficPolicy"
+HTTP_TIMEOUT = "spec.timeout.http"
 LB, HASH, RETRY_ON = "spec.loadBalancer", "spec.loadBalancer.consistentHash", "spec.retry.retryOn"
 # (what, kind, where the validator must report it, the mistake)
 MISTAKES = [
@@ -157,6 +159,26 @@ MISTAKES = [
     ),
     ("listener name not a DNS label", GATEWAY, "spec.listeners.0.name", lambda g: _listener(g).update(name="HTTP")),
     ("listener port 0", GATEWAY, "spec.listeners.0.port", lambda g: _listener(g).update(port=0)),
+    (
+        "header timeout without a unit",
+        CTP,
+        f"{HTTP_TIMEOUT}.requestHeadersReceivedTimeout",
+        lambda p: p["spec"]["timeout"]["http"].update(requestHeadersReceivedTimeout="10"),
+    ),
+    (
+        "misspelt timeout field",
+        CTP,
+        HTTP_TIMEOUT,
+        lambda p: p["spec"]["timeout"]["http"].update(
+            headersTimeout=p["spec"]["timeout"]["http"].pop("requestHeadersReceivedTimeout")
+        ),
+    ),
+    (
+        "buffer limit not a quantity",
+        CTP,
+        "spec.connection.bufferLimit",
+        lambda p: p["spec"]["connection"].update(bufferLimit="8 MiB"),
+    ),
 ]
 
 
@@ -246,6 +268,42 @@ def test_route_timeout_outlasts_the_server_deadline():
         assert duration_s(timeouts["request"]) > deadline
         # Envoy Gateway uses backendRequest as the route timeout when the route has no retry
         assert "backendRequest" not in timeouts
+
+
+def _gateway_settings(docs: list[dict]) -> Settings:
+    """The server settings the ConfigMap sets (ENDORM_* values over the defaults) that these checks read."""
+    config = one(docs, "ConfigMap", "endorm-config")["data"]
+    names = ("body_timeout_s", "max_body_bytes", "request_timeout_s")
+    values = {n: config[f"ENDORM_{n.upper()}"] for n in names if f"ENDORM_{n.upper()}" in config}
+    return Settings(**values)
+
+
+def test_client_policy_bounds_slow_clients_at_the_gateway():
+    """What a bare ``endorm serve`` cannot bound (headers trickled slowly: uvicorn has no header
+    timeout; tests/http/test_uvicorn_limits.py), Envoy bounds for every client of the Gateway."""
+    docs = render(OVERLAY)
+    policy = one(docs, "ClientTrafficPolicy")
+    gateway = one(docs, "Gateway")
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["metadata"]["name"]}
+    ]
+    assert "namespace" not in policy["metadata"] and "namespace" not in gateway["metadata"]  # policies are local
+    settings = _gateway_settings(docs)
+    http = policy["spec"]["timeout"]["http"]
+    headers_s = duration_s(http["requestHeadersReceivedTimeout"])
+    request_s = duration_s(http["requestReceivedTimeout"])
+    assert 0 < headers_s <= 30, "0 disables Envoy's header timeout; minutes would let a slow client sit"
+    # the server's own body deadline answers first (a 408 with its error body), and Envoy's comes before
+    # the route's timeout
+    assert (
+        headers_s + settings.body_timeout_s
+        <= request_s
+        < duration_s(_rule(route_to_service(docs)[0])["timeouts"]["request"])
+    )
+    # Envoy keeps a body to retry it up to the connection's buffer limit: every body the server takes
+    buffer = quantity(policy["spec"]["connection"]["bufferLimit"])
+    assert settings.max_body_bytes <= buffer <= 4 * settings.max_body_bytes
+    assert MAX_REQUEST_HEAD_BYTES >= 60 * 1024, "the pods refuse heads that Envoy (60 KiB by default) passes on"
 
 
 def test_retries_503_on_another_replica_but_not_resets():
