@@ -22,7 +22,7 @@ from endorm_server.engine import EngineInfo, TokenStatsEngine, create_engine
 from endorm_server.engine.dtype import DtypeChoice, engine_dtype, machine_head_dtype
 from endorm_server.inputs.step_inputs import encode_with_steps
 from endorm_server.inputs.tokenization import EncodedPair, PairEncoder
-from endorm_server.models.fingerprint import model_fingerprint
+from endorm_server.models.fingerprint import fingerprint_inputs, fingerprint_of
 from endorm_server.models.sources import resolve_model_path
 from endorm_server.scoring import rewards
 from endorm_server.scoring.grouping import GroupScheduler
@@ -47,9 +47,14 @@ def admission_from(settings: Settings, *, wait: bool = False) -> AdmissionContro
 def system_fingerprint(settings: Settings, model_path: str, choice: DtypeChoice | None = None) -> str:
     """The ``system_fingerprint`` a server started with ``settings`` on this machine reports, known without
     starting an engine (``endorm eval --cached-only`` keys its cache by it)."""
+    return fingerprint_of(system_fingerprint_inputs(settings, model_path, choice))
+
+
+def system_fingerprint_inputs(settings: Settings, model_path: str, choice: DtypeChoice | None = None) -> dict:
+    """What goes into that fingerprint (GET /v1/models shows it): models/fingerprint.py."""
     choice = choice or engine_dtype(settings.dtype, model_path, settings.engine)
     head = machine_head_dtype(settings.head_dtype, choice.dtype, settings.engine)
-    return model_fingerprint(
+    return fingerprint_inputs(
         model_path,
         settings.alpha,
         settings.cache_dir,
@@ -57,6 +62,8 @@ def system_fingerprint(settings: Settings, model_path: str, choice: DtypeChoice 
         settings.engine,
         head,
         batch_invariant=settings.batch_invariant and settings.engine == "vllm",
+        tensor_parallel_size=settings.tensor_parallel_size,
+        cpu_gemm=settings.cpu_gemm,
     )
 
 
@@ -76,8 +83,9 @@ class Scorer:
         self.encoder = encoder
         self.model_name = model_name
         self.groups = GroupScheduler(engine)  # shared prompts computed once (service/endorm_server/scoring/grouping.py)
-        # weights + config + tokenizer + chat template + alpha + dtype + engine (service/endorm_server/models/fingerprint.py)
+        # files, alpha, dtypes, engine, versions, device, ... (models/fingerprint.py; the inputs: fingerprint_inputs)
         self.system_fingerprint = system_fingerprint
+        self.fingerprint_inputs: dict[str, Any] | None = None
         # The front end's CPU work (tokenization and chat templates, detokenization, offsets, reward math and
         # per-token results) runs in this bounded pool, never on the event loop that feeds the engine and
         # serves every other request: a long tokenization delays only the requests queued behind it here.
@@ -97,7 +105,8 @@ class Scorer:
         engine = await asyncio.to_thread(create_engine, settings, path)
         choice = engine.dtype_choice
         log.info("compute dtype %s: %s (--dtype %s)", choice.dtype, choice.reason, settings.dtype)
-        fingerprint = await asyncio.to_thread(system_fingerprint, settings, path, choice)
+        inputs = await asyncio.to_thread(system_fingerprint_inputs, settings, path, choice)
+        fingerprint = fingerprint_of(inputs)
         tokenizer = await asyncio.to_thread(
             AutoTokenizer.from_pretrained, path, trust_remote_code=settings.trust_remote_code
         )
@@ -105,7 +114,7 @@ class Scorer:
         assert engine.info is not None  # set by start()
         encoder = PairEncoder(tokenizer, vocab_size=engine.info.vocab_size)
         log.info("engine ready: %s, system_fingerprint %s", engine.info, fingerprint)
-        return cls(
+        scorer = cls(
             engine,
             encoder,
             settings.served_model_name or settings.model_name,
@@ -113,6 +122,8 @@ class Scorer:
             frontend_workers=settings.frontend_workers,
             admission=admission or admission_from(settings, wait=True),
         )
+        scorer.fingerprint_inputs = inputs  # what the fingerprint hashes (GET /v1/models)
+        return scorer
 
     @property
     def info(self) -> EngineInfo:

@@ -360,6 +360,13 @@ class ModelCard(BaseModel):
     determinism: dict[str, str | bool] | None = Field(
         None, description="What the rewards' bits rest on: threads, GEMM path, attention path, LM head, scheduling"
     )
+    fingerprint_inputs: dict[str, Any] | None = Field(
+        None,
+        description="What system_fingerprint hashes: files (name -> SHA-256), revision (the hub snapshot's commit, "
+        "not hashed), alpha, dtype, head_dtype, engine, versions, tensor_parallel_size, device, cpu_gemm, "
+        "batch_invariant. system_fingerprint = 'fp_' + sha256(json.dumps(inputs less revision, "
+        "sort_keys=True))[:16]",
+    )
 
 
 class ModelList(BaseModel):

@@ -32,6 +32,7 @@ async def models(request: Request):
                 system_fingerprint=scorer.system_fingerprint,
                 batch_invariant=bool(receipt and receipt.batch_invariant),
                 determinism=receipt.as_dict() if receipt else None,
+                fingerprint_inputs=getattr(scorer, "fingerprint_inputs", None),
             )
         ]
     )
