@@ -26,11 +26,15 @@ from endorm_client.errors import (
 )
 from endorm_client.types import (
     CompareResponse,
+    ErrorBody,
+    ItemError,
+    ItemsFailed,
     Message,
     ModelCard,
     ScoreItem,
     ScoreResponse,
     ScoreResult,
+    Terms,
     TokenReward,
     Usage,
 )
@@ -47,8 +51,11 @@ __all__ = [
     "CompareResponse",
     "DeadlineExceededError",
     "EndoRMError",
+    "ErrorBody",
     "InternalServerError",
     "InvalidRequestError",
+    "ItemError",
+    "ItemsFailed",
     "Message",
     "ModelCard",
     "NotFoundError",
@@ -61,6 +68,7 @@ __all__ = [
     "ScoreResponse",
     "ScoreResult",
     "ServiceUnavailableError",
+    "Terms",
     "TokenReward",
     "Usage",
 ]

@@ -13,7 +13,18 @@ Retry rules
   otherwise ``Retry-After`` when the server sent it (capped at ``max_retry_after``, plus
   up to 10 % jitter), else exponential backoff with jitter:
   ``d = min(backoff_max, backoff_base * 2**n)``, sleep uniform in ``[d/2, d]``;
-* at most ``max_retries`` retries (``max_retries + 1`` attempts) per call.
+* at most ``max_retries`` retries (``max_retries + 1`` attempts) per call, and all of them
+  within ``total_timeout`` seconds of the call's start (the deadline across attempts): a retry
+  whose delay would end past it is not made, and each attempt's read timeout is cut to the time
+  left. Behind a gateway that retries too (deploy/overlays/envoy-gateway), a call reaches the
+  replicas at most ``(max_retries + 1) x (gateway retries + 1)`` times (docs/rl.md).
+* a 500 (an internal invariant failure) is neither retried nor held against the replica: it says
+  nothing about the replica's health, only 503 (draining, not ready, engine down) and refused
+  connections bench it.
+
+Every POST of one logical call carries the same ``Idempotency-Key`` (a fresh uuid per call unless
+given): a retry of a request the server already answered is replayed from its store, not
+recomputed (service/endorm_server/http/idempotency.py).
 
 Balancing: each call goes to the healthy replica with the fewest requests in flight from
 this client (ties: round-robin). A replica that refuses connections, or answers 503
@@ -44,16 +55,24 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 300.0
 DEFAULT_CHUNK_SIZE = 64
 DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_TOTAL_TIMEOUT = 600.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_retries: int = 5
+    max_retries: int = DEFAULT_MAX_RETRIES
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     max_retry_after: float = 60.0
     retry_statuses: frozenset[int] = frozenset({429, 503})
     retry_read_timeouts: bool = False
+    total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT  # seconds for a call, all attempts and waits
+
+    @property
+    def max_attempts(self) -> int:
+        return self.max_retries + 1
 
     def backoff(self, retry: int) -> float:
         d = min(self.backoff_max, self.backoff_base * (2**retry))
@@ -185,6 +204,28 @@ class _Call:
         self.retries = 0
         self.tried: set[str] = set()
         self.attempts: list[str] = []  # url per attempt
+        total = policy.total_timeout
+        self.deadline = time.monotonic() + total if total is not None else None
+
+    def timeout(self, base: httpx.Timeout) -> httpx.Timeout:
+        """This attempt's timeouts: ``base``, each cut to the time left before the call's deadline."""
+        if self.deadline is None:
+            return base
+        left = max(self.deadline - time.monotonic(), 0.001)
+
+        def cut(t: float | None) -> float:
+            return left if t is None else min(t, left)
+
+        return httpx.Timeout(connect=cut(base.connect), read=cut(base.read), write=cut(base.write), pool=cut(base.pool))
+
+    def _give_up(self, err: Exception, delay: float) -> None:
+        """Raise ``err`` when waiting ``delay`` more would end past the call's deadline."""
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            note = f" (total_timeout of {self.policy.total_timeout:g} s reached after {len(self.attempts)} attempts)"
+            if isinstance(err, (APIStatusError, APIConnectionError)):
+                err.message += note
+                err.args = (str(err.args[0]) + note,) if err.args else (note,)
+            raise err
 
     def acquire(self) -> Endpoint:
         ep = self.balancer.acquire(self.tried, self.affinity)
@@ -200,16 +241,17 @@ class _Call:
             return True
         return False
 
-    def _next_delay(self, ep: Endpoint, retry_after: float | None) -> float:
+    def _next_delay(self, ep: Endpoint, retry_after: float | None, err: Exception) -> float:
         self.tried.add(ep.url)
         retry = self.retries
         self.retries += 1
         if self.balancer.has_untried_healthy(self.tried):
-            return 0.0
-        self.tried.clear()  # a new round over the replicas
-        if retry_after is not None:
-            return self.policy.honour(retry_after)
-        return self.policy.backoff(retry)
+            delay = 0.0
+        else:
+            self.tried.clear()  # a new round over the replicas
+            delay = self.policy.honour(retry_after) if retry_after is not None else self.policy.backoff(retry)
+        self._give_up(err, delay)
+        return delay
 
     def transport_failed(self, ep: Endpoint, exc: httpx.TransportError) -> float:
         """Delay before the next attempt, or raise."""
@@ -225,7 +267,10 @@ class _Call:
                 err.message += f" (after {self.retries + 1} attempts: {', '.join(self.attempts)})"
                 err.args = (err.message,)
             raise err from exc
-        return self._next_delay(ep, None)
+        try:
+            return self._next_delay(ep, None, err)
+        except APIConnectionError as e:
+            raise e from exc
 
     def status_failed(self, ep: Endpoint, resp: httpx.Response) -> float:
         err = api_error(resp, self.request_id, ep.url)
@@ -233,7 +278,7 @@ class _Call:
             raise err
         if resp.status_code == 503:  # draining, loading, engine down: prefer the other replicas
             self.balancer.bench(ep, at_least=err.retry_after or 0.0)
-        return self._next_delay(ep, err.retry_after)
+        return self._next_delay(ep, err.retry_after, err)
 
 
 def api_error(resp: httpx.Response, request_id: str | None, url: str | None = None) -> APIStatusError:
@@ -256,6 +301,10 @@ def api_error(resp: httpx.Response, request_id: str | None, url: str | None = No
 
 
 def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_idempotency_key() -> str:
     return uuid.uuid4().hex
 
 

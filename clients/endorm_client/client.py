@@ -6,9 +6,15 @@
         res = rm.score([{"messages": [{"role": "user", "content": "2+3?"}], "response": "5"}])
         res.results[0].score
 
-Every call sends ``X-Request-ID`` (the same id on each retry of one call), the API key
-as ``Authorization: Bearer`` (argument or ``ENDORM_API_KEY``), and is retried / failed
-over as described in ``endorm_client._core``.
+Every call sends ``X-Request-ID`` and, on a POST, ``Idempotency-Key`` (each the same on every
+retry of one call, so a retry of an answered request is replayed by the server, not recomputed),
+the API key as ``Authorization: Bearer`` (argument or ``ENDORM_API_KEY``), and is retried /
+failed over within a total deadline as described in ``endorm_client._core``.
+
+The batch helpers (``score_batch``) send ``item_errors="report"``: an item the server cannot
+score comes back as an :class:`~endorm_client.types.ItemError` in its place (``score`` None,
+``error.code`` why) and every other item is scored as if sent alone; ``score`` and ``compare``
+keep the server's default (``"reject"``: a bad item fails the call) unless told.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import httpx
 from endorm_client._core import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TOTAL_TIMEOUT,
+    IDEMPOTENCY_HEADER,
     Balancer,
     Endpoint,
     RetryPolicy,
@@ -32,6 +41,7 @@ from endorm_client._core import (
     auth_headers,
     chunks,
     make_timeout,
+    new_idempotency_key,
     new_request_id,
     normalize_base_urls,
     resolve_api_key,
@@ -42,10 +52,11 @@ from endorm_client.errors import EndoRMError, PayloadTooLargeError
 from endorm_client.types import (
     Aggregation,
     CompareResponse,
+    ItemErrors,
     ItemLike,
     ModelCard,
+    Outcome,
     ScoreResponse,
-    ScoreResult,
     Terminal,
     Usage,
     item_json,
@@ -66,7 +77,8 @@ class _Base:
         timeout: float | httpx.Timeout | None = None,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
-        max_retries: int = 5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        total_timeout: float | None = DEFAULT_TOTAL_TIMEOUT,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         max_retry_after: float = 60.0,
@@ -78,6 +90,7 @@ class _Base:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         headers: dict[str, str] | None = None,
         prompt_affinity: bool = True,
+        idempotency_keys: bool = True,
     ) -> None:
         """
         base_url: one URL, several (a list or a comma-separated string: client-side balancing
@@ -88,12 +101,17 @@ class _Base:
         max_retries, backoff_base, backoff_max, max_retry_after, retry_statuses,
             retry_read_timeouts: see ``endorm_client._core`` (retries on connection errors,
             429 and 503 only; exponential backoff with jitter; Retry-After honoured).
+        total_timeout: seconds one call may take, every attempt and wait included (None: no
+            limit); each attempt's read timeout is cut to the time left.
         cooldown_base, cooldown_max: how long a failing replica is benched.
         chunk_size, max_concurrency: defaults of the batch helpers (``score_batch``).
         prompt_affinity: with several replicas, send a request to the replica chosen by a hash
             of its first prompt (the one that has the prompt cached), and send that hash in the
             ``X-EndoRM-Affinity`` header for a proxy that hashes on it; False balances by load
             and sends no header.
+        idempotency_keys: send ``Idempotency-Key`` on every POST (a fresh uuid per call, the
+            same across its retries), so the server replays a retried answer instead of
+            recomputing it; False sends none (unless a call passes ``idempotency_key``).
         """
         if chunk_size < 1 or max_concurrency < 1 or max_retries < 0:
             raise ValueError("chunk_size and max_concurrency must be >= 1, max_retries >= 0")
@@ -107,6 +125,7 @@ class _Base:
             max_retry_after=max_retry_after,
             retry_statuses=frozenset(retry_statuses),
             retry_read_timeouts=retry_read_timeouts,
+            total_timeout=total_timeout,
         )
         self._balancer = Balancer.of(self.base_urls, cooldown_base, cooldown_max)
         self.chunk_size = chunk_size
@@ -115,6 +134,7 @@ class _Base:
         self._headers = {**(headers or {}), **auth_headers(self.api_key)}
         self._probe_timeout = httpx.Timeout(10.0, connect=self.timeout.connect)  # /ready checks
         self.prompt_affinity = prompt_affinity
+        self.idempotency_keys = idempotency_keys
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -130,6 +150,12 @@ class _Base:
         size = self._chunk_size(chunk_size)
         grouped = keys is not None and any(a == b for a, b in zip(keys, keys[1:]))
         return group_chunks(keys, size) if grouped and keys is not None else chunks(n, size)
+
+    def _call_headers(self, method: str, rid: str, affinity: str | None, idempotency_key: str | None) -> dict:
+        headers = {**self._headers, "X-Request-ID": rid, **({AFFINITY_HEADER: affinity} if affinity else {})}
+        if method.upper() == "POST" and (idempotency_key or self.idempotency_keys):
+            headers[IDEMPOTENCY_HEADER] = idempotency_key or new_idempotency_key()  # one per call, kept on retries
+        return headers
 
     def _affinity(self, items: list[dict]) -> str | None:
         """The request's prompt key: picks the replica among several URLs and, as the
@@ -149,9 +175,22 @@ class _Base:
 
     @staticmethod
     def _options(
-        aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast=None, baseline_system=None
+        aggregation,
+        gamma,
+        beta,
+        terminal,
+        return_tokens,
+        truncate,
+        add_eos,
+        model,
+        contrast=None,
+        baseline_system=None,
+        item_errors=None,
+        return_terms=None,
     ) -> dict:
         return {
+            "item_errors": item_errors,
+            "return_terms": return_terms,
             "aggregation": aggregation,
             "gamma": gamma,
             "beta": beta,
@@ -191,7 +230,7 @@ class _Base:
         return {**{k: v for k, v in options.items() if v is not None}, **body}
 
     @staticmethod
-    def _merge(parts: list[ScoreResponse], results: list[ScoreResult], aggregation: str | None) -> ScoreResponse:
+    def _merge(parts: list[ScoreResponse], results: list[Outcome], aggregation: str | None) -> ScoreResponse:
         for i, r in enumerate(results):
             r.index = i
         if not parts:
@@ -258,16 +297,25 @@ class RewardClient(_Base):
         params: dict | None = None,
         request_id: str | None = None,
         affinity: str | None = None,
+        idempotency_key: str | None = None,
     ) -> httpx.Response:
         """One logical call with retries and failover; returns the 2xx response or raises.
-        ``affinity`` (a prompt hash) prefers the replica that has that prompt cached."""
+        ``affinity`` (a prompt hash) prefers the replica that has that prompt cached;
+        ``idempotency_key`` replaces the fresh one a POST gets (the same on every retry)."""
         rid = request_id or new_request_id()
         call = _Call(self._balancer, self.retry, rid, affinity)
-        headers = {**self._headers, "X-Request-ID": rid, **({AFFINITY_HEADER: affinity} if affinity else {})}
+        headers = self._call_headers(method, rid, affinity, idempotency_key)
         while True:
             ep = call.acquire()
             try:
-                resp = self._http.request(method, ep.url + path, json=json, params=params, headers=headers)
+                resp = self._http.request(
+                    method,
+                    ep.url + path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=call.timeout(self.timeout),
+                )
             except httpx.TransportError as exc:
                 delay = call.transport_failed(ep, exc)
             else:
@@ -342,16 +390,37 @@ class RewardClient(_Base):
         request_id: str | None = None,
         contrast: bool | None = None,
         baseline_system: str | None = None,
+        item_errors: ItemErrors | None = None,
+        return_terms: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> ScoreResponse:
         """One ``POST /score`` (at most the server's ``max_items_per_request`` items; see
         :meth:`score_batch` for more). Options left None take the server's defaults."""
         body = score_body(
             [item_json(i) for i in items],
             self._options(
-                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+                aggregation,
+                gamma,
+                beta,
+                terminal,
+                return_tokens,
+                truncate,
+                add_eos,
+                model,
+                contrast,
+                baseline_system,
+                item_errors,
+                return_terms,
             ),
         )
-        resp = self.request("POST", "/score", json=body, request_id=request_id, affinity=self._affinity(body["items"]))
+        resp = self.request(
+            "POST",
+            "/score",
+            json=body,
+            request_id=request_id,
+            affinity=self._affinity(body["items"]),
+            idempotency_key=idempotency_key,
+        )
         out = ScoreResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out
@@ -372,14 +441,19 @@ class RewardClient(_Base):
         model: str | None = None,
         contrast: bool | None = None,
         baseline_system: str | None = None,
+        item_errors: ItemErrors = "report",
+        return_terms: bool | None = None,
     ) -> ScoreResponse:
         """Score any number of items: split to the server's limits, chunks in parallel
-        (bounded), one merged response with results in input order (``index`` is global)."""
+        (bounded), one merged response with results in input order (``index`` is global).
+        With ``item_errors="report"`` (the default here) an item that cannot be scored is an
+        ``ItemError`` in its place (``res.failures``; ``res.raise_for_failures()``) and the rest
+        are scored; ``"reject"`` fails the chunk that holds it."""
         payload = [item_json(i) for i in items]
         parts: list[ScoreResponse] = []
         lock = threading.Lock()
 
-        def send(part: list[dict]) -> list[ScoreResult]:
+        def send(part: list[dict]) -> list[Outcome]:
             res = self.score(
                 part,
                 aggregation=aggregation,
@@ -392,6 +466,8 @@ class RewardClient(_Base):
                 model=model,
                 contrast=contrast,
                 baseline_system=baseline_system,
+                item_errors=item_errors,
+                return_terms=return_terms,
             )
             with lock:
                 parts.append(res)
@@ -424,8 +500,13 @@ class RewardClient(_Base):
         responses_step_ends: Sequence[Sequence[int]] | None = None,
         contrast: bool | None = None,
         baseline_system: str | None = None,
+        item_errors: ItemErrors | None = None,
+        return_terms: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> CompareResponse:
-        """``POST /compare``: rank N >= 2 responses to one prompt (scores, ranking, best, P[i][j])."""
+        """``POST /compare``: rank N >= 2 responses to one prompt (scores, ranking, best, P[i][j]);
+        with ``item_errors="report"`` a response that cannot be scored is in ``failed`` (score None)
+        and the others are ranked."""
         body = self._compare_body(
             prompt,
             messages,
@@ -434,12 +515,30 @@ class RewardClient(_Base):
             responses,
             responses_ids,
             self._options(
-                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+                aggregation,
+                gamma,
+                beta,
+                terminal,
+                return_tokens,
+                truncate,
+                add_eos,
+                model,
+                contrast,
+                baseline_system,
+                item_errors,
+                return_terms,
             ),
             step_separator,
             responses_step_ends,
         )
-        resp = self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
+        resp = self.request(
+            "POST",
+            "/compare",
+            json=body,
+            request_id=request_id,
+            affinity=self._affinity([body]),
+            idempotency_key=idempotency_key,
+        )
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out
@@ -503,14 +602,22 @@ class AsyncRewardClient(_Base):
         params: dict | None = None,
         request_id: str | None = None,
         affinity: str | None = None,
+        idempotency_key: str | None = None,
     ) -> httpx.Response:
         rid = request_id or new_request_id()
         call = _Call(self._balancer, self.retry, rid, affinity)
-        headers = {**self._headers, "X-Request-ID": rid, **({AFFINITY_HEADER: affinity} if affinity else {})}
+        headers = self._call_headers(method, rid, affinity, idempotency_key)
         while True:
             ep = call.acquire()
             try:
-                resp = await self._http.request(method, ep.url + path, json=json, params=params, headers=headers)
+                resp = await self._http.request(
+                    method,
+                    ep.url + path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=call.timeout(self.timeout),
+                )
             except httpx.TransportError as exc:
                 delay = call.transport_failed(ep, exc)
             else:
@@ -576,15 +683,34 @@ class AsyncRewardClient(_Base):
         request_id: str | None = None,
         contrast: bool | None = None,
         baseline_system: str | None = None,
+        item_errors: ItemErrors | None = None,
+        return_terms: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> ScoreResponse:
         body = score_body(
             [item_json(i) for i in items],
             self._options(
-                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+                aggregation,
+                gamma,
+                beta,
+                terminal,
+                return_tokens,
+                truncate,
+                add_eos,
+                model,
+                contrast,
+                baseline_system,
+                item_errors,
+                return_terms,
             ),
         )
         resp = await self.request(
-            "POST", "/score", json=body, request_id=request_id, affinity=self._affinity(body["items"])
+            "POST",
+            "/score",
+            json=body,
+            request_id=request_id,
+            affinity=self._affinity(body["items"]),
+            idempotency_key=idempotency_key,
         )
         out = ScoreResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
@@ -606,11 +732,13 @@ class AsyncRewardClient(_Base):
         model: str | None = None,
         contrast: bool | None = None,
         baseline_system: str | None = None,
+        item_errors: ItemErrors = "report",
+        return_terms: bool | None = None,
     ) -> ScoreResponse:
         payload = [item_json(i) for i in items]
         parts: list[ScoreResponse] = []
 
-        async def send(part: list[dict]) -> list[ScoreResult]:
+        async def send(part: list[dict]) -> list[Outcome]:
             res = await self.score(
                 part,
                 aggregation=aggregation,
@@ -623,6 +751,8 @@ class AsyncRewardClient(_Base):
                 model=model,
                 contrast=contrast,
                 baseline_system=baseline_system,
+                item_errors=item_errors,
+                return_terms=return_terms,
             )
             parts.append(res)
             return res.results
@@ -654,6 +784,9 @@ class AsyncRewardClient(_Base):
         responses_step_ends: Sequence[Sequence[int]] | None = None,
         contrast: bool | None = None,
         baseline_system: str | None = None,
+        item_errors: ItemErrors | None = None,
+        return_terms: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> CompareResponse:
         body = self._compare_body(
             prompt,
@@ -663,12 +796,30 @@ class AsyncRewardClient(_Base):
             responses,
             responses_ids,
             self._options(
-                aggregation, gamma, beta, terminal, return_tokens, truncate, add_eos, model, contrast, baseline_system
+                aggregation,
+                gamma,
+                beta,
+                terminal,
+                return_tokens,
+                truncate,
+                add_eos,
+                model,
+                contrast,
+                baseline_system,
+                item_errors,
+                return_terms,
             ),
             step_separator,
             responses_step_ends,
         )
-        resp = await self.request("POST", "/compare", json=body, request_id=request_id, affinity=self._affinity([body]))
+        resp = await self.request(
+            "POST",
+            "/compare",
+            json=body,
+            request_id=request_id,
+            affinity=self._affinity([body]),
+            idempotency_key=idempotency_key,
+        )
         out = CompareResponse.model_validate(_json(resp))
         out.request_id = resp.headers.get("x-request-id")
         return out

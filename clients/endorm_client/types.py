@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Aggregation = Literal["sum", "mean", "discounted", "loglik_sum", "loglik_mean", "step_min", "step_last"]
 Terminal = Literal["zero", "bootstrap"]
+ItemErrors = Literal["reject", "report"]
 
 _RESULT = ConfigDict(extra="ignore")
 
@@ -35,6 +36,8 @@ class ScoreItem(BaseModel):
     steps: list[str] | None = None  # the response as steps (their concatenation); results gain ``steps``
     step_separator: str | None = None  # or split the text response after each occurrence
     step_ends: list[int] | None = None  # or, for response_ids, exclusive step end indices
+    terminal: Terminal | None = None  # this item's V(s_H) (default: the request's); bootstrap: cut off by length
+    add_eos: bool | None = None  # this item's add_eos (default: the request's); false: cut off by length
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -83,6 +86,38 @@ class StepResult(BaseModel):
     text: str | None = None
 
 
+class Terms(BaseModel):
+    """``return_terms``: the ``sum`` score = ``loglik + v_start - v_end`` (docs/rl.md)."""
+
+    model_config = _RESULT
+    loglik: float = Field(description="alpha x the response's summed log-probability")
+    v_start: float = Field(description="V(s_0): the prompt's value, a per-prompt offset")
+    v_end: float = Field(description="V(s_H) used: 0 (terminal zero) or v_{N-1} (bootstrap)")
+
+
+class ErrorBody(BaseModel):
+    """Why an item (or a request) failed: ``code`` is the stable reason."""
+
+    model_config = _RESULT
+    type: str
+    code: str = Field(description="Why, stably: sequence_too_long, token_out_of_vocabulary, overloaded, ...")
+    message: str
+    param: str | None = None
+
+
+class ItemError(BaseModel):
+    """An item the server could not score (``item_errors="report"``), in its place: ``score`` is None."""
+
+    model_config = _RESULT
+    index: int
+    score: None = None
+    error: ErrorBody
+
+    @property
+    def failed(self) -> bool:
+        return True
+
+
 class ScoreResult(BaseModel):
     model_config = _RESULT
     index: int
@@ -94,12 +129,31 @@ class ScoreResult(BaseModel):
     steps: list[StepResult] | None = None
     criteria_score: float | None = Field(None, description="contrast: the aggregation under the criteria")
     baseline_score: float | None = Field(None, description="contrast: the aggregation under the baseline context")
+    terms: Terms | None = Field(None, description="return_terms: the score's telescoping terms")
+
+    @property
+    def failed(self) -> bool:
+        return False
+
+
+Outcome = Union[ScoreResult, ItemError]  # one item's answer: scored, or its error (item_errors="report")
+
+
+class ItemsFailed(Exception):
+    """Raised by ``raise_for_failures()``: some items of a call could not be scored."""
+
+    def __init__(self, failures: list[ItemError]) -> None:
+        first = failures[0]
+        super().__init__(
+            f"{len(failures)} item(s) failed; first: item {first.index}: {first.error.code}: {first.error.message}"
+        )
+        self.failures = failures
 
 
 class Usage(BaseModel):
     model_config = _RESULT
-    prompt_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: int
+    total_tokens: int
 
 
 class ScoreResponse(BaseModel):
@@ -112,13 +166,25 @@ class ScoreResponse(BaseModel):
         "equal fingerprints give equal rewards",
     )
     aggregation: Aggregation
-    results: list[ScoreResult]
+    results: list[Outcome]
     usage: Usage
     request_id: str | None = Field(None, description="X-Request-ID of the call (set by the client)")
 
     @property
-    def scores(self) -> list[float]:
+    def scores(self) -> list[float | None]:
+        """One score per item, None where the item failed (``item_errors="report"``)."""
         return [r.score for r in self.results]
+
+    @property
+    def failures(self) -> list[ItemError]:
+        """The items that could not be scored, each with its index and error."""
+        return [r for r in self.results if isinstance(r, ItemError)]
+
+    def raise_for_failures(self) -> ScoreResponse:
+        """Raise :class:`ItemsFailed` if any item failed; else return self."""
+        if self.failures:
+            raise ItemsFailed(self.failures)
+        return self
 
 
 class CompareResponse(BaseModel):
@@ -131,25 +197,33 @@ class CompareResponse(BaseModel):
         "equal fingerprints give equal rewards",
     )
     aggregation: Aggregation
-    scores: list[float]
-    ranking: list[int]
-    best: int
-    probabilities: list[list[float]]
-    results: list[ScoreResult]
+    scores: list[float | None] = Field(description="None: the response could not be scored (item_errors: report)")
+    ranking: list[int] = Field(description="Indices of the responses that scored, best first")
+    best: int | None = Field(description="The best response; None when none scored")
+    failed: list[int] = Field(default_factory=list, description="Indices of the responses that could not be scored")
+    probabilities: list[list[float | None]]
+    results: list[Outcome]
     usage: Usage
     request_id: str | None = Field(None, description="X-Request-ID of the call (set by the client)")
+
+    @property
+    def failures(self) -> list[ItemError]:
+        return [r for r in self.results if isinstance(r, ItemError)]
 
 
 class ModelCard(BaseModel):
     model_config = _RESULT
     id: str
+    object: Literal["model"] = "model"
     max_model_len: int
     alpha: float
     engine: str
-    vocab_size: int | None = None
+    vocab_size: int
     dtype: str | None = Field(None, description="The dtype the engine computes in")
     system_fingerprint: str | None = Field(
         None,
         description="The served model's weights, alpha, compute dtype and engine: "
         "equal fingerprints give equal rewards",
     )
+    batch_invariant: bool = Field(False, description="Every reward is bit-identical whatever it was batched with")
+    determinism: dict[str, str | bool] | None = Field(None, description="What the rewards' bits rest on")

@@ -303,7 +303,9 @@ def test_request_id_header_on_every_call_and_kept_across_retries(stub):
     with fast(stub.url) as rm:
         rm.score(ITEMS[:1])
         stub.seen.clear()
-        stub.reply((200, {}, {"data": [{"id": "stub", "max_model_len": 8, "alpha": 1.0, "engine": "x"}]}, 0))
+        stub.reply(
+            (200, {}, {"data": [{"id": "stub", "max_model_len": 8, "alpha": 1.0, "engine": "x", "vocab_size": 8}]}, 0)
+        )
         rm.models()
         rm.ready()
     ids = [s.headers.get("x-request-id") for s in stub.seen]
