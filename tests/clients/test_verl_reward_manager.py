@@ -98,7 +98,18 @@ def test_batch_manager_same_tokenizer_ids(server, tiny_tok, mode):
     tensor = out["reward_tensor"]
     assert tensor.shape == data.batch["responses"].shape and tensor.dtype == torch.float32
     rows = batch_rows(data.batch)
-    expected = score(server, [{"prompt_ids": r.prompt_ids, "response_ids": r.response_ids} for r in rows])
+    # row 1 was cut off (no EOS): scored as unfinished, V(s_H) bootstrapped; the others as finished
+    cut = [r.response_ids[-1] != tiny_tok.eos_token_id for r in rows]
+    assert cut == [False, True, False]
+    expected = score(
+        server,
+        [
+            {"prompt_ids": r.prompt_ids, "response_ids": r.response_ids, **({"terminal": "bootstrap"} if c else {})}
+            for r, c in zip(rows, cut)
+        ],
+    )
+    as_finished = score(server, [{"prompt_ids": rows[1].prompt_ids, "response_ids": rows[1].response_ids}])
+    assert abs(as_finished[0]["score"] - expected[1]["score"]) > 1e-3  # the decision changes the reward
     for i, (row, res) in enumerate(zip(rows, expected)):
         L = len(row.response_ids)
         assert torch.all(tensor[i, L:] == 0)  # padding gets nothing
@@ -131,7 +142,8 @@ def test_reward_loop_manager_other_tokenizer_text(server, demo_tok, mode):
         text = demo_tok.decode(row.response_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         ended = row.response_ids[-1] == demo_tok.eos_token_id
         prompt = demo_tok.decode(row.prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        [res] = score(server, [{"prompt": prompt, "response": text}], add_eos=ended)
+        cut = {} if ended else {"terminal": "bootstrap"}  # a cut-off row: V(s_H) bootstrapped, no end-of-turn
+        [res] = score(server, [{"prompt": prompt, "response": text, **cut}], add_eos=ended)
         L = len(row.response_ids)
         assert torch.all(tensor[i, L:] == 0)
         assert o["reward_extra_info"]["endorm_score"] == pytest.approx(res["score"], abs=1e-6)
@@ -187,3 +199,25 @@ def test_decoded_offsets_tile_the_text(demo_tok, tiny_tok):
         assert text == tok.decode(ids, skip_special_tokens=True)
         assert spans[0][0] == 0 and spans[-1] == (len(text), len(text))
         assert all(b == a2 for (_, b), (a2, _) in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense"])
+def test_a_row_that_cannot_be_scored_gets_the_fallback(server, tiny_tok, mode, caplog):
+    data = make_batch(tiny_tok, PROMPTS, RESPONSES)
+    L = int(data.batch["attention_mask"][2, data.batch["prompts"].shape[-1] :].sum())
+    data.batch["responses"][2, 0] = 511 + 9  # outside the reward model's vocabulary
+    rm = EndoRMBatchRewardManager(
+        tiny_tok,
+        config={"reward": {"endorm": {"base_url": server.url, "api_key": API_KEY, "mode": mode, "fallback": -2.5}}},
+    )
+    with caplog.at_level("WARNING", logger="endorm_client.integrations"):
+        out = rm(data, return_dict=True)
+    tensor = out["reward_tensor"]
+    assert tensor[2, L - 1].item() == -2.5 and torch.count_nonzero(tensor[2]) == 1
+    assert out["reward_extra_info"]["endorm_failed"] == [0.0, 0.0, 1.0]
+    assert out["reward_extra_info"]["endorm_score"][2] == -2.5
+    assert rm.failed.total == 1 and rm.failed.by_code["token_out_of_vocabulary"] == 1
+    assert any("item 2 could not be scored" in r.message for r in caplog.records)
+    rows = batch_rows(data.batch)
+    good = score(server, [{"prompt_ids": r.prompt_ids, "response_ids": r.response_ids} for r in rows[:1]])
+    assert out["reward_extra_info"]["endorm_score"][0] == pytest.approx(good[0]["score"], abs=1e-4)

@@ -18,6 +18,17 @@ Mapping of TRL's inputs to ``/score`` items:
   the decoded text: exact tokens (EOS included only when the policy generated it), valid
   when the policy and the reward model share a tokenizer.
 
+Cut-off completions: with ``eos_token_id`` (the policy's end-of-sequence id(s), e.g.
+``tokenizer.eos_token_id``), a completion whose ``completion_ids`` do not end with one was cut off
+by the length limit (TRL's own rule, ``mask_truncated_completions``): it is sent with
+``terminal: "bootstrap"`` and, as text, without an appended end-of-turn token
+(``unfinished_terminal=None`` keeps the request's terminal). Without ``eos_token_id`` every
+completion is scored as finished.
+
+A completion the server cannot score (too long without ``truncate``, an id outside the reward
+model's vocabulary, ...) gets ``None``, which TRL's GRPO trainer treats as "not applicable" (a NaN
+its advantages skip); it is logged and counted (``fn.failed``; ``endorm/failed_items`` metric).
+
 The function returns one float per completion (the sequence reward, ``aggregation`` of
 the server, default ``sum``; with ``step_separator`` the completion is sent as steps, so
 ``aggregation="step_min"`` / ``"step_last"`` score its weakest / last step), calls the server in chunks within its limits and with
@@ -30,7 +41,15 @@ import asyncio
 from typing import Any, Sequence
 
 from endorm_client.client import AsyncRewardClient, RewardClient
+from endorm_client.integrations._outcomes import (
+    DEFAULT_UNFINISHED_TERMINAL,
+    FailedItems,
+    eos_ids,
+    finished,
+    unfinished_options,
+)
 from endorm_client.steps import split_steps
+from endorm_client.types import ItemError, ScoreResponse
 
 __all__ = ["make_reward_function", "EndoRMRewardFunction", "AsyncEndoRMRewardFunction", "to_items"]
 
@@ -65,14 +84,18 @@ def to_items(
     system: str | None = None,
     use_completion_ids: bool = False,
     step_separator: str | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    unfinished_terminal: str | None = DEFAULT_UNFINISHED_TERMINAL,
 ) -> list[dict]:
-    """TRL's (prompts, completions[, completion_ids]) -> ``/score`` items (``steps`` with a separator)."""
+    """TRL's (prompts, completions[, completion_ids]) -> ``/score`` items (``steps`` with a separator);
+    with ``eos_token_id`` and ``completion_ids``, a completion not ended by one is sent as cut off."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
     if use_completion_ids and step_separator is not None:
         raise ValueError("step_separator splits completion text: not with use_completion_ids")
     if use_completion_ids and completion_ids is None:
         raise ValueError("use_completion_ids=True but the trainer passed no completion_ids")
+    eos = eos_ids(eos_token_id)
     items = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         if isinstance(prompt, str):
@@ -91,6 +114,8 @@ def to_items(
             item["steps" if text else "response"] = split_steps(text, step_separator) if text else text
         else:
             item["response"] = _completion_text(completion)
+        if eos and completion_ids is not None and not finished(completion_ids[i], eos):
+            item.update(unfinished_options(unfinished_terminal, text=not use_completion_ids))
         items.append(item)
     return items
 
@@ -108,6 +133,8 @@ class _Common:
         chunk_size: int | None,
         max_concurrency: int | None,
         step_separator: str | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        unfinished_terminal: str | None = DEFAULT_UNFINISHED_TERMINAL,
     ) -> None:
         unknown = set(options) - set(_OPTIONS)
         if unknown:
@@ -122,7 +149,10 @@ class _Common:
         self.options = {k: v for k, v in options.items() if v is not None}
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
+        self.eos_token_id = eos_token_id
+        self.unfinished_terminal = unfinished_terminal
         self.calls = 0
+        self.failed = FailedItems(name)
 
     def _items(self, prompts, completions, completion_ids) -> list[dict]:
         return to_items(
@@ -132,13 +162,21 @@ class _Common:
             system=self.system,
             use_completion_ids=self.use_completion_ids,
             step_separator=self.step_separator,
+            eos_token_id=self.eos_token_id,
+            unfinished_terminal=self.unfinished_terminal,
         )
 
-    @staticmethod
-    def _log(kwargs: dict, res: Any) -> None:
+    def _rewards(self, kwargs: dict, res: ScoreResponse) -> list[float | None]:
+        """One reward per completion, None for one that failed (logged, counted); logs TRL metrics."""
+        for f in res.failures:
+            self.failed.record(f.index, f.error.code, f.error.message, None)
         log_metric = kwargs.get("log_metric")
+        scored = [r for r in res.results if not isinstance(r, ItemError)]
         if callable(log_metric) and res.results:
-            log_metric("endorm/response_tokens", sum(r.num_tokens for r in res.results) / len(res.results))
+            if scored:
+                log_metric("endorm/response_tokens", sum(r.num_tokens for r in scored) / len(scored))
+            log_metric("endorm/failed_items", float(len(res.results) - len(scored)))
+        return [None if isinstance(r, ItemError) else r.score for r in res.results]
 
     def __getstate__(self) -> dict:  # picklable: the HTTP client is rebuilt where it is used
         state = dict(self.__dict__)
@@ -159,14 +197,13 @@ class EndoRMRewardFunction(_Common):
 
     def __call__(
         self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
-    ) -> list[float]:
+    ) -> list[float | None]:
         items = self._items(prompts, completions, completion_ids)
         res = self._get_client().score_batch(
             items, chunk_size=self.chunk_size, max_concurrency=self.max_concurrency, **self.options
         )
         self.calls += 1
-        self._log(kwargs, res)
-        return [r.score for r in res.results]
+        return self._rewards(kwargs, res)
 
 
 class AsyncEndoRMRewardFunction(_Common):
@@ -181,14 +218,13 @@ class AsyncEndoRMRewardFunction(_Common):
 
     async def __call__(
         self, prompts: list, completions: list, completion_ids: list | None = None, **kwargs: Any
-    ) -> list[float]:
+    ) -> list[float | None]:
         items = self._items(prompts, completions, completion_ids)
         res = await self._get_client().score_batch(
             items, chunk_size=self.chunk_size, max_concurrency=self.max_concurrency, **self.options
         )
         self.calls += 1
-        self._log(kwargs, res)
-        return [r.score for r in res.results]
+        return self._rewards(kwargs, res)
 
 
 def make_reward_function(
@@ -210,6 +246,8 @@ def make_reward_function(
     step_separator: str | None = None,
     contrast: bool | None = None,
     baseline_system: str | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    unfinished_terminal: str | None = DEFAULT_UNFINISHED_TERMINAL,
     **client_kwargs: Any,
 ) -> EndoRMRewardFunction | AsyncEndoRMRewardFunction:
     """A TRL reward function backed by the EndoRM server.
@@ -226,6 +264,12 @@ def make_reward_function(
         completion without it is one step.
     contrast: the criteria-contrast reward r(x, system, y) - r(x, baseline, y) (needs ``system`` and
         conversational prompts); baseline_system: the baseline's system turn (default: the prompt as given).
+    eos_token_id: the policy's end-of-sequence id(s): a completion whose ``completion_ids`` do not end
+        with one was cut off, and is scored with ``unfinished_terminal`` (default ``"bootstrap"``;
+        None: the request's ``terminal``) and no appended end-of-turn token.
+
+    A completion that cannot be scored returns None (TRL: not applicable), logged and counted in
+    ``fn.failed``.
     """
     if contrast and system is None:
         raise ValueError("contrast=True needs system (the reward criteria)")
@@ -262,4 +306,6 @@ def make_reward_function(
         chunk_size,
         max_concurrency,
         step_separator,
+        eos_token_id,
+        unfinished_terminal,
     )

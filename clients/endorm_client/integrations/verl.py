@@ -16,6 +16,13 @@ when ``chat``, else raw text; or a list of messages), the response is ``solution
 
 With ``system=CRITERIA, contrast=True`` the reward is the criteria contrast (docs/contrast.md):
 r(x, criteria, y) - r(x, baseline, y), the part of the reward the criteria are responsible for.
+
+A sample the server cannot score (``item_errors: "report"``) gets ``fallback`` (default 0.0), logged
+and counted (``compute_score.failed``). verl hands a custom ``compute_score`` only the decoded text
+(special tokens skipped), so it cannot tell a cut-off rollout from a finished one: a row-level
+decision (``terminal: "bootstrap"`` for cut-off rows) needs the ``endorm`` reward manager
+(``endorm_client.integrations.verl_reward``), which reads the token ids; or put
+``extra_info["endorm_truncated"] = True`` on the sample.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence, cast
 
 from endorm_client.client import AsyncRewardClient, RewardClient
+from endorm_client.integrations._outcomes import DEFAULT_UNFINISHED_TERMINAL, FailedItems, unfinished_options
 from endorm_client.loop_clients import PerLoopClients
+from endorm_client.types import ScoreResponse
 
 __all__ = ["make_compute_score", "to_item"]
 
@@ -44,6 +53,11 @@ def to_item(
     return item
 
 
+def _cut(extra_info: dict | None, terminal: str | None) -> dict[str, Any]:
+    truncated = bool(extra_info and extra_info.get("endorm_truncated"))
+    return unfinished_options(terminal, text=True) if truncated else {}
+
+
 def make_compute_score(
     client: RewardClient | AsyncRewardClient | str | Sequence[str] | None = None,
     *,
@@ -58,10 +72,14 @@ def make_compute_score(
     add_eos: bool | None = None,
     contrast: bool = False,
     baseline_system: str | None = None,
+    fallback: float = 0.0,
+    unfinished_terminal: str | None = DEFAULT_UNFINISHED_TERMINAL,
     **client_kwargs: Any,
 ) -> Callable[..., Any]:
     """A verl ``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw) -> float``
-    (an ``async def`` when ``asynchronous``, which verl's reward loop awaits)."""
+    (an ``async def`` when ``asynchronous``, which verl's reward loop awaits). A sample that cannot
+    be scored returns ``fallback`` (logged, counted in ``compute_score.failed``); one with
+    ``extra_info["endorm_truncated"]`` is scored as cut off (``unfinished_terminal``, no end-of-turn)."""
     if contrast and (system is None or not chat):
         raise ValueError("contrast=True needs chat prompts and system=<the criteria> (scored against the baseline)")
     if baseline_system is not None and not contrast:
@@ -79,8 +97,18 @@ def make_compute_score(
         ).items()
         if v is not None
     }
+    options["item_errors"] = "report"
     given = client if isinstance(client, (RewardClient, AsyncRewardClient)) else None
     state: dict[str, Any] = {"client": given}
+    failed = FailedItems("verl")
+
+    def reward(res: ScoreResponse) -> float:
+        r = res.results[0]
+        if r.score is None:
+            for f in res.failures:
+                failed.record(f.index, f.error.code, f.error.message, fallback)
+            return float(fallback)
+        return float(r.score)
 
     if asynchronous:
         # verl awaits this from its reward loop workers' loops: a client per loop, closed with it
@@ -95,8 +123,10 @@ def make_compute_score(
         ) -> float:
             rm = given if isinstance(given, AsyncRewardClient) else await per_loop.get()
             item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)
-            return (await rm.score([item], **options)).results[0].score
+            item.update(_cut(extra_info, unfinished_terminal))
+            return reward(await rm.score([item], **options))
 
+        compute_score.failed = failed  # type: ignore[attr-defined]
         return compute_score
 
     def compute_score_sync(
@@ -109,6 +139,8 @@ def make_compute_score(
         if state["client"] is None:
             state["client"] = RewardClient(cast("str | Sequence[str] | None", client), **client_kwargs)
         item = to_item(solution_str, extra_info, prompt_key=prompt_key, chat=chat, system=system)
-        return state["client"].score([item], **options).results[0].score
+        item.update(_cut(extra_info, unfinished_terminal))
+        return reward(state["client"].score([item], **options))
 
+    compute_score_sync.failed = failed  # type: ignore[attr-defined]
     return compute_score_sync

@@ -27,6 +27,15 @@ dropped; the reward model's end-of-turn token is appended when the policy's resp
 with EOS); dense rewards are then placed on the policy's tokens by character offsets
 (``endorm_client.alignment``), still summing to the sequence ``sum``. ``step_separator``
 (text input) scores the response as steps, for ``aggregation=step_min`` / ``step_last``.
+
+Cut-off rollouts: a row whose last valid response token is not the tokenizer's end-of-sequence id
+was cut off by the length limit; it is scored with ``terminal: "bootstrap"`` (``unfinished_terminal``;
+``none`` keeps the request's ``terminal``) and, as text, without an appended end-of-turn token, in
+the same request as the finished rows (per-item options).
+
+A row the server cannot score (``item_errors: "report"``) gets ``fallback`` (default 0.0) as its
+sparse score (dense: at its last token), is logged and counted (``manager.failed``), and
+``reward_extra_info["endorm_failed"]`` is 1.0 on it.
 """
 
 from __future__ import annotations
@@ -39,8 +48,16 @@ import torch
 
 from endorm_client.alignment import map_rewards
 from endorm_client.client import AsyncRewardClient, RewardClient
+from endorm_client.integrations._outcomes import (
+    DEFAULT_UNFINISHED_TERMINAL,
+    FailedItems,
+    eos_ids,
+    finished,
+    unfinished_options,
+)
 from endorm_client.loop_clients import PerLoopClients
 from endorm_client.steps import split_steps
+from endorm_client.types import ItemError
 
 __all__ = [
     "EndoRMRewardManager",
@@ -61,6 +78,8 @@ class Options:
     aggregation: str = "sum"  # the sparse score
     step_separator: str | None = None
     chunk_size: int | None = None
+    fallback: float = 0.0  # the reward of a row the server could not score
+    unfinished_terminal: str | None = DEFAULT_UNFINISHED_TERMINAL  # cut-off rows; "none": the request's
 
     @classmethod
     def of(cls, config: Any = None, **overrides: Any) -> Options:
@@ -71,10 +90,17 @@ class Options:
             if env and f.name == "step_separator":  # escapes, as ENDORM_STEP_SEPARATOR='\\n\\n'
                 env = env.encode("latin-1", "backslashreplace").decode("unicode_escape")
             if env:
-                given[f.name] = int(env) if f.name == "chunk_size" else env
+                given[f.name] = int(env) if f.name == "chunk_size" else float(env) if f.name == "fallback" else env
         section = _section(config)
         given.update({k: v for k, v in section.items() if k in {f.name for f in fields(cls)} and v is not None})
         given.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(given.get("unfinished_terminal"), str) and given["unfinished_terminal"].lower() in (
+            "none",
+            "null",
+        ):
+            given["unfinished_terminal"] = None
+        if "fallback" in given:
+            given["fallback"] = float(given["fallback"])
         opts = cls(**given)
         if opts.mode not in ("sparse", "dense") or opts.input not in ("ids", "text"):
             raise ValueError(f"mode must be sparse|dense and input ids|text, got {opts.mode!r}, {opts.input!r}")
@@ -180,25 +206,30 @@ class _Core:
         self.tokenizer = tokenizer
         self.options = options
 
-    def requests(self, rows: Sequence[Row]) -> list[tuple[list[int], dict[str, Any], bool]]:
-        """-> [(row indices, item builder args, add_eos)]: one /score batch per add_eos value."""
-        if self.options.input == "ids":
-            return [(list(range(len(rows))), {}, False)] if rows else []
-        eos = {t for t in (getattr(self.tokenizer, "eos_token_id", None),) if t is not None}
-        ended = [i for i, r in enumerate(rows) if r.response_ids and r.response_ids[-1] in eos]
-        cut = [i for i in range(len(rows)) if i not in set(ended)]
-        return [(idx, {}, flag) for idx, flag in ((ended, True), (cut, False)) if idx]
+    def finished(self, row: Row) -> bool:
+        """The policy ended this row (its last valid token is an end-of-sequence id), not the length limit."""
+        return finished(row.response_ids, eos_ids(getattr(self.tokenizer, "eos_token_id", None)))
 
     def item(self, row: Row) -> tuple[dict[str, Any], list[tuple[int, int]] | None]:
         """The /score item of a row, and (text input) the policy tokens' spans in the response text."""
-        if self.options.input == "ids":
-            return {"prompt_ids": row.prompt_ids, "response_ids": row.response_ids}, None
+        text_input = self.options.input == "text"
+        done = self.finished(row)
+        cut = {} if done else unfinished_options(self.options.unfinished_terminal, text=text_input)
+        if not text_input:  # exact tokens: the EOS is there when the policy generated it
+            return {"prompt_ids": row.prompt_ids, "response_ids": row.response_ids, **cut}, None
         prompt = self.tokenizer.decode(row.prompt_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         text, spans = decoded_offsets(self.tokenizer, row.response_ids)
         item: dict[str, Any] = {"prompt": prompt, "response": text}
         if self.options.step_separator is not None and text:
             item = {"prompt": prompt, "steps": split_steps(text, self.options.step_separator)}
-        return item, spans
+        return {**item, **({"add_eos": True} if done else cut)}, spans
+
+    def fallback_values(self, row: Row) -> float | list[float]:
+        """What a row that could not be scored gets: the fallback (dense: at its last token)."""
+        f = float(self.options.fallback)
+        if self.options.mode == "sparse":
+            return f
+        return [0.0] * (len(row.response_ids) - 1) + [f] if row.response_ids else []
 
     def values(self, row: Row, result: Any, spans: list[tuple[int, int]] | None) -> float | list[float]:
         if self.options.mode == "sparse":
@@ -209,37 +240,54 @@ class _Core:
             return []
         return map_rewards([t.reward for t in result.tokens], [t.offset for t in result.tokens], spans)
 
-    def score_kwargs(self, add_eos: bool) -> dict[str, Any]:
+    def score_kwargs(self) -> dict[str, Any]:
         o = self.options
         return {
             "aggregation": o.aggregation,
             "return_tokens": o.mode == "dense",
-            "add_eos": add_eos if o.input == "text" else None,
             "chunk_size": o.chunk_size,
+            "item_errors": "report",
         }
 
     def client_kwargs(self) -> dict[str, Any]:
         return {"api_key": self.options.api_key} if self.options.api_key else {}
 
-    def score_rows_sync(self, client: RewardClient, rows: Sequence[Row]) -> tuple[list, list[float]]:
-        values: list[Any] = [None] * len(rows)
-        scores = [0.0] * len(rows)
-        for idx, _, add_eos in self.requests(rows):
-            built = [self.item(rows[i]) for i in idx]
-            res = client.score_batch([b[0] for b in built], **self.score_kwargs(add_eos))
-            for i, (_, spans), r in zip(idx, built, res.results):
-                values[i], scores[i] = self.values(rows[i], r, spans), r.score
-        return values, scores
+    def outcome(
+        self, rows: Sequence[Row], built: list, results: list, failed: FailedItems, offset: int = 0
+    ) -> tuple[list, list[float], list[float]]:
+        """(values, scores, failed flags) of each row from its result; a failed one gets the fallback."""
+        values: list[Any] = []
+        scores: list[float] = []
+        flags: list[float] = []
+        for i, (row, (_, spans), r) in enumerate(zip(rows, built, results)):
+            if isinstance(r, ItemError):
+                failed.record(offset + i, r.error.code, r.error.message, self.options.fallback)
+                values.append(self.fallback_values(row))
+                scores.append(float(self.options.fallback))
+                flags.append(1.0)
+            else:
+                values.append(self.values(row, r, spans))
+                scores.append(float(r.score))
+                flags.append(0.0)
+        return values, scores, flags
 
-    async def score_rows(self, client: AsyncRewardClient, rows: Sequence[Row]) -> tuple[list, list[float]]:
-        values: list[Any] = [None] * len(rows)
-        scores = [0.0] * len(rows)
-        for idx, _, add_eos in self.requests(rows):
-            built = [self.item(rows[i]) for i in idx]
-            res = await client.score_batch([b[0] for b in built], **self.score_kwargs(add_eos))
-            for i, (_, spans), r in zip(idx, built, res.results):
-                values[i], scores[i] = self.values(rows[i], r, spans), r.score
-        return values, scores
+    def score_rows_sync(
+        self, client: RewardClient, rows: Sequence[Row], failed: FailedItems
+    ) -> tuple[list, list[float], list[float]]:
+        if not rows:
+            return [], [], []
+        built = [self.item(r) for r in rows]
+        res = client.score_batch([b[0] for b in built], **self.score_kwargs())
+        return self.outcome(rows, built, res.results, failed)
+
+    async def score_rows(
+        self, client: AsyncRewardClient, rows: Sequence[Row], failed: FailedItems, offset: int = 0
+    ) -> tuple[list, list[float], list[float]]:
+        if not rows:
+            return [], [], []
+        built = [self.item(r) for r in rows]
+        res = await client.score_batch([b[0] for b in built], **self.score_kwargs())
+        return self.outcome(rows, built, res.results, failed, offset)
 
 
 # ------------------------------------------------------------------ verl's registries
@@ -270,11 +318,12 @@ class EndoRMRewardManager(RewardManagerBase):
         self._clients = PerLoopClients(
             lambda: AsyncRewardClient(self.core.options.base_url, **self.core.client_kwargs())
         )
+        self.failed = FailedItems("verl")
 
     async def run_single(self, data: DataProto) -> dict:
         rows = batch_rows(data[-1:].batch)
-        values, scores = await self.core.score_rows(await self._clients.get(), rows)
-        return {"reward_score": values[0], "reward_extra_info": {"endorm_score": scores[0]}}
+        values, scores, flags = await self.core.score_rows(await self._clients.get(), rows, self.failed)
+        return {"reward_score": values[0], "reward_extra_info": {"endorm_score": scores[0], "endorm_failed": flags[0]}}
 
     @classmethod
     def assemble_rm_scores(cls, data: DataProto, scores: list) -> torch.Tensor:
@@ -299,11 +348,12 @@ class EndoRMBatchRewardManager(AbstractRewardManager):
         self.tokenizer = tokenizer
         self.core = _Core(tokenizer, Options.of(config, **overrides))
         self.client = client or RewardClient(self.core.options.base_url, **self.core.client_kwargs())
+        self.failed = FailedItems("verl")
 
     def __call__(self, data: DataProto, return_dict: bool = False) -> torch.Tensor | dict[str, Any]:
         rows = batch_rows(data.batch)
-        values, scores = self.core.score_rows_sync(self.client, rows)
+        values, scores, flags = self.core.score_rows_sync(self.client, rows, self.failed)
         tensor = reward_tensor(data.batch["responses"], rows, values)
         if return_dict:
-            return {"reward_tensor": tensor, "reward_extra_info": {"endorm_score": scores}}
+            return {"reward_tensor": tensor, "reward_extra_info": {"endorm_score": scores, "endorm_failed": flags}}
         return tensor
