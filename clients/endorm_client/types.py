@@ -227,3 +227,6 @@ class ModelCard(BaseModel):
     )
     batch_invariant: bool = Field(False, description="Every reward is bit-identical whatever it was batched with")
     determinism: dict[str, str | bool] | None = Field(None, description="What the rewards' bits rest on")
+    fingerprint_inputs: dict[str, Any] | None = Field(
+        None, description="What system_fingerprint hashes: files and their SHA-256, revision, versions, device, ..."
+    )
