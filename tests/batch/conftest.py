@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import COMMON, tiny_model
+from tests.conftest import API_KEY, COMMON, tiny_model
 
 RUN_TIMEOUT_S = 900  # a guard against a hang, far past a run on a loaded 2-core machine
 
@@ -29,6 +29,12 @@ def batch_cmd(input_path: Path, output: Path, *flags: str) -> list[str]:
         *COMMON,
         *flags,
     ]
+
+
+def fleet(server) -> list[str]:
+    """``endorm batch`` on the shared ``server`` fixture over HTTP (the SDK): no engine start of its own,
+    for the tests of what does not depend on where a request is scored (resume, the Parquet file)."""
+    return ["--endpoint", server.url, "--endpoint-api-key", API_KEY]
 
 
 def run_batch(input_path: Path, output: Path, *flags: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,16 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from tests.batch.conftest import kill_group, read_output, request, run_batch, score_line, start_batch, write_lines
+from tests.batch.conftest import (
+    fleet,
+    kill_group,
+    read_output,
+    request,
+    run_batch,
+    score_line,
+    start_batch,
+    write_lines,
+)
 from tests.conftest import API_KEY
 
 CHAT = "<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
@@ -159,11 +168,11 @@ def test_parquet_rows_match_the_jsonl_answers(tmp_path, answered):
     assert f1["token_rewards"] is None and f1["score"] is not None  # f001 did not ask for tokens
 
 
-def test_parquet_output(tmp_path):
-    """``-o x.parquet``: one row per item, written by the CLI."""
+def test_parquet_output(server, tmp_path):
+    """``-o x.parquet``: one row per item, written by the CLI (scored by the shared server, over HTTP)."""
     lines = [score_line(f"p{i}", "2+2=", f"{i}", return_tokens=True) for i in range(6)] + ["oops"]
     path = write_lines(tmp_path / "in.jsonl", lines)
-    run_batch(path, tmp_path / "out.parquet")
+    run_batch(path, tmp_path / "out.parquet", *fleet(server))
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert sorted(r["custom_id"] or "" for r in rows) == ["", *(f"p{i}" for i in range(6))]
     scored = [r for r in rows if r["custom_id"]]
@@ -177,10 +186,12 @@ def _complete_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def test_resume_after_a_kill(tmp_path):
+def test_resume_after_a_kill(server, tmp_path):
     """Kill the run after it wrote N lines (by control: its input is a pipe that has not ended, so it
     cannot finish), leave a half-written line as a kill mid-write does, rerun over the whole file:
-    every line's output exactly once, the first run's lines kept."""
+    every line's output exactly once, the first run's lines kept. Both runs score on the shared server
+    (``--endpoint``, the fleet mode): what is resumed is the output file, the same whatever scores the
+    requests, and two engine starts of their own would be most of the test's time."""
     lines = [score_line(f"r{i:03d}", f"{i} * 3 =", f" {3 * i}") for i in range(60)]
     lines[5] = "not json"
     lines[8] = score_line("r000", "again", "x")  # a duplicate custom_id
@@ -188,11 +199,11 @@ def test_resume_after_a_kill(tmp_path):
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
     out = tmp_path / "out.jsonl"
-    proc = start_batch(fifo, out, tmp_path / "first.log", "--max-in-flight", "4")
+    proc = start_batch(fifo, out, tmp_path / "first.log", "--max-in-flight", "4", *fleet(server))
     opened = threading.Event()
 
     def feed() -> None:
-        with open(fifo, "w") as f:  # blocks until the run opens its input (after its engine started)
+        with open(fifo, "w") as f:  # blocks until the run opens its input (once the server answered ready)
             f.write("".join(line + "\n" for line in first))
             f.flush()
             opened.set()
@@ -216,7 +227,7 @@ def test_resume_after_a_kill(tmp_path):
     out.write_bytes(kept + b'{"id": "batch_req_1", "custom_id": "r059", "response": {"status_co')
 
     whole = write_lines(tmp_path / "in.jsonl", lines)
-    proc2 = run_batch(whole, out, "--max-in-flight", "4")
+    proc2 = run_batch(whole, out, "--max-in-flight", "4", *fleet(server))
     assert f"{n_kept} already in" in proc2.stdout
     assert out.read_bytes().startswith(kept)
     result = read_output(out)

@@ -18,9 +18,18 @@ from pathlib import Path
 from endorm_server.config import Settings
 
 
+def input_file(text: str) -> Path:
+    """The input, checked while the arguments are parsed: a missing file is one line before the model
+    is resolved (which may mean a download) or an engine starts."""
+    path = Path(text)
+    if not path.exists() or path.is_dir():
+        raise argparse.ArgumentTypeError(f"no input file {path}")
+    return path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "input", type=Path, help="JSONL, one OpenAI batch request a line: {custom_id, method, url, body}"
+        "input", type=input_file, help="JSONL, one OpenAI batch request a line: {custom_id, method, url, body}"
     )
     parser.add_argument(
         "-o",

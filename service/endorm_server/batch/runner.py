@@ -1,8 +1,8 @@
 """The batch loop: read the input lazily, send up to ``window`` requests at once, write each answer
 as it completes (so output order is completion order, keyed by custom_id).
 
-Memory is bounded by the window (requests in flight and their answers) plus the custom_ids seen,
-needed to find duplicates and to skip what a killed run already wrote.
+Memory is bounded by the window (requests in flight and their answers); the custom_ids seen (to
+find duplicates, and to skip what a killed run already wrote) are kept out of RAM (idset.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from endorm_server.batch.backends import Backend
+from endorm_server.batch.idset import IdSet
 from endorm_server.batch.progress import Progress
 from endorm_server.batch.records import Record
 from endorm_server.batch.requests import BatchRequest, LineError, duplicate, parse_line
@@ -42,24 +43,26 @@ def count_lines(path: Path) -> int | None:
 def plan(path: Path, written: Written) -> Iterator[BatchRequest | Record]:
     """What this run must do, line by line: a request to send, or a line's own error to write;
     lines whose output is already written are left out."""
-    seen: set[str] = set()
+    seen = IdSet()
     extra: Counter[str] = Counter()  # later lines per custom_id (each is a duplicate_custom_id line)
-    for number, text in read_lines(path):
-        parsed = parse_line(text, number)
-        cid = parsed.custom_id
-        if cid is None:  # refused before a custom_id was known: keyed by its line
-            if number not in written.lines:
-                yield Record.of_error(parsed)  # type: ignore[arg-type]
-            continue
-        if cid in seen:
-            extra[cid] += 1
-            if extra[cid] > written.duplicates[cid]:
-                yield Record.of_error(duplicate(number, cid))
-            continue
-        seen.add(cid)
-        if cid in written.ids:
-            continue
-        yield Record.of_error(parsed) if isinstance(parsed, LineError) else parsed
+    try:
+        for number, text in read_lines(path):
+            parsed = parse_line(text, number)
+            cid = parsed.custom_id
+            if cid is None:  # refused before a custom_id was known: keyed by its line
+                if number not in written.lines:
+                    yield Record.of_error(parsed)  # type: ignore[arg-type]
+                continue
+            if not seen.add(cid):
+                extra[cid] += 1
+                if extra[cid] > written.duplicates[cid]:
+                    yield Record.of_error(duplicate(number, cid))
+                continue
+            if cid in written.ids:
+                continue
+            yield Record.of_error(parsed) if isinstance(parsed, LineError) else parsed
+    finally:
+        seen.close()
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Summary:
     elapsed_s: float
     nodes: dict[str, int] = field(default_factory=dict)  # Ray: rows scored per node id
     first_s: float | None = None  # when the first answer came back (Ray: after every actor's engine started)
+    first_tokens: int = 0  # tokens written with it (Ray: the first batch): the steady rate leaves them out
 
     def describe(self) -> str:
         rate = self.tokens / self.elapsed_s if self.elapsed_s else 0.0
@@ -81,7 +85,9 @@ class Summary:
             f"{self.tokens} tokens in {self.elapsed_s:.1f} s ({rate:.0f} tokens/s)"
         )
         if self.first_s is not None:
-            out += f"; first answer after {self.first_s:.1f} s"
+            out += f"; first answer after {self.first_s:.1f} s with {self.first_tokens} tokens"
+            if self.elapsed_s > self.first_s:
+                out += f", then {(self.tokens - self.first_tokens) / (self.elapsed_s - self.first_s):.0f} tokens/s"
         per_node = ", ".join(f"{node}: {n}" for node, n in sorted(self.nodes.items()))
         return out + (f"; rows per Ray node: {per_node}" if per_node else "")
 
@@ -109,16 +115,17 @@ async def run(
     pending: set[asyncio.Task[Record]] = set()
     complete = False
     first_s: float | None = None
+    first_tokens = 0
 
     def write(record: Record) -> None:
-        nonlocal count, errors, tokens, first_s
-        if first_s is None and record.status_code is not None:
-            first_s = time.monotonic() - t0
+        nonlocal count, errors, tokens, first_s, first_tokens
         sink.write(record)
         count += 1
         errors += not record.ok
         tokens += record.tokens()
         progress.update(1, record.tokens(), int(not record.ok))
+        if first_s is None and record.status_code is not None:
+            first_s, first_tokens = time.monotonic() - t0, tokens
 
     async def drain() -> None:
         nonlocal pending
@@ -147,4 +154,7 @@ async def run(
         await asyncio.gather(*pending, return_exceptions=True)
         sink.close(complete)
         progress.close()
-    return Summary(output_path, total, len(written), count, errors, tokens, time.monotonic() - t0, first_s=first_s)
+    elapsed = time.monotonic() - t0
+    return Summary(
+        output_path, total, len(written), count, errors, tokens, elapsed, first_s=first_s, first_tokens=first_tokens
+    )

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from endorm_server.batch.idset import IdSet
 from endorm_server.batch.records import Record, table
 
 PART_ROWS = 4096
@@ -31,7 +32,8 @@ PART_INTERVAL_S = 5.0
 class Written:
     """What the output holds: a rerun sends only the rest."""
 
-    ids: set[str] = field(default_factory=set)  # custom_ids answered (or refused for their own reason)
+    # custom_ids answered (or refused for their own reason): one per row, so not a Python set
+    ids: IdSet | set[str] = field(default_factory=IdSet)
     duplicates: Counter[str] = field(default_factory=Counter)  # duplicate_custom_id lines written per id
     lines: set[int] = field(default_factory=set)  # lines refused before a custom_id was known
 

@@ -241,6 +241,7 @@ def run_batch_file(
     count = errors = tokens = 0
     complete = False
     first_s: float | None = None
+    first_tokens = 0
     try:
         pending, refused = _write_todo(input_path, todo, written, sink, progress)
         count = errors = refused
@@ -266,6 +267,7 @@ def run_batch_file(
                 api_key=api_key,
             )
             for batch in results.iter_batches(batch_format="pandas", batch_size=None):
+                first = first_s is None
                 first_s = time.monotonic() - t0 if first_s is None else first_s
                 for row in batch.to_dict("records"):
                     record = record_of_row(row)
@@ -275,6 +277,8 @@ def run_batch_file(
                     errors += not record.ok
                     tokens += record.tokens()
                     progress.update(1, record.tokens(), int(not record.ok))
+                if first:
+                    first_tokens = tokens
         complete = True
     finally:
         sink.close(complete)
@@ -282,4 +286,4 @@ def run_batch_file(
         if complete:
             todo.unlink(missing_ok=True)
     elapsed = time.monotonic() - t0
-    return Summary(output_path, total, len(written), count, errors, tokens, elapsed, dict(nodes), first_s)
+    return Summary(output_path, total, len(written), count, errors, tokens, elapsed, dict(nodes), first_s, first_tokens)
