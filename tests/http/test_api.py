@@ -11,6 +11,7 @@ from endorm_server.scoring import rewards
 from tests.conftest import tiny_model
 from tests.engine.conftest import reference_engine
 from tests.http.conftest import API_KEY, assert_error
+from tests.tools import INSTALLED_BY, require_tool
 
 CHAT = [{"role": "user", "content": "What is 2+3?"}]
 
@@ -229,12 +230,9 @@ def test_request_id_echo_and_metrics(client, anon):
 
 
 def test_promtool_accepts_service_metrics(anon, tmp_path):
-    import shutil
     import subprocess
 
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus'; the README's test command installs it)")
+    promtool = require_tool("promtool", "Debian's `prometheus` package; " + INSTALLED_BY)
     text = anon.get("/metrics").text
     ours = "".join(
         line + "\n" for line in text.splitlines() if line.startswith(("endorm_", "# HELP endorm_", "# TYPE endorm_"))

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from endorm_client.affinity import AFFINITY_HEADER
 from tests.processes import stop_process
 from tests.server import free_port
+from tests.tools import require_tool
 
 SERVED_BY = "X-Served-By"  # HAProxy adds the server's name to every response
 
@@ -65,10 +63,7 @@ backend round_robin
 
 
 def require_haproxy() -> str:
-    exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
-    if exe is None:
-        pytest.skip("haproxy not installed (scripts/install.sh installs Debian's haproxy where apt-get runs as root)")
-    return exe
+    return require_tool("haproxy", candidates=["/usr/sbin/haproxy"])
 
 
 @dataclass
