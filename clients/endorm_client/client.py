@@ -314,7 +314,7 @@ class RewardClient(_Base):
                     json=json,
                     params=params,
                     headers=headers,
-                    timeout=call.timeout(self.timeout),
+                    timeout=call.timeout(self._http.timeout),
                 )
             except httpx.TransportError as exc:
                 delay = call.transport_failed(ep, exc)
@@ -616,7 +616,7 @@ class AsyncRewardClient(_Base):
                     json=json,
                     params=params,
                     headers=headers,
-                    timeout=call.timeout(self.timeout),
+                    timeout=call.timeout(self._http.timeout),
                 )
             except httpx.TransportError as exc:
                 delay = call.transport_failed(ep, exc)
