@@ -182,3 +182,16 @@ def test_headers_trickled_slowly_are_not_bounded_by_the_bare_server(running):
         time.sleep(2.0)  # 10 x the keep-alive timeout: longer only makes the point stronger
         sock.sendall(b"X-Late: 1\r\n\r\n")
         assert _status(sock) == b"HTTP/1.1 200 OK"
+
+
+def test_a_half_sent_body_gets_408_and_the_connection_closes(running):
+    """The body deadline on the served parser (h11): 408, then the server closes the connection."""
+    r = running(body_timeout_s=0.5)
+    with r.connect() as sock:
+        sock.sendall(
+            b'POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"it'
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer
