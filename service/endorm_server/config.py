@@ -119,4 +119,8 @@ class Settings(BaseSettings):
             return self.served_model_name
         from endorm_server.models.sources import DEFAULT_MODEL
 
-        return Path(self.model).name if self.model else DEFAULT_MODEL
+        if not self.model:
+            return DEFAULT_MODEL
+        name = Path(self.model).name
+        # a hub id's pinned revision (org/name@commit) is not part of the name clients ask for
+        return name if Path(self.model).exists() else name.partition("@")[0]
