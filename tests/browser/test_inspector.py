@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEY, tiny_server
+from tests.tools import require_tool, tool_missing
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -39,21 +40,12 @@ SYSTEM = "Answer with digits only."
 RESPONSES = ["5", "The answer is six."]
 
 
-def _skip_reason() -> str | None:
-    if webdriver is None:
-        return "selenium is not installed (pip install -e '.[dev]')"
-    for path in (CHROMIUM, DRIVER):
-        if not shutil.which(path):
-            return f"{path} not found (apt-get install chromium chromium-driver)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    reason = _skip_reason()
-    if reason:
-        print("SKIP:", reason)
-        pytest.skip(reason)
+    if webdriver is None:
+        tool_missing("selenium", "not installed (the dev extra installs it)")
+    require_tool("chromium", candidates=[CHROMIUM])
+    require_tool("chromedriver", candidates=[DRIVER])
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900"):
@@ -138,6 +130,25 @@ def test_page_is_static_and_open(server):
     assert httpx.get(server.url + "/inspect/nope.js", timeout=60).status_code == 404
 
 
+def reward_scale(results: list[dict]) -> float:
+    """The page's reward scale (inspector.js ``rewardScale``): the 95th percentile (nearest rank
+    below) of |reward| over every token but each response's last (the end of turn, whose reward is
+    the raw logit); the tokens past it are drawn at full colour and outlined."""
+    body = [abs(t["reward"]) for r in results for t in r["tokens"][:-1]]
+    values = sorted(body or [abs(t["reward"]) for r in results for t in r["tokens"]])
+    if not values:
+        return 1.0
+    return values[int(0.95 * (len(values) - 1))] or values[-1] or 1.0
+
+
+def test_reward_scale_leaves_out_the_end_of_turn_token():
+    """The rule itself, on numbers: an end-of-turn reward 100x the rest does not move the scale."""
+    results = [{"tokens": [{"reward": r} for r in [0.1 * i for i in range(1, 21)] + [250.0]]}]
+    assert reward_scale(results) == 0.1 * 19  # the 95th percentile of 0.1 .. 2.0 (nearest rank below)
+    assert reward_scale([{"tokens": [{"reward": -3.0}]}]) == 3.0  # one token: it is the scale
+    assert reward_scale([{"tokens": []}]) == 1.0
+
+
 def test_tokens_shades_and_scores_are_the_apis(browser, server, client):
     _open_with_key(browser, server.url)
     card = client.get("/v1/models").json()["data"][0]
@@ -157,7 +168,9 @@ def test_tokens_shades_and_scores_are_the_apis(browser, server, client):
             "return_tokens": True,
         },
     ).json()
-    max_abs = max(abs(t["reward"]) for r in api["results"] for t in r["tokens"])
+    scale = reward_scale(api["results"])
+    # the end-of-turn token does not set the scale (on a max scale it did, and left the rest white)
+    assert scale <= max(abs(t["reward"]) for r in api["results"] for t in r["tokens"][:-1])
     sections = browser.find_elements(By.CSS_SELECTOR, ".response-out")
     assert len(sections) == 2
     for sec, res in zip(sections, api["results"]):
@@ -168,7 +181,9 @@ def test_tokens_shades_and_scores_are_the_apis(browser, server, client):
             assert int(el.get_attribute("data-id")) == t["id"]
             assert float(el.get_attribute("data-reward")) == t["reward"]
             assert float(el.get_attribute("data-logprob")) == t["logprob"]
-            assert float(el.get_attribute("data-shade")) == t["reward"] / max_abs
+            assert float(el.get_attribute("data-shade")) == max(-1.0, min(1.0, t["reward"] / scale))
+            beyond = "beyond" in el.get_attribute("class").split()
+            assert beyond == (abs(t["reward"]) > scale), (t, scale)
             assert browser.execute_script("return arguments[0].textContent", el) == t["text"]
     assert browser.find_element(By.ID, "ranking").get_attribute("data-ranking") == ",".join(map(str, api["ranking"]))
     for i, row in enumerate(api["probabilities"]):

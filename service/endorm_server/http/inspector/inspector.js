@@ -133,16 +133,37 @@
     $("details").textContent = s;
   }
 
-  function legend(maxAbs, minLp) {
+  // The reward scale. The last token of a response (the end of turn) has the raw logit for its
+  // reward (the terminal state's value is 0), usually far the largest |reward|: on a max scale it
+  // leaves every other token white. So the scale is the 95th percentile (nearest rank below) of
+  // |reward| over every token but each response's last; a token past it (often that last one) is
+  // drawn at full colour and outlined ("beyond"), its value in its label and details.
+  const SCALE_QUANTILE = 0.95;
+  function rewardScale(results) {
+    const body = results.flatMap((r) => (r.tokens || []).slice(0, -1).map((t) => Math.abs(t.reward)));
+    const vals = (body.length ? body : results.flatMap((r) => (r.tokens || []).map((t) => Math.abs(t.reward))))
+      .sort((a, b) => a - b);
+    if (!vals.length) return 1;
+    return vals[Math.floor(SCALE_QUANTILE * (vals.length - 1))] || vals[vals.length - 1] || 1;
+  }
+  const clamp1 = (x) => Math.max(-1, Math.min(1, x));
+
+  function legend(scale, minLp) {
     const view = document.querySelector("input[name=view]:checked").value;
     const bar = view === "reward"
       ? `linear-gradient(to right, ${rewardColour(-1)}, #fff, ${rewardColour(1)})`
       : `linear-gradient(to right, #fff, ${logprobColour(1)})`;
-    const lo = view === "reward" ? `−${fmt(maxAbs)} (orange)` : "0 (certain)";
-    const hi = view === "reward" ? `+${fmt(maxAbs)} (blue)` : `${fmt(minLp)} (least likely, orange)`;
+    const lo = view === "reward" ? `≤ −${fmt(scale)} (orange)` : "0 (certain)";
+    const hi = view === "reward" ? `≥ +${fmt(scale)} (blue)` : `${fmt(minLp)} (least likely, orange)`;
     const barEl = el("span", { class: "legend-bar" });
     barEl.style.background = bar;
-    $("legend").replaceChildren(el("span", {}, `${view === "reward" ? "reward" : "log-prob"}: ${lo}`), barEl, el("span", {}, hi));
+    const parts = [el("span", {}, `${view === "reward" ? "reward" : "log-prob"}: ${lo}`), barEl, el("span", {}, hi)];
+    if (view === "reward") {
+      parts.push(el("span", { class: "legend-note" },
+        `scale: the 95th percentile of |reward| over all tokens but each response's last; `,
+        el("span", { class: "legend-sample" }, "outlined"), " tokens are beyond it"));
+    }
+    $("legend").replaceChildren(...parts);
   }
 
   function applyView() {
@@ -153,16 +174,16 @@
       el.style.background = view === "reward" ? rewardColour(s) : logprobColour(s);
       el.style.color = textColour(s);
     });
-    legend(lastResult._maxAbs, lastResult._minLp);
+    legend(lastResult._scale, lastResult._minLp);
   }
 
   function render(req, data) {
     lastResult = data;
     const all = data.results.flatMap((r) => r.tokens || []);
     // One scale for all responses, so colours compare across them.
-    const maxAbs = Math.max(...all.map((t) => Math.abs(t.reward)), 0) || 1;
+    const scale = rewardScale(data.results);
     const minLp = Math.min(...all.map((t) => t.logprob), 0) || -1;
-    data._maxAbs = maxAbs; data._minLp = minLp;
+    data._scale = scale; data._minLp = minLp;
     const fp = data.system_fingerprint || "";
     const summary = [el("p", { id: "result-meta", "data-model": data.model, "data-alpha": data.alpha, "data-fingerprint": fp },
       `model ${data.model} · alpha ${data.alpha} · aggregation ${data.aggregation} · fingerprint ${fp}`)];
@@ -188,10 +209,12 @@
       const starts = new Set((r.steps || []).map((s) => s.start));
       const tokens = el("div", { class: "tokens", "aria-label": `Tokens of response ${ri + 1}` });
       (r.tokens || []).forEach((t, ti) => {
-        const cls = "tok" + (t.offset && t.offset[0] === t.offset[1] ? " special" : "") + (starts.has(ti) && ti > 0 ? " step-start" : "");
+        const beyond = Math.abs(t.reward) > scale;
+        const cls = "tok" + (t.offset && t.offset[0] === t.offset[1] ? " special" : "") +
+          (starts.has(ti) && ti > 0 ? " step-start" : "") + (beyond ? " beyond" : "");
         tokens.append(el("span", {
           class: cls, tabindex: 0, "data-result": ri, "data-index": ti, "data-id": t.id,
-          "data-reward": t.reward, "data-logprob": t.logprob, "data-shade": t.reward / maxAbs, "data-shade-logprob": t.logprob / minLp,
+          "data-reward": t.reward, "data-logprob": t.logprob, "data-shade": clamp1(t.reward / scale), "data-shade-logprob": t.logprob / minLp,
           "aria-label": `${JSON.stringify(t.text)} reward ${fmt(t.reward)}`,
         }, t.text));
       });
