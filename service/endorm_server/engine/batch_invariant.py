@@ -1,19 +1,29 @@
 """``--batch-invariant``: an item's rewards are a pure function of (model, settings, item).
 
-Where the bits move without it (CPU, measured: docs/exactness.md): vLLM's CPU attention kernel
-splits each step's queries into work items by balancing the whole step's key lengths over the
-OpenMP threads, and the size of a query tile sets the size of its key tiles, i.e. the order of
-the online softmax. So a query row's attention depends on which other requests share its step,
-where chunked prefill cut its request and how much of it came from the prefix cache. The model
-body's matrix products (oneDNN, MKL) and the norms gave the same row whatever the number of
-rows from 16 rows up; the LM head sees a different number of rows with extra targets.
+Where the bits move without it (CPU; docs/exactness.md has the measurements): vLLM's CPU attention
+kernel splits each step's queries into work items by balancing the whole step's key lengths over the
+OpenMP threads, and the size of a query tile sets the size of its key tiles, i.e. the order of the
+online softmax; so a query row's attention depends on which other requests share its step, where
+chunked prefill cut its request and how much of it came from the prefix cache. The model body's CPU
+GEMMs switch kernels below 16 rows; the LM head sees as many rows as the step needed.
 
-On CPU the mode is an engine configuration that is invariant by construction: one sequence per
-engine step, never split (no chunked prefill: the step budget covers the longest sequence) and
-never read from the prefix cache, so every scoring of an item runs the same kernels on the same
-shapes with the same thread partition; the LM head and the logsumexp run on tiles of a fixed
-number of rows (vllm_plugin/batch_invariant.py). On CUDA it is vLLM's own batch-invariant mode
-(``VLLM_BATCH_INVARIANT=1``: its fixed-order matmul, softmax and norm kernels), unverified here.
+``plan`` picks how the mode is made on this engine:
+
+- ``kernels`` (CPU, where vLLM's attention ISA is one whose tiling the fixed split was checked on):
+  batching, chunked prefill and the prefix cache stay. Attention is fed fixed pieces (every request's
+  queries cut at absolute positions that are multiples of the kernel's query tile, KV split off), so a
+  query's piece, its key tiling and its work item depend on its position only; every linear layer's
+  GEMM gets at least 16 rows; the LM head and the logsumexp run on tiles of a fixed number of rows
+  (vllm_plugin/batch_invariant.py).
+- ``configuration`` (CPU, any other attention ISA, or ``ENDORM_BATCH_INVARIANT_CPU=configuration``):
+  invariant by construction, one sequence per engine step, never split (no chunked prefill: the step
+  budget covers the longest sequence) and never read from the prefix cache, so every scoring of an item
+  runs the same kernels on the same shapes; the LM head on fixed tiles as above.
+- ``vllm`` (GPU): vLLM's own batch-invariant mode (``VLLM_BATCH_INVARIANT=1``: its fixed-order matmul,
+  softmax and norm kernels), set before the engine reads its environment; not verified here.
+
+``receipt`` turns the plan into what ``GET /v1/models`` reports: whether the mode is on and what the
+bits rest on (threads, GEMM path, attention path, LM head, scheduling).
 """
 
 from __future__ import annotations
