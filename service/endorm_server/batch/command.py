@@ -81,6 +81,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     # vLLM's per-step INFO lines would bury the progress line (set before vLLM is imported; the user's wins)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is the summary's (vLLM's default)
     try:
         if args.ray is not None:
             from endorm_server.ray import run_batch_file
