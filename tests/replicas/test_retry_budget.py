@@ -9,8 +9,10 @@ retries: the replicas count every attempt. No engine is started."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -46,6 +48,8 @@ backend replicas
     retries {retries}
     option redispatch 1
     retry-on 503 conn-failure
+    # a request is retried only when HAProxy still holds all of it (Envoy buffers a retried body too)
+    option http-buffer-request
 {servers}
 """
 
@@ -103,6 +107,14 @@ def test_sdk_and_gateway_retry_within_the_documented_budget(tmp_path):
     log = open(tmp_path / "haproxy.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
     try:
+        deadline = time.monotonic() + 60  # until HAProxy listens (a connection refused would be retried too)
+        while True:
+            assert proc.poll() is None, (tmp_path / "haproxy.log").read_text()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "haproxy did not listen"
+            time.sleep(0.05)
         # the SDK's defaults but short backoffs (the count, not the waits, is under test)
         with RewardClient(f"http://127.0.0.1:{port}", backoff_base=0.01, backoff_max=0.02) as rm:
             assert rm.retry.max_retries == DEFAULT_MAX_RETRIES
