@@ -52,8 +52,13 @@ def _fill(drv, prompt: str, responses: list[str], *, separator: str | None = Non
 
 
 def _shot(drv, name: str) -> Path:
-    height = drv.execute_script("return document.documentElement.scrollHeight")
+    height = drv.execute_script(
+        "return Math.max(document.documentElement.scrollHeight, document.getElementById('inputs').scrollHeight + 80)"
+    )
     drv.set_window_size(WIDTH, max(700, min(int(height) + 40, 2400)))
+    drv.execute_script(
+        "document.activeElement.blur(); window.scrollTo(0, 0); document.getElementById('inputs').scrollTop = 0;"
+    )
     path = IMAGES / name
     drv.save_screenshot(str(path))
     assert path.stat().st_size > 10_000
