@@ -308,6 +308,14 @@ SHARED = (
 )
 
 
+RAY_CAVEAT = (
+    "Ray's rate after its first answer is a scoring rate only on a file long enough that the first batch "
+    "is a small part of it: the driver's first batch arrives once every actor's engine has started, and by "
+    "then the actors may have scored most rows of a short file, which then drain in seconds. Ray's wall "
+    "time (with every engine start) is the figure that holds on a short file."
+)
+
+
 def report_md(result: dict, info: dict, model: str, command: str) -> str:
     lines = [f"# Offline scoring ({'memory' if 'memory' in result else 'throughput'})", "", SHARED, ""]
     if "memory" in result:
@@ -342,6 +350,7 @@ def report_md(result: dict, info: dict, model: str, command: str) -> str:
         for k, v in t["ratios"].items():
             per = ", ".join(f"{x:.2f}" for x in v["per_round"])
             lines.append(f"- {k}: {v['median']:.2f}x (rounds: {per})")
+        lines += ["", RAY_CAVEAT]
     lines += ["", "```", footer(info, model, command), "```", ""]
     return "\n".join(lines)
 
