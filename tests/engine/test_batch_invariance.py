@@ -158,9 +158,10 @@ class Tally:
     def report(self, title: str) -> str:
         lines = [title]
         for case, ds in self.cases.items():
-            moved = [d for d in ds if d != 0.0]
+            moved = [d for d in ds if d != 0.0]  # NaN: the rewards agree, c or v does not
+            finite = [d for d in ds if not np.isnan(d)]
             lines.append(
-                f"  {case:28s} {len(moved):3d}/{len(ds):3d} not bit-identical, max |dr| {max(ds) if ds else 0.0:.3g}"
+                f"  {case:28s} {len(moved):3d}/{len(ds):3d} not bit-identical, max |dr| {max(finite, default=0.0):.3g}"
             )
         return "\n".join(lines)
 
