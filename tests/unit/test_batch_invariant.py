@@ -163,8 +163,9 @@ def test_receipt_says_what_the_bits_rest_on(isa, monkeypatch):
     isa["isa"] = "amx"
     conf = bi.receipt(bi.plan(True, True, "bfloat16", _config(), 512, 128), gemm="onednn", head_dtype="bfloat16")
     assert conf.batch_invariant and "one sequence per engine step" in conf.scheduling and "amx" in conf.attention
+    isa["isa"] = "vec"
     off = bi.receipt(bi.plan(False, True, "float32", _config(), 512, 128), gemm="torch", head_dtype="float32")
-    assert off.batch_invariant is False and "step's requests" in off.attention
+    assert off.batch_invariant is False and "step's requests" in off.attention and "(vec)" in off.attention
     gpu = bi.receipt(bi.plan(True, False, "bfloat16", _config(), 512, 128), gemm=None, head_dtype="float32")
     assert gpu.batch_invariant and "VLLM_BATCH_INVARIANT=1" in gpu.gemm
     assert set(on.as_dict()) == {"batch_invariant", "threads", "gemm", "attention", "lm_head", "scheduling"}

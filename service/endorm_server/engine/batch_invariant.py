@@ -69,10 +69,8 @@ class Plan:
 def plan(on: bool, on_cpu: bool, dtype: str, config: Any, max_model_len: int, max_num_batched_tokens: int) -> Plan:
     """The path for this model and machine. ``kernels`` where vLLM's CPU attention ISA is one whose tiling
     the fixed split was checked on (vllm_plugin/batch_invariant.py), else the configuration."""
-    if not on:
-        return Plan("off")
     if not on_cpu:
-        return Plan("vllm")
+        return Plan("vllm" if on else "off")
     import torch
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
@@ -82,6 +80,8 @@ def plan(on: bool, on_cpu: bool, dtype: str, config: Any, max_model_len: int, ma
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_size = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     isa = _get_attn_isa(getattr(torch, dtype), CPU_BLOCK_SIZE, head_size)
+    if not on:  # the receipt still names the attention ISA the bits rest on
+        return Plan("off", attention_isa=isa)
     tile = query_tile(isa, heads, kv_heads)
     choice = os.environ.get(CPU_PATH_ENV, "kernels")
     if choice not in ("kernels", "configuration"):
