@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     batch_invariant: bool = Field(
         False,
         description="Every reward of an item bit-identical whatever it was batched with (its neighbours, "
-        "chunked prefill, prefix cache). CPU: one sequence per engine step, no chunked prefill, no prefix "
-        "cache reads, fixed LM-head tiles; GPU: vLLM's own VLLM_BATCH_INVARIANT kernels (docs/exactness.md)",
+        "chunked prefill, prefix cache). CPU: attention fed pieces cut at fixed absolute positions, every GEMM "
+        "given a fixed minimum of rows, the LM head on fixed tiles (where the attention kernel was checked; else one "
+        "sequence per engine step); GPU: vLLM's own VLLM_BATCH_INVARIANT kernels (docs/exactness.md)",
     )
     trust_remote_code: bool = False
 
