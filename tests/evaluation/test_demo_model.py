@@ -15,6 +15,7 @@ from endorm_server.config import Settings
 from endorm_server.core.scorer import ScoreOptions, Scorer
 from endorm_server.evaluation import demo_task
 from endorm_server.evaluation.demo_task import SYSTEM_PROMPTS, Problem, response
+from endorm_server.models.errors import ModelSourceError
 from endorm_server.models.sources import DEMO_MODEL, DEMO_MODEL_DIR, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,9 @@ def test_demo_model_is_named_endorm_demo(tmp_path):
     """The default is the real SmolLM2 (tests/models/test_sources.py); the toy answers to its short name."""
     assert (DEMO_MODEL_DIR / "config.json").is_file(), "run scripts/train_demo_model.py"
     assert resolve_model_path(DEMO_MODEL, tmp_path) == str(DEMO_MODEL_DIR)
-    assert resolve_model_path("some/model", tmp_path) == "some/model"
+    # any other name is a hub id, resolved to local files or refused (tests/models/test_hub_fingerprint.py)
+    with pytest.raises(ModelSourceError, match="not in the local Hugging Face cache"):
+        resolve_model_path("some/model", tmp_path)
 
 
 def test_demo_model_files():
