@@ -83,6 +83,22 @@ def _status(sock: socket.socket) -> bytes:
     return data.split(b"\r\n", 1)[0]
 
 
+def _score_held_in_engine(r) -> socket.socket:
+    """Send one /score on a raw socket and wait (by control) until it is in the held engine."""
+    body = b'{"items": [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9]}]}'
+    sock = r.connect()
+    sock.sendall(
+        b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    end = time.monotonic() + DEADLINE_S
+    while r.engine.calls < 1:
+        assert time.monotonic() < end, "the request never reached the engine"
+        time.sleep(0.01)
+    return sock
+
+
 # ---------------------------------------------------------------- drain: one budget
 
 
@@ -92,17 +108,7 @@ def test_sigterm_to_exit_is_one_drain_budget_with_a_request_that_never_finishes(
     ``exit_bound_s``. With a graceful timeout of its own (drain + 5) it took 2 x drain + 5."""
     r = running(drain_timeout_s=1.0)
     r.engine.hold()
-    body = b'{"items": [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9]}]}'
-    sock = r.connect()
-    sock.sendall(
-        b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    end = time.monotonic() + DEADLINE_S
-    while r.engine.calls < 1:  # the request is in the engine, held
-        assert time.monotonic() < end, "the request never reached the engine"
-        time.sleep(0.01)
+    sock = _score_held_in_engine(r)
     t0 = time.monotonic()
     r.server.handle_exit(signal.SIGTERM, None)  # as the signal handler calls it
     r.thread.join(DEADLINE_S)
@@ -120,18 +126,9 @@ def test_a_request_that_finishes_in_the_drain_is_answered(running):
     """The graceful wait after an early drain still has the rest of the budget: the answer is sent."""
     r = running(drain_timeout_s=600.0)
     r.engine.hold()
-    body = b'{"items": [{"prompt_ids": [5, 6, 7], "response_ids": [8, 9]}]}'
-    sock = r.connect()
-    sock.sendall(
-        b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    end = time.monotonic() + DEADLINE_S
-    while r.engine.calls < 1:
-        assert time.monotonic() < end, "the request never reached the engine"
-        time.sleep(0.01)
+    sock = _score_held_in_engine(r)
     r.server.handle_exit(signal.SIGTERM, None)
+    end = time.monotonic() + DEADLINE_S
     while not service(r.app).draining:
         assert time.monotonic() < end, "the drain never began"
         time.sleep(0.01)
