@@ -178,8 +178,8 @@ def report(res: dict, info: dict, model_name: str) -> str:
         f"Two `endorm serve` of the same model, the same flags but `--batch-invariant`, alive together; "
         f"{len(res['rounds'])} interleaved rounds (order alternated), ratios within a round, medians. Served "
         f"dtype **{res['served_dtype']}** ({res['reason']}). Load average {res['loadavg_start']} at start, "
-        f"{res['loadavg_end']} at end. The machine was shared with other work (other sessions' test runs): "
-        "absolute figures are low and noisy, the within-round ratio is the figure.",
+        f"{res['loadavg_end']} at end (the two servers and this client share the machine's CPUs; a start load "
+        "near or above the CPU count means other work shared it too). The within-round ratio is the figure.",
         "",
         "| workload | off tok/s | on tok/s | on / off (min-max) | max score diff on vs off |",
         "|---|---|---|---|---|",
