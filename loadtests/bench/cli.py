@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-num-batched-tokens", type=int, default=2048)
     g.add_argument("--max-num-seqs", type=int, default=64)
     g.add_argument("--kv-cache-gb", type=float, default=0.25)
-    g.add_argument("--logits-chunk-rows", type=int, default=256)
+    g.add_argument("--logits-chunk-rows", type=int, default=64)  # the server's default (config.py)
     g.add_argument("--no-eager", action="store_true", help="allow graph capture / compilation (slow start on CPU)")
     g = p.add_argument_group("throughput")
     g.add_argument("--rounds", type=int, default=3)

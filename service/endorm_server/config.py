@@ -43,7 +43,10 @@ class Settings(BaseSettings):
         None, gt=0, description="KV cache size in GiB (default: gpu_memory_utilization on GPU, 2 GiB on CPU)"
     )
     logits_chunk_rows: int = Field(
-        256, gt=0, description="Rows of logits materialised at once (memory = rows x vocab x 4 B)"
+        64,
+        gt=0,
+        description="Rows of logits materialised at once (memory = rows x vocab x 4 B; 64 keeps them in cache "
+        "between the LM head and the logsumexp)",
     )
     enforce_eager: bool = Field(False, description="Disable graph capture / compilation (faster start)")
     cpu_gemm: Literal["auto", "onednn", "torch"] = Field(

@@ -22,7 +22,10 @@ import torch.distributed as dist
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
-DEFAULT_CHUNK_ROWS = 256
+# 64 rows x a 49k vocabulary of float32 logits is 12.6 MB, which stays in cache between the LM head's
+# product and the logsumexp that reads it back; 256 rows (50 MB) did not, and cost a third more time in
+# the head (python -m loadtests.bench.step_profile --logits-chunk-rows 32,64,256, docs/loadtests.md).
+DEFAULT_CHUNK_ROWS = 64
 
 
 def chunked_token_stats(
