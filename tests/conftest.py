@@ -139,10 +139,12 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def limited_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """A small admission budget (4000 tokens), a short admission wait (0.2 s) and a deadline far past
-    anything a test does: the overload tests (HTTP and reliability) share it."""
+    anything a test does: the overload tests (HTTP and reliability) share it. It runs with the batch-invariant
+    mode off (``--no-batch-invariant``), so that path is served too (tests/http/test_batch_invariance_http.py)."""
     with tiny_server(
         tmp_path_factory,
         "limited",
+        "--no-batch-invariant",
         "--max-inflight-tokens",
         "4000",
         "--queue-timeout-s",

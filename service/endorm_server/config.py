@@ -60,12 +60,13 @@ class Settings(BaseSettings):
         "rounded to it). auto: model on CPU with a 16-bit --dtype (a float32 head costs about as much as the "
         "model body there), float32 otherwise (engine/dtype.py)",
     )
-    batch_invariant: bool = Field(
-        False,
+    batch_invariant: bool | Literal["auto"] = Field(
+        "auto",
         description="Every reward of an item bit-identical whatever it was batched with (its neighbours, "
         "chunked prefill, prefix cache). CPU: attention fed pieces cut at fixed absolute positions, every GEMM "
         "given a fixed minimum of rows, the LM head on fixed tiles (where the attention kernel was checked; else one "
-        "sequence per engine step); GPU: vLLM's own VLLM_BATCH_INVARIANT kernels (docs/exactness.md)",
+        "sequence per engine step); GPU: vLLM's own VLLM_BATCH_INVARIANT kernels (docs/exactness.md). Unset "
+        "(auto): on where the CPU kernels path applies (it costs no throughput there), off on GPU and elsewhere",
     )
     trust_remote_code: bool = False
 

@@ -23,7 +23,8 @@ def _is_list(annotation) -> bool:
 
 
 def _is_bool(annotation) -> bool:
-    return annotation is bool
+    """bool, or bool | Literal["auto"] (a switch whose absence means auto)."""
+    return annotation is bool or bool in typing.get_args(annotation)
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:

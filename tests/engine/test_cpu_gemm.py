@@ -41,8 +41,10 @@ def test_setting_from_flag_or_environment(monkeypatch, llama_path):
 
 
 def _score_in_process(model_path, choice: str, ids: list[int]):
-    """(a linear layer of the loaded model, c, v) from an in-process engine with this GEMM choice."""
-    with inprocess_engine(engine_settings(model_path, cpu_gemm=choice), str(model_path)) as engine:
+    """(a linear layer of the loaded model, c, v) from an in-process engine with this GEMM choice; the
+    batch-invariant mode off, since it wraps every layer's GEMM (tests/engine/test_batch_invariance.py)."""
+    settings = engine_settings(model_path, cpu_gemm=choice, batch_invariant=False)
+    with inprocess_engine(settings, str(model_path)) as engine:
         c, v = engine.stats(ids)
         return engine.model.model.layers[0].mlp.gate_up_proj, c, v
 

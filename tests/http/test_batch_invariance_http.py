@@ -64,14 +64,24 @@ def test_receipt_says_on_and_what_it_rests_on(invariant_servers):
     assert card_a["determinism"] == card_b["determinism"]
 
 
-def test_receipt_says_off_on_the_default_server(server, invariant_servers):
-    from tests.conftest import API_KEY
+def test_receipt_default_is_auto_and_off_says_off(server, limited_server, invariant_servers):
+    """Unset, the mode is on where the CPU kernels path applies (engine/batch_invariant.py: resolve); the
+    ``--no-batch-invariant`` server says off, and the fingerprint tells the two apart."""
+    from endorm_server.config import Settings
+    from endorm_server.engine import batch_invariant
+    from tests.conftest import API_KEY, tiny_model
 
-    off = _card(server.url, {"Authorization": f"Bearer {API_KEY}"})
+    default = _card(server.url, {"Authorization": f"Bearer {API_KEY}"})
+    model = str(tiny_model("llama"))
+    expected = batch_invariant.resolve_settings(Settings(model=model, dtype="float32"), model, "float32")
+    assert default["batch_invariant"] is expected and default["determinism"]["batch_invariant"] is expected
+    off = _card(limited_server.url)
     assert off["batch_invariant"] is False and off["determinism"]["batch_invariant"] is False
     assert "work split over the step's requests" in off["determinism"]["attention"]
     on = _card(invariant_servers[0].url)
     assert off["system_fingerprint"] != on["system_fingerprint"], "the fingerprint must cover the mode"
+    if expected:
+        assert "fixed" in default["determinism"]["attention"]
 
 
 def test_two_servers_same_settings_same_bits(invariant_servers):

@@ -38,10 +38,20 @@ def _fingerprints(client: httpx.Client) -> dict[str, str]:
     return got
 
 
+def _served(model, *, inputs: bool = False):
+    """What a vLLM server of the tiny llama with --dtype float32 and the other settings at their defaults
+    (batch-invariant auto among them) reports, computed without a server (core/scorer.py)."""
+    from endorm_server.config import Settings
+    from endorm_server.core.scorer import system_fingerprint, system_fingerprint_inputs
+
+    settings = Settings(model=str(model), dtype="float32")
+    return (system_fingerprint_inputs if inputs else system_fingerprint)(settings, str(model))
+
+
 def test_every_response_carries_the_fingerprint(client):
     got = _fingerprints(client)
     assert client.get("/v1/models").json()["data"][0]["dtype"] == "float32"
-    expected = model_fingerprint(tiny_model("llama"), 1.0, dtype="float32")  # the shared server runs --dtype float32
+    expected = _served(tiny_model("llama"))  # the shared server runs --dtype float32
     assert got == dict.fromkeys(got, expected)
 
 
@@ -57,7 +67,7 @@ def test_models_shows_what_the_fingerprint_hashes(client):
         digest == hashlib.sha256((model / name).read_bytes()).hexdigest() for name, digest in inputs["files"].items()
     )
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(inputs["files"])
-    assert inputs == fingerprint_inputs(model, 1.0, dtype="float32")  # what this machine computes without a server
+    assert inputs == _served(model, inputs=True)  # what this machine computes without a server
     assert inputs["revision"] is None  # a plain directory, not a hub snapshot
     assert set(inputs["versions"]) == {"vllm", "torch"} and all(inputs["versions"].values())
     assert (inputs["tensor_parallel_size"], inputs["device"], inputs["cpu_gemm"]) == (1, "cpu", "torch")
@@ -98,4 +108,4 @@ def test_another_server_fingerprint_names_alpha_dtype_and_engine(server, tmp_pat
     assert inputs["revision"] == revision and inputs["engine"] == "transformers"
     assert inputs["files"] == fingerprint_inputs(tiny_model("llama"), 1.0)["files"]
     assert expected != first
-    assert first == model_fingerprint(tiny_model("llama"), 1.0, dtype="float32", engine="vllm")
+    assert first == _served(tiny_model("llama"))

@@ -169,3 +169,32 @@ def test_receipt_says_what_the_bits_rest_on(isa, monkeypatch):
     gpu = bi.receipt(bi.plan(True, False, "bfloat16", _config(), 512, 128), gemm=None, head_dtype="float32")
     assert gpu.batch_invariant and "VLLM_BATCH_INVARIANT=1" in gpu.gemm
     assert set(on.as_dict()) == {"batch_invariant", "threads", "gemm", "attention", "lm_head", "scheduling"}
+
+
+def test_auto_is_on_where_the_kernels_path_applies(isa, monkeypatch):
+    assert bi.resolve(True, on_cpu=False, dtype="bfloat16", config=_config()) is True  # asked: as asked
+    assert bi.resolve(False, on_cpu=True, dtype="float32", config=_config()) is False
+    assert bi.resolve("auto", on_cpu=True, dtype="float32", config=_config()) is True  # vec: kernels
+    assert bi.resolve("auto", on_cpu=False, dtype="bfloat16", config=_config()) is False  # GPU: not verified here
+    isa["isa"] = "amx"  # only the one-sequence-per-step configuration would make it: auto leaves it off
+    assert bi.resolve("auto", on_cpu=True, dtype="bfloat16", config=_config()) is False
+    isa["isa"] = "vec"
+    monkeypatch.setenv(bi.CPU_PATH_ENV, "configuration")
+    assert bi.resolve("auto", on_cpu=True, dtype="float32", config=_config()) is False
+
+
+def test_the_flag_is_a_switch_whose_absence_means_auto(monkeypatch):
+    import argparse
+
+    from endorm_server.config import Settings
+    from endorm_server.flags import add_settings_flags, settings_from_args
+
+    monkeypatch.delenv("ENDORM_BATCH_INVARIANT", raising=False)
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser)
+    parse = lambda *argv: settings_from_args(parser.parse_args(list(argv)), parser).batch_invariant  # noqa: E731
+    assert (parse(), parse("--batch-invariant"), parse("--no-batch-invariant")) == ("auto", True, False)
+    monkeypatch.setenv("ENDORM_BATCH_INVARIANT", "false")
+    assert Settings().batch_invariant is False
+    monkeypatch.setenv("ENDORM_BATCH_INVARIANT", "auto")
+    assert Settings().batch_invariant == "auto"

@@ -18,7 +18,7 @@ import numpy as np
 from endorm_server.config import Settings
 from endorm_server.core.admission import AdmissionController
 from endorm_server.core.job import JobSpec, ScoreJob
-from endorm_server.engine import EngineInfo, TokenStatsEngine, create_engine
+from endorm_server.engine import EngineInfo, TokenStatsEngine, batch_invariant, create_engine
 from endorm_server.engine.dtype import DtypeChoice, engine_dtype, machine_head_dtype
 from endorm_server.inputs.step_inputs import encode_with_steps
 from endorm_server.inputs.tokenization import EncodedPair, PairEncoder
@@ -61,7 +61,7 @@ def system_fingerprint_inputs(settings: Settings, model_path: str, choice: Dtype
         choice.dtype,
         settings.engine,
         head,
-        batch_invariant=settings.batch_invariant and settings.engine == "vllm",
+        batch_invariant=batch_invariant.resolve_settings(settings, model_path, choice.dtype),
         tensor_parallel_size=settings.tensor_parallel_size,
         cpu_gemm=settings.cpu_gemm,
     )

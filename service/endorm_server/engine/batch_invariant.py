@@ -66,11 +66,30 @@ class Plan:
     engine_overrides: dict[str, Any] | None = None
 
 
-def plan(on: bool, on_cpu: bool, dtype: str, config: Any, max_model_len: int, max_num_batched_tokens: int) -> Plan:
-    """The path for this model and machine. ``kernels`` where vLLM's CPU attention ISA is one whose tiling
-    the fixed split was checked on (vllm_plugin/batch_invariant.py), else the configuration."""
-    if not on_cpu:
-        return Plan("vllm" if on else "off")
+def resolve(setting: bool | str, *, on_cpu: bool, dtype: str, config: Any) -> bool:
+    """Whether the mode is on: as asked, or for ``auto`` (the default) where the ``kernels`` path applies, which
+    measured no throughput cost (docs/loadtests.md). ``auto`` stays off on a GPU (vLLM's mode is beta and not
+    verified here) and where only the one-sequence-per-step configuration would make it (e.g. AMX attention)."""
+    if isinstance(setting, bool):
+        return setting
+    return on_cpu and os.environ.get(CPU_PATH_ENV, "kernels") == "kernels" and _attention(dtype, config)[1] is not None
+
+
+def resolve_settings(settings: Any, model_path: str, dtype: str) -> bool:
+    """``resolve`` for a server's Settings without an engine (the fingerprint is known before one starts)."""
+    if settings.engine != "vllm":
+        return False
+    if isinstance(settings.batch_invariant, bool):
+        return settings.batch_invariant
+    from transformers import AutoConfig
+    from vllm.platforms import current_platform
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
+    return resolve(settings.batch_invariant, on_cpu=current_platform.is_cpu(), dtype=dtype, config=config)
+
+
+def _attention(dtype: str, config: Any) -> tuple[str, int | None]:
+    """(vLLM's CPU attention ISA for this model and dtype, the fixed query tile; None where not covered)."""
     import torch
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
@@ -80,9 +99,17 @@ def plan(on: bool, on_cpu: bool, dtype: str, config: Any, max_model_len: int, ma
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_size = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     isa = _get_attn_isa(getattr(torch, dtype), CPU_BLOCK_SIZE, head_size)
+    return isa, query_tile(isa, heads, kv_heads)
+
+
+def plan(on: bool, on_cpu: bool, dtype: str, config: Any, max_model_len: int, max_num_batched_tokens: int) -> Plan:
+    """The path for this model and machine. ``kernels`` where vLLM's CPU attention ISA is one whose tiling
+    the fixed split was checked on (vllm_plugin/batch_invariant.py), else the configuration."""
+    if not on_cpu:
+        return Plan("vllm" if on else "off")
+    isa, tile = _attention(dtype, config)
     if not on:  # the receipt still names the attention ISA the bits rest on
         return Plan("off", attention_isa=isa)
-    tile = query_tile(isa, heads, kv_heads)
     choice = os.environ.get(CPU_PATH_ENV, "kernels")
     if choice not in ("kernels", "configuration"):
         raise ValueError(f"{CPU_PATH_ENV} must be kernels or configuration, got {choice!r}")

@@ -100,10 +100,13 @@ class VllmEngine:
             "enable_chunked_prefill": True,
         }
         on_cpu = _on_cpu()
-        batch_invariant.apply_gpu_environment(s.batch_invariant, on_cpu)
+        invariant = batch_invariant.resolve(
+            s.batch_invariant, on_cpu=on_cpu, dtype=self.dtype_choice.dtype, config=config
+        )
+        batch_invariant.apply_gpu_environment(invariant, on_cpu)
         longest = s.max_model_len or int(getattr(config, "max_position_embeddings", 0) or s.max_num_batched_tokens)
         self.invariance = batch_invariant.plan(
-            s.batch_invariant, on_cpu, self.dtype_choice.dtype, config, longest, s.max_num_batched_tokens
+            invariant, on_cpu, self.dtype_choice.dtype, config, longest, s.max_num_batched_tokens
         )
         batching.update(self.invariance.engine_overrides or {})
         return AsyncEngineArgs(
@@ -123,7 +126,7 @@ class VllmEngine:
                 ALPHA_KEY: s.alpha,
                 CHUNK_KEY: s.logits_chunk_rows,
                 GEMM_KEY: s.cpu_gemm,
-                BATCH_INVARIANT_KEY: batch_invariant.HEAD_TILE_ROWS if s.batch_invariant else 0,
+                BATCH_INVARIANT_KEY: batch_invariant.HEAD_TILE_ROWS if invariant else 0,
                 ATTENTION_TILE_KEY: self.invariance.attention_tile,
                 "head_dtype": self.head_dtype,  # vLLM's own key: "float32" or "model"
             },
