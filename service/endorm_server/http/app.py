@@ -16,7 +16,12 @@ from endorm_server.http.auth import ApiKeyMiddleware
 from endorm_server.http.errors import install_error_handlers
 from endorm_server.http.idempotency import IdempotencyCollector, IdempotencyMiddleware, IdempotencyStore
 from endorm_server.http.metrics import Metrics
-from endorm_server.http.middleware import AccessMiddleware, BodyLimitMiddleware, BodyTimeoutMiddleware
+from endorm_server.http.middleware import (
+    AccessMiddleware,
+    BodyLimitMiddleware,
+    BodyTimeoutMiddleware,
+    DrainCutoffMiddleware,
+)
 from endorm_server.http.reuse_metrics import ReuseCollector
 from endorm_server.http.routes import ROUTERS
 from endorm_server.http.state import ServiceState
@@ -102,5 +107,6 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
         )
+    app.add_middleware(DrainCutoffMiddleware)  # inside the access log, so it logs and counts the 503
     app.add_middleware(AccessMiddleware, metrics=state.metrics)
     return app

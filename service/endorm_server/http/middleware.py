@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from endorm_server.http.errors import error_response
+from endorm_server.core.admission import Draining
+from endorm_server.http.errors import error_response, request_error_response
 from endorm_server.http.metrics import Metrics
 
 access_log = logging.getLogger("endorm.access")
@@ -176,3 +177,37 @@ class AccessMiddleware:
                     }
                 )
             )
+
+
+class DrainCutoffMiddleware:
+    """503 + Retry-After, not uvicorn's 500, for a request still running when the drain budget ends.
+
+    uvicorn then cancels the request's task and answers 500 to whatever has not started its response;
+    the request was never wrong, the replica is going away, so it is answered like one that arrived during
+    the drain (``Draining``): retry on another replica. Only while draining, and only if nothing was sent.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            state = scope["app"].state.service
+            if started or not state.draining:
+                raise
+            exc = Draining(
+                "the server shut down before this request finished; retry on another replica",
+                retry_after_s=state.settings.retry_after_s,
+            )
+            await request_error_response(exc)(scope, receive, send)
