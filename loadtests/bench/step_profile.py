@@ -5,13 +5,14 @@ on the same sequences (issue 21's pairs), with the same scheduler and cache sett
 runner's parts are wrapped with wall-clock timers:
 
 - ``body``: ``_model_forward`` (the transformer layers, attention included);
-- ``head``: the LM head and what follows it (the plugin's pooler; stock's ``_get_prompt_logprobs_dict``
-  plus its sampler, whose logits are for the last row only);
-- ``runner other``: the rest of ``execute_model`` / ``sample_tokens`` (input preparation, metadata);
+- ``head``: the LM head and what follows it over the sequences' rows (the plugin's pooler; stock's
+  ``_get_prompt_logprobs_dict``);
+- ``runner other``: the rest of ``execute_model`` / ``sample_tokens`` (input preparation, metadata, and
+  stock's sampler of the one generated token, whose logits are for the last row only);
 - ``engine other``: the rest of ``LLMEngine.step`` (scheduler, output processing).
 
 Run ``python -m loadtests.bench.step_profile --model DIR``; it prints one table per engine and the
-per-token ratios. Rounds alternate the two engines so that a busy neighbour hits both.
+per-engine throughput ratios to stock. Rounds rotate the engines' order so that a busy neighbour hits all.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class Timers:
     def __init__(self) -> None:
         self.s: collections.Counter[str] = collections.Counter()
         self.n: collections.Counter[str] = collections.Counter()
-        self.active: list[str] = []
 
     def wrap(self, obj, name: str, label: str) -> None:
         fn = getattr(obj, name)

@@ -81,11 +81,10 @@ def resolve_settings(settings: Any, model_path: str, dtype: str) -> bool:
         return False
     if isinstance(settings.batch_invariant, bool):
         return settings.batch_invariant
-    from transformers import AutoConfig
-    from vllm.platforms import current_platform
+    from endorm_server.engine.vllm_engine import _on_cpu, hf_config  # the engine's own config and device checks
 
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
-    return resolve(settings.batch_invariant, on_cpu=current_platform.is_cpu(), dtype=dtype, config=config)
+    config = hf_config(model_path, settings.trust_remote_code)
+    return resolve(settings.batch_invariant, on_cpu=_on_cpu(), dtype=dtype, config=config)
 
 
 def _attention(dtype: str, config: Any) -> tuple[str, int | None]:
